@@ -1,0 +1,43 @@
+# The README's two commands are `make serve` and `make test`; `make help` lists the rest.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= var
+PORT ?= 8080
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install test lint typecheck pytest serve bench clean
+
+help: ## List the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the project with its test and bench extras
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP) ## mypy over the packages
+	$(BIN)/mypy
+
+pytest: $(STAMP) ## the test suite only
+	$(BIN)/pytest
+
+test: lint typecheck pytest ## Install everything, then ruff, mypy and the whole test suite
+
+serve: $(STAMP) ## Install, load the sample archives into an empty store, serve on localhost:$(PORT)
+	$(BIN)/downloader ingest --data-dir $(DATA_DIR) --if-empty tests/fixtures/dwca/*.zip
+	$(BIN)/downloader serve --data-dir $(DATA_DIR) --port $(PORT)
+
+bench: $(STAMP) ## Run the benchmarks; results go to bench/results/
+	$(BIN)/python -m bench
+
+clean: ## Remove the virtual environment and local data
+	rm -rf $(VENV) $(DATA_DIR) .mypy_cache .pytest_cache .ruff_cache

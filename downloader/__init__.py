@@ -1,0 +1,1 @@
+"""The download service: HTTP API, jobs, dispatch, record sources, storage, config, CLI."""

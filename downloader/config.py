@@ -1,0 +1,199 @@
+"""Configuration: ``config.yaml`` defaults, an optional other file, environment overrides.
+
+Read once, at start-up, into one frozen dataclass. A bad value stops the program with a
+message that names the setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from downloader.errors import ConfigError
+
+#: The packaged defaults: config.yaml at the top of the project.
+DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "config.yaml"
+ENV_PREFIX = "DOWNLOADER_"
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "record_source": ("duckdb", "elasticsearch"),
+    "job_store": ("sqlite", "redis"),
+    "dispatcher": ("local", "celery"),
+    "storage": ("local", "s3"),
+    "smtp_security": ("none", "starttls", "ssl"),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the service; ``config.yaml`` documents each one."""
+
+    data_dir: str
+    host: str
+    port: int
+    base_url: str
+    record_source: str
+    job_store: str
+    dispatcher: str
+    storage: str
+    workers: int
+    reuse_window_hours: float
+    retention_days: float
+    max_attempts: int
+    job_time_limit_seconds: int
+    progress_every: int
+    batch_size: int
+    cleanup_interval_seconds: float
+    max_body_bytes: int
+    max_query_bytes: int
+    max_uuid_selection: int
+    publisher_name: str
+    publisher_url: str
+    intellectual_rights: str
+    smtp_host: str
+    smtp_port: int
+    smtp_security: str
+    smtp_user: str
+    smtp_password: str
+    mail_from: str
+    smtp_timeout_seconds: float
+    redis_url: str
+    celery_broker_url: str
+    elasticsearch_url: str
+    elasticsearch_index_prefix: str
+    elasticsearch_timeout_seconds: float
+    s3_bucket: str
+    s3_endpoint_url: str
+    s3_region: str
+    s3_prefix: str
+    s3_public_base_url: str
+    s3_presign_seconds: int
+    admin_tokens: str
+
+    @property
+    def data_path(self) -> Path:
+        """``data_dir`` as a path."""
+        return Path(self.data_dir)
+
+    @property
+    def admin_token_list(self) -> list[str]:
+        """The admin tokens, split and stripped."""
+        return [t.strip() for t in self.admin_tokens.split(",") if t.strip()]
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some settings changed (validated like the originals)."""
+        merged = dataclasses.asdict(self) | changes
+        return _build(merged, origin="override")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text("utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"configuration file {path} does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"configuration file {path} must hold a mapping of settings")
+    return data
+
+
+def _coerce(name: str, value: Any, typ: type, origin: str) -> Any:
+    if value is None:
+        value = ""
+    try:
+        if typ is str:
+            return str(value)
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if typ is int:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(str(value).strip())
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(str(value).strip())
+    except ValueError as exc:
+        raise ConfigError(
+            f"setting {name} ({origin}) must be {typ.__name__}, got {value!r}"
+        ) from exc
+    raise ConfigError(f"setting {name} has an unsupported type")  # pragma: no cover
+
+
+def _build(raw: dict[str, Any], *, origin: str) -> Settings:
+    hints = get_type_hints(Settings)
+    known = {f.name for f in fields(Settings)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in {origin}: {', '.join(unknown)}")
+    missing = sorted(known - set(raw))
+    if missing:
+        raise ConfigError(f"setting(s) missing from {origin}: {', '.join(missing)}")
+    values = {name: _coerce(name, raw[name], hints[name], origin) for name in known}
+    for name, choices in _CHOICES.items():
+        if values[name] not in choices:
+            raise ConfigError(
+                f"setting {name} must be one of {', '.join(choices)}, got {values[name]!r}"
+            )
+    for name in (
+        "port",
+        "workers",
+        "max_attempts",
+        "job_time_limit_seconds",
+        "progress_every",
+        "batch_size",
+        "max_body_bytes",
+        "max_query_bytes",
+        "max_uuid_selection",
+        "s3_presign_seconds",
+    ):
+        if values[name] <= 0:
+            raise ConfigError(f"setting {name} must be a positive number, got {values[name]}")
+    if not 0 < values["port"] < 65536:
+        raise ConfigError(f"setting port must be between 1 and 65535, got {values['port']}")
+    for name in ("reuse_window_hours", "retention_days", "cleanup_interval_seconds"):
+        if values[name] < 0:
+            raise ConfigError(f"setting {name} must not be negative, got {values[name]}")
+    values["base_url"] = values["base_url"].rstrip("/")
+    return Settings(**values)
+
+
+def load_settings(
+    env: dict[str, str] | None = None, *, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Read the defaults, then ``DOWNLOADER_CONFIG``'s file, then ``DOWNLOADER_*`` variables,
+    then ``overrides`` (command-line options). Raises :class:`ConfigError` for a bad value."""
+    env = dict(os.environ) if env is None else env
+    raw = _read_yaml(DEFAULTS_FILE)
+    origin = str(DEFAULTS_FILE)
+    other = env.get(ENV_PREFIX + "CONFIG")
+    if other:
+        extra = _read_yaml(Path(other))
+        unknown = sorted(set(extra) - set(raw))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) in {other}: {', '.join(unknown)}")
+        raw.update(extra)
+        origin = other
+    for name in list(raw):
+        key = ENV_PREFIX + name.upper()
+        if key in env:
+            raw[name] = env[key]
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            raw[name] = value
+    return _build(raw, origin=origin)

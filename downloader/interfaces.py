@@ -1,0 +1,177 @@
+"""The ports of the service. Each has an embedded and an at-scale implementation.
+
+| port          | embedded default              | at scale                        |
+|---------------|-------------------------------|---------------------------------|
+| RecordSource  | sources/duckdb.DuckDBSource   | sources/elasticsearch.ElasticsearchSource |
+| JobStore      | jobs/sqlite.SQLiteJobStore    | jobs/redis.RedisJobStore        |
+| Dispatcher    | dispatch.LocalDispatcher      | dispatch.CeleryDispatcher       |
+| Storage       | storage/local.LocalStorage    | storage/s3.S3Storage            |
+| Mailer        | notify.smtp.SMTPMailer / notify.smtp.LogMailer |                |
+
+Only the module named after a vendor system imports that system's library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import IO, Any, Protocol
+
+import pyarrow as pa
+
+from downloader.models import Job
+from query.fields import RecordType
+
+
+class RecordSource(Protocol):
+    """Where records come from: counts, recordset tallies and columnar batches for a request.
+
+    ``rq`` and ``mq`` are normalised queries (see ``query``); an ``mq`` beside an ``rq`` means
+    media of matching records for media, and records having matching media for records.
+    """
+
+    def data_version(self) -> str:
+        """An opaque token that changes whenever the data changes (an ingest, a deletion)."""
+        ...
+
+    def count(self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None) -> int:
+        """How many ``rtype`` documents match."""
+        ...
+
+    def recordset_counts(
+        self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+    ) -> dict[str, int]:
+        """Matching document counts per recordset id, without fetching the documents."""
+        ...
+
+    def raw_terms(
+        self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+    ) -> list[str]:
+        """Sorted verbatim term names (``dwc:scientificName``) present in the matching documents."""
+        ...
+
+    def batches(
+        self,
+        rtype: RecordType,
+        rq: dict[str, Any] | None,
+        mq: dict[str, Any] | None,
+        *,
+        fields: Sequence[str] = (),
+        raw_terms: Sequence[str] = (),
+        batch_size: int = 10_000,
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream the matching documents as Arrow record batches, in a stable order.
+
+        Column 0 is ``coreid`` (string): the record uuid for records, the parent record's
+        uuid for media. Then one column per name in ``fields`` (index fields, typed as the
+        catalogue says: strings, lists of strings, int64, float64, bool, timestamps, and
+        ``geopoint`` as struct<lat: double, lon: double>), then one string column per name
+        in ``raw_terms`` (verbatim values, named by the term). Media batches additionally
+        carry the media uuid when ``uuid`` is among ``fields``.
+        """
+        ...
+
+    def unique_values(
+        self,
+        field: str,
+        rq: dict[str, Any] | None,
+        mq: dict[str, Any] | None,
+    ) -> Iterator[pa.RecordBatch]:
+        """Distinct non-empty values of a record field with their counts (columns value, count),
+        ordered by value."""
+        ...
+
+
+class JobStore(Protocol):
+    """Durable job records, dedupe by query hash, progress, and cancellation flags."""
+
+    def create_or_reuse(
+        self, job: Job, *, reuse_after: datetime | None, force: bool = False
+    ) -> tuple[Job, bool]:
+        """Atomically return a reusable job for ``job.query_hash`` and ``job.data_version``
+        (not failed, cancelled or expired, created after ``reuse_after``), or store ``job``.
+        The boolean is True when ``job`` was newly created. ``force`` always creates."""
+        ...
+
+    def get(self, job_id: str) -> Job | None:
+        """The job, or None when no such job exists."""
+        ...
+
+    def save(self, job: Job) -> None:
+        """Write every field of ``job``."""
+        ...
+
+    def add_email(self, job_id: str, email: str) -> None:
+        """Remember one more address to notify about this job."""
+        ...
+
+    def update_progress(self, job_id: str, records_written: int, total_records: int | None) -> None:
+        """Record build progress cheaply (called every few thousand records)."""
+        ...
+
+    def request_cancel(self, job_id: str) -> None:
+        """Flag the job so its worker stops at the next check."""
+        ...
+
+    def is_cancel_requested(self, job_id: str) -> bool:
+        """Whether cancellation was asked for."""
+        ...
+
+    def claim(self, job_id: str, *, max_attempts: int) -> Job | None:
+        """Mark a PENDING (or interrupted STARTED) job STARTED for this worker and count the
+        attempt; None when it is terminal, cancelled or already running elsewhere."""
+        ...
+
+    def pending_jobs(self) -> list[Job]:
+        """Jobs that should run (queued, or running when their worker died): for restart."""
+        ...
+
+    def expired_jobs(self, now: datetime) -> list[Job]:
+        """Successful jobs whose ``expires`` is before ``now``."""
+        ...
+
+
+class Storage(Protocol):
+    """Where finished archives live. Writes are atomic: a key appears only complete."""
+
+    def open_writer(self, key: str) -> IO[bytes]:
+        """A binary file to write the archive into. Nothing is visible under ``key`` until
+        :meth:`publish` is called with the same writer; :meth:`discard` throws it away."""
+        ...
+
+    def publish(self, key: str, writer: IO[bytes], *, content_type: str, filename: str) -> None:
+        """Make the written bytes visible under ``key``, atomically."""
+        ...
+
+    def discard(self, key: str, writer: IO[bytes]) -> None:
+        """Drop a partial write."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether a published archive exists under ``key``."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove a published archive; a missing key is not an error."""
+        ...
+
+    def url(self, key: str, *, base_url: str, filename: str) -> str:
+        """The URL a client downloads ``key`` from: a path under this service for local
+        storage, a presigned or public URL for S3."""
+        ...
+
+
+class Dispatcher(Protocol):
+    """Runs ``build_archive(job_id)`` somewhere: local worker processes or Celery."""
+
+    def dispatch(self, job_id: str) -> None:
+        """Queue the job (it is already saved in the job store)."""
+        ...
+
+
+class Mailer(Protocol):
+    """Sends one plain-text email."""
+
+    def send(self, to: str, subject: str, body: str) -> None:
+        """Deliver the message or raise ``notify.errors.MailError``."""
+        ...

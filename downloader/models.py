@@ -1,0 +1,46 @@
+"""Domain dataclasses shared by the service, the job stores and the workers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+#: Internal job states. ``task_status`` in the iDigBio status JSON is derived from these.
+JobState = Literal["PENDING", "STARTED", "SUCCESS", "FAILURE", "CANCELLED", "EXPIRED"]
+TERMINAL_STATES: frozenset[str] = frozenset({"SUCCESS", "FAILURE", "CANCELLED", "EXPIRED"})
+
+
+@dataclass
+class Job:
+    """One archive build: a normalised download request and everything learnt while building it.
+
+    ``request`` is the canonical download request (the dict that was hashed: rq, mq,
+    core_type, core_source, form, record_fields, mediarecord_fields); ``query`` is what the
+    client sent, echoed in the status JSON as iDigBio does.
+    """
+
+    id: str
+    query_hash: str
+    request: dict[str, Any]
+    query: dict[str, Any]
+    data_version: str
+    state: JobState = "PENDING"
+    created: datetime | None = None
+    started: datetime | None = None
+    completed: datetime | None = None
+    expires: datetime | None = None
+    records_written: int = 0
+    total_records: int | None = None
+    size: int | None = None
+    sha256: str | None = None
+    archive_key: str | None = None
+    filename: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    emails: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    recordset_count: int | None = None
+    cancel_token: str | None = None
+    source: str | None = None
+    kind: Literal["download", "export"] = "download"

