@@ -49,6 +49,8 @@ class Settings:
     progress_every: int
     batch_size: int
     cleanup_interval_seconds: float
+    stale_job_seconds: float
+    dispatch_poll_seconds: float
     max_body_bytes: int
     max_query_bytes: int
     max_uuid_selection: int
@@ -166,6 +168,9 @@ def _build(raw: dict[str, Any], *, origin: str) -> Settings:
             raise ConfigError(f"setting {name} must be a positive number, got {values[name]}")
     if not 0 < values["port"] < 65536:
         raise ConfigError(f"setting port must be between 1 and 65535, got {values['port']}")
+    for name in ("stale_job_seconds", "dispatch_poll_seconds"):
+        if values[name] <= 0:
+            raise ConfigError(f"setting {name} must be a positive number, got {values[name]}")
     for name in ("reuse_window_hours", "retention_days", "cleanup_interval_seconds"):
         if values[name] < 0:
             raise ConfigError(f"setting {name} must not be negative, got {values[name]}")

@@ -1,0 +1,129 @@
+"""The one place where configuration picks an implementation for each port.
+
+Vendor modules are imported inside the factories, so an embedded deployment never imports
+elasticsearch, redis, celery or boto3, and an at-scale one never opens DuckDB or SQLite.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from downloader.config import Settings
+from downloader.interfaces import Dispatcher, JobStore, Mailer, RecordSource, Storage
+
+
+def make_source(settings: Settings) -> RecordSource:
+    """The record source named by ``record_source``."""
+    if settings.record_source == "elasticsearch":
+        from downloader.sources.elasticsearch import (  # type: ignore[import-not-found,unused-ignore]  # written by the at-scale work
+            ElasticsearchSource,
+        )
+
+        source: RecordSource = ElasticsearchSource(settings)
+        return source
+    from downloader.sources.duckdb import DuckDBSource
+
+    return DuckDBSource(settings.data_path / "records.duckdb")
+
+
+def make_job_store(settings: Settings) -> JobStore:
+    """The job store named by ``job_store``."""
+    if settings.job_store == "redis":
+        from downloader.jobs.redis import (  # type: ignore[import-not-found,unused-ignore]  # written by the at-scale work
+            RedisJobStore,
+        )
+
+        store: JobStore = RedisJobStore(settings)
+        return store
+    from downloader.jobs.sqlite import SQLiteJobStore
+
+    return SQLiteJobStore(
+        settings.data_path / "jobs.sqlite3", stale_after_seconds=settings.stale_job_seconds
+    )
+
+
+def make_storage(settings: Settings) -> Storage:
+    """The archive storage named by ``storage``."""
+    if settings.storage == "s3":
+        from downloader.storage.s3 import S3Storage
+
+        return S3Storage(
+            settings.s3_bucket,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            prefix=settings.s3_prefix,
+            public_base_url=settings.s3_public_base_url,
+            presign_seconds=settings.s3_presign_seconds,
+        )
+    from downloader.storage.local import LocalStorage
+
+    return LocalStorage(settings.data_path / "archives")
+
+
+def make_mailer(settings: Settings) -> Mailer:
+    """SMTP when ``smtp_host`` is set, else a mailer that writes messages to the log."""
+    from notify.smtp import LogMailer, SMTPMailer
+
+    if not settings.smtp_host:
+        return LogMailer(sender=settings.mail_from)
+    return SMTPMailer(
+        settings.smtp_host,
+        settings.smtp_port,
+        sender=settings.mail_from,
+        security=settings.smtp_security,  # type: ignore[arg-type]  # config.py checks the choice
+        user=settings.smtp_user,
+        password=settings.smtp_password,
+        timeout=settings.smtp_timeout_seconds,
+    )
+
+
+def make_dispatcher(settings: Settings) -> Dispatcher:
+    """The dispatcher named by ``dispatcher``. The local one must be started (``start()``)
+    by the process that serves requests; Celery's needs nothing but the broker."""
+    if settings.dispatcher == "celery":
+        from downloader.tasks import (  # type: ignore[import-not-found,unused-ignore]  # written by the at-scale work
+            CeleryDispatcher,
+        )
+
+        dispatcher: Dispatcher = CeleryDispatcher(settings)
+        return dispatcher
+    from downloader.dispatch import LocalDispatcher
+
+    return LocalDispatcher(settings)
+
+
+@dataclass
+class Context:
+    """Everything a service function or a build needs, made once per process from settings.
+
+    Record sources may hold connections that are not safe to share between threads (DuckDB),
+    so :meth:`source` hands each thread its own.
+    """
+
+    settings: Settings
+    jobs: JobStore
+    storage: Storage
+    mailer: Mailer
+    dispatcher: Dispatcher | None = None
+    _local: threading.local = field(default_factory=threading.local, repr=False)
+
+    def source(self) -> RecordSource:
+        """This thread's record source."""
+        src: RecordSource | None = getattr(self._local, "source", None)
+        if src is None:
+            src = make_source(self.settings)
+            self._local.source = src
+        return src
+
+
+def make_context(settings: Settings, *, dispatcher: Dispatcher | None = None) -> Context:
+    """A context with every port built from ``settings`` (the dispatcher is passed in,
+    because only the serving process owns one)."""
+    return Context(
+        settings=settings,
+        jobs=make_job_store(settings),
+        storage=make_storage(settings),
+        mailer=make_mailer(settings),
+        dispatcher=dispatcher,
+    )
