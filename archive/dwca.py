@@ -1,0 +1,193 @@
+"""Darwin Core Archive vocabulary: file names, row types, columns, ids and citation text.
+
+The service builds an :class:`~archive.models.ArchiveSpec` with these helpers, so that names
+and terms come from one place (and from the field catalogue in :mod:`query.fields`).
+
+File names are iDigBio's: ``occurrence.csv``, ``occurrence_raw.csv``, ``multimedia.csv``,
+``multimedia_raw.csv``, ``locality.csv``, ``names.csv`` (``.tsv`` for the ``dwca-tsv`` and
+``tsv`` forms), ``records.citation.txt``, ``mediarecords.citation.txt``, ``meta.xml``,
+``eml.xml``.
+
+Row types: records are ``dwc:Occurrence``; media records are
+``http://rs.tdwg.org/ac/terms/Multimedia``, the Audubon Core class as GBIF's Audubon Media
+Description extension registers it (iDigBio wrote ``.../ac/terms/multimedia`` in lower
+case, which names no class); ``uniquelocality`` is ``dwc:Location`` and ``uniquenames``
+``dwc:Taxon``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from archive.models import COREID, Citation, Column, Form
+from query import fields as catalogue
+from query.fields import RecordType
+
+#: The iDigBio ``core_type`` values.
+CoreType = Literal["records", "mediarecords", "uniquelocality", "uniquenames"]
+UniqueCoreType = Literal["uniquelocality", "uniquenames"]
+
+OCCURRENCE = "http://rs.tdwg.org/dwc/terms/Occurrence"
+MULTIMEDIA = "http://rs.tdwg.org/ac/terms/Multimedia"
+LOCATION = "http://rs.tdwg.org/dwc/terms/Location"
+TAXON = "http://rs.tdwg.org/dwc/terms/Taxon"
+
+#: meta.xml ``rowType`` of each core type's rows.
+ROW_TYPES: dict[CoreType, str] = {
+    "records": OCCURRENCE,
+    "mediarecords": MULTIMEDIA,
+    "uniquelocality": LOCATION,
+    "uniquenames": TAXON,
+}
+
+#: uuid5 namespaces of the ids of distinct values (iDigBio's ``identification.py``).
+LOCALITY_NAMESPACE = uuid.UUID("e8518454-3e95-5e2f-95b4-e4b25c6ebb53")
+NAMES_NAMESPACE = uuid.UUID("90181196-fecf-5082-a4c1-411d4f314cda")
+
+_UNIQUE: dict[UniqueCoreType, tuple[str, uuid.UUID, Column]] = {
+    "uniquelocality": (
+        "locality",
+        LOCALITY_NAMESPACE,
+        Column("dwc:locality", catalogue.term_uri("dwc:locality")),
+    ),
+    "uniquenames": (
+        "names",
+        NAMES_NAMESPACE,
+        Column("dwc:scientificName", catalogue.term_uri("dwc:scientificName")),
+    ),
+}
+_ITEM_COUNT = Column("idigbio:itemCount", catalogue.term_uri("idigbio:itemCount"))
+_BASE_NAMES: dict[RecordType, str] = {"records": "occurrence", "mediarecords": "multimedia"}
+
+META_XML = "meta.xml"
+EML_XML = "eml.xml"
+
+
+def file_extension(form: Form) -> str:
+    """``csv`` or ``tsv``: the extension of the data files of ``form``."""
+    return "tsv" if form.endswith("tsv") else "csv"
+
+
+def delimiter(form: Form) -> str:
+    """The field delimiter of ``form``: a comma, or a tab for the tsv forms."""
+    return "\t" if form.endswith("tsv") else ","
+
+
+def is_zip(form: Form) -> bool:
+    """Whether ``form`` is a zipped archive (``dwca-*``) rather than a bare data file."""
+    return form.startswith("dwca")
+
+
+def media_type(form: Form) -> str:
+    """The HTTP content type of what :func:`~archive.writer.write_archive` writes."""
+    if is_zip(form):
+        return "application/zip"
+    return "text/tab-separated-values" if form == "tsv" else "text/csv"
+
+
+def data_file_name(rtype: RecordType, *, raw: bool = False, form: Form = "dwca-csv") -> str:
+    """``occurrence.csv``, ``occurrence_raw.csv``, ``multimedia.csv`` or ``multimedia_raw.csv``."""
+    suffix = "_raw" if raw else ""
+    return f"{_BASE_NAMES[rtype]}{suffix}.{file_extension(form)}"
+
+
+def unique_file_name(core_type: UniqueCoreType, form: Form = "dwca-csv") -> str:
+    """``locality.csv`` or ``names.csv`` (``.tsv`` for the tsv forms)."""
+    return f"{_UNIQUE[core_type][0]}.{file_extension(form)}"
+
+
+def citation_file_name(rtype: RecordType) -> str:
+    """``records.citation.txt`` or ``mediarecords.citation.txt``."""
+    return f"{rtype}.citation.txt"
+
+
+def index_columns(rtype: RecordType, field_names: Sequence[str]) -> list[Column]:
+    """The columns of an indexed data file: ``coreid``, then one per index field.
+
+    Headers are the catalogue's long names (``dwc:scientificName``, ``idigbio:geoPoint``) and
+    term URIs the catalogue's. Raises ValueError naming a field the catalogue lacks.
+    """
+    columns = [COREID]
+    for name in field_names:
+        found = catalogue.get_field(rtype, name)
+        if found is None:
+            raise ValueError(f"{name!r} is not an indexed {rtype} field")
+        columns.append(Column(found.csv_header, found.term_uri))
+    return columns
+
+
+def raw_columns(terms: Sequence[str]) -> list[Column]:
+    """The columns of a verbatim data file: ``coreid``, then one per term.
+
+    The header is the term name as published (``dwc:scientificName``) and its URI comes from
+    :func:`query.fields.term_uri` (an unknown prefix keeps the name, as iDigBio does).
+    """
+    return [COREID, *(Column(term, catalogue.term_uri(term)) for term in terms)]
+
+
+def unique_columns(core_type: UniqueCoreType) -> list[Column]:
+    """``coreid``, the value (``dwc:locality`` or ``dwc:scientificName``), ``idigbio:itemCount``.
+
+    The first header is ``coreid`` like in every other data file (iDigBio wrote ``id`` here).
+    """
+    return [COREID, _UNIQUE[core_type][2], _ITEM_COUNT]
+
+
+def unique_id(core_type: UniqueCoreType, value: str) -> str:
+    """The stable id of a distinct value: uuid5 in iDigBio's namespace for that core type."""
+    return str(uuid.uuid5(_UNIQUE[core_type][1], value))
+
+
+def unique_ids(core_type: UniqueCoreType, values: pa.Array) -> pa.Array:
+    """:func:`unique_id` of every value of a string array (nulls stay null).
+
+    Each distinct value is hashed once, so extension batches can cheaply be given the id
+    of their core row as ``coreid``.
+    """
+    distinct = pc.unique(values).drop_null()
+    ids = pa.array([unique_id(core_type, v) for v in distinct.to_pylist()], pa.string())
+    return pc.take(ids, pc.index_in(values, value_set=distinct))
+
+
+def unique_value_batches(
+    core_type: UniqueCoreType, batches: Iterable[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    """Core batches for ``uniquelocality``/``uniquenames`` from ``(value, count)`` batches.
+
+    ``batches`` are what ``RecordSource.unique_values`` yields (column 0 the value, column 1
+    its count); each becomes ``(coreid, value, count)`` matching :func:`unique_columns`.
+    """
+    for batch in batches:
+        values = batch.column(0)
+        yield pa.RecordBatch.from_arrays(
+            [unique_ids(core_type, values), values, batch.column(1)],
+            names=["coreid", "value", "count"],
+        )
+
+
+def render_citation(citation: Citation, *, publisher: str, accessed: datetime) -> str:
+    """The text of a citation file, in iDigBio's layout with our publisher.
+
+    ``publisher`` replaces iDigBio's portal URL on the first line; ``accessed`` (UTC; naive
+    means UTC) is written in ISO 8601 with its offset. Recordsets are listed by count,
+    largest first, then by id, one per line, and the text ends with a newline.
+    """
+    if accessed.tzinfo is None:
+        accessed = accessed.replace(tzinfo=UTC)
+    accessed = accessed.astimezone(UTC)
+    ordered = sorted(citation.recordset_counts.items(), key=lambda item: (-item[1], item[0]))
+    lines = [
+        f"{publisher} ({accessed.year}),",
+        f"Query: {citation.query_text},",
+        f"{citation.total} records, accessed on {accessed.isoformat()},",
+        f"contributed by {len(ordered)} Recordsets, Recordset identifiers:",
+    ]
+    template = citation.recordset_url_template or "{id}"
+    lines += [f"{template.format(id=rs)} ({count} records)" for rs, count in ordered]
+    return "\n".join(lines) + "\n"
