@@ -7,6 +7,7 @@ elasticsearch, redis, celery or boto3, and an at-scale one never opens DuckDB or
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from downloader.config import Settings
@@ -16,12 +17,9 @@ from downloader.interfaces import Dispatcher, JobStore, Mailer, RecordSource, St
 def make_source(settings: Settings) -> RecordSource:
     """The record source named by ``record_source``."""
     if settings.record_source == "elasticsearch":
-        from downloader.sources.elasticsearch import (  # type: ignore[import-not-found,unused-ignore]  # written by the at-scale work
-            ElasticsearchSource,
-        )
+        from downloader.sources.elasticsearch import ElasticsearchSource
 
-        source: RecordSource = ElasticsearchSource(settings)
-        return source
+        return ElasticsearchSource.from_settings(settings)
     from downloader.sources.duckdb import DuckDBSource
 
     return DuckDBSource(settings.data_path / "records.duckdb")
@@ -30,12 +28,9 @@ def make_source(settings: Settings) -> RecordSource:
 def make_job_store(settings: Settings) -> JobStore:
     """The job store named by ``job_store``."""
     if settings.job_store == "redis":
-        from downloader.jobs.redis import (  # type: ignore[import-not-found,unused-ignore]  # written by the at-scale work
-            RedisJobStore,
-        )
+        from downloader.jobs.redis import RedisJobStore
 
-        store: JobStore = RedisJobStore(settings)
-        return store
+        return RedisJobStore(settings.redis_url, stale_after_seconds=settings.stale_job_seconds)
     from downloader.jobs.sqlite import SQLiteJobStore
 
     return SQLiteJobStore(
@@ -82,12 +77,9 @@ def make_dispatcher(settings: Settings) -> Dispatcher:
     """The dispatcher named by ``dispatcher``. The local one must be started (``start()``)
     by the process that serves requests; Celery's needs nothing but the broker."""
     if settings.dispatcher == "celery":
-        from downloader.tasks import (  # type: ignore[import-not-found,unused-ignore]  # written by the at-scale work
-            CeleryDispatcher,
-        )
+        from downloader.dispatch_celery import CeleryDispatcher
 
-        dispatcher: Dispatcher = CeleryDispatcher(settings)
-        return dispatcher
+        return CeleryDispatcher(settings)
     from downloader.dispatch import LocalDispatcher
 
     return LocalDispatcher(settings)
@@ -106,13 +98,16 @@ class Context:
     storage: Storage
     mailer: Mailer
     dispatcher: Dispatcher | None = None
+    #: Makes a record source; default: :func:`make_source` over ``settings``.
+    source_factory: Callable[[], RecordSource] | None = None
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
     def source(self) -> RecordSource:
         """This thread's record source."""
         src: RecordSource | None = getattr(self._local, "source", None)
         if src is None:
-            src = make_source(self.settings)
+            factory = self.source_factory or (lambda: make_source(self.settings))
+            src = factory()
             self._local.source = src
         return src
 

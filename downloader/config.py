@@ -57,6 +57,7 @@ class Settings:
     publisher_name: str
     publisher_url: str
     intellectual_rights: str
+    recordset_url_template: str
     smtp_host: str
     smtp_port: int
     smtp_security: str

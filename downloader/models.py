@@ -44,3 +44,6 @@ class Job:
     cancel_token: str | None = None
     source: str | None = None
     kind: Literal["download", "export"] = "download"
+    #: The service's public base URL as the first requester reached it, so a worker (which
+    #: has no request) can put absolute links into emails when ``base_url`` is not configured.
+    base_url: str | None = None

@@ -1,0 +1,119 @@
+"""The Tornado application and ``downloader serve``: routes, the HTTP server, the local
+workers and the periodic expiry cleanup, all in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any
+
+import tornado.httpserver
+import tornado.web
+from tornado.ioloop import IOLoop, PeriodicCallback
+
+from downloader import handlers, service
+from downloader.backends import Context, make_context, make_dispatcher
+from downloader.config import Settings
+
+log = logging.getLogger(__name__)
+
+_ID = r"([^/]+)"
+
+
+def make_app(ctx: Context, *, executor: Executor | None = None) -> tornado.web.Application:
+    """The application with every route; ``executor`` runs blocking service calls."""
+    args: dict[str, Any] = {
+        "ctx": ctx,
+        "executor": executor or ThreadPoolExecutor(16, thread_name_prefix="downloader-http"),
+    }
+    routes: list[Any] = [
+        (r"/", handlers.IndexHandler, args),
+        (r"/v2/download/?", handlers.DownloadHandler, args),
+        (rf"/v2/download/{_ID}/?", handlers.StatusHandler, args),
+        (rf"/status/{_ID}/?", handlers.StatusHandler, args),
+        (r"/v2/count/?", handlers.CountHandler, args),
+        (rf"/archives/{_ID}/?", handlers.ArchiveHandler, args),
+        (rf"/archives/{_ID}/([^/]+)", handlers.ArchiveHandler, args),
+        (r"/healthz", handlers.HealthHandler, args),
+    ]
+    return tornado.web.Application(
+        routes,
+        default_handler_class=handlers.NotFoundHandler,
+        default_handler_args=args,
+        compress_response=False,  # archives are already deflated; JSON is small
+    )
+
+
+def make_server(app: tornado.web.Application, settings: Settings) -> tornado.httpserver.HTTPServer:
+    """An HTTP server for ``app``.
+
+    Its own body limit is far above ``max_body_bytes`` because the handlers enforce that one
+    themselves (with a 413 JSON answer); Tornado's limit would just drop the connection.
+    """
+    return tornado.httpserver.HTTPServer(
+        app, max_body_size=max(settings.max_body_bytes * 4, 16 * 1024 * 1024), xheaders=False
+    )
+
+
+def _run_cleanup(ctx: Context) -> None:
+    try:
+        expired = service.cleanup_expired(ctx)
+        if expired:
+            log.info("cleanup: %d archive(s) expired", len(expired))
+    except Exception:
+        # The next run tries again; a failed cleanup must never stop the server.
+        log.exception("cleanup of expired archives failed")
+
+
+async def serve(settings: Settings) -> None:
+    """Run the HTTP API, the worker pool (local dispatcher) and the cleanup loop until
+    SIGINT or SIGTERM."""
+    from downloader.dispatch import LocalDispatcher
+    from downloader.storage.local import LocalStorage
+
+    dispatcher = make_dispatcher(settings)
+    ctx = make_context(settings, dispatcher=dispatcher)
+    if isinstance(ctx.storage, LocalStorage) and isinstance(dispatcher, LocalDispatcher):
+        # No build runs yet, so every temporary file belongs to a build that died.
+        removed = ctx.storage.remove_stale_temporaries()
+        if removed:
+            log.info("removed %d partial archive(s) left by an interrupted run", removed)
+    executor = ThreadPoolExecutor(16, thread_name_prefix="downloader-http")
+    app = make_app(ctx, executor=executor)
+    server = make_server(app, settings)
+    server.listen(settings.port, address=settings.host)
+    if isinstance(dispatcher, LocalDispatcher):
+        dispatcher.start()
+    loop = IOLoop.current()
+    cleanup = PeriodicCallback(
+        lambda: loop.run_in_executor(executor, _run_cleanup, ctx),
+        max(1.0, settings.cleanup_interval_seconds) * 1000,
+    )
+    if settings.cleanup_interval_seconds > 0:
+        loop.run_in_executor(executor, _run_cleanup, ctx)
+        cleanup.start()
+    stop = asyncio.Event()
+    aio = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        aio.add_signal_handler(sig, stop.set)
+    log.info(
+        "serving on http://%s:%d (data in %s, %s workers)",
+        settings.host,
+        settings.port,
+        settings.data_path.resolve(),
+        settings.workers if isinstance(dispatcher, LocalDispatcher) else "celery",
+    )
+    print(f"downloader: serving on http://{settings.host}:{settings.port}/", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        cleanup.stop()
+        server.stop()
+        if isinstance(dispatcher, LocalDispatcher):
+            # Running builds are stopped; their jobs stay STARTED and run again at the next
+            # start (the attempt is counted).
+            await aio.run_in_executor(None, dispatcher.stop)
+        executor.shutdown(wait=False, cancel_futures=True)
