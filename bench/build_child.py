@@ -1,0 +1,85 @@
+"""One archive build in its own process, so its peak memory is its own.
+
+The parent (``bench.embedded``/``bench.search``) samples this process's RSS while it runs.
+Here: settings from the environment (``DOWNLOADER_*``), a job created through the service
+exactly as an HTTP request would create it (with a dispatcher that only remembers the id),
+then ``downloader.build.build_archive`` timed from start to published archive. Prints one
+JSON line.
+
+    python -m bench.build_child '{"rq": {"kingdom": "plantae"}}'
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+
+class _HeldDispatcher:
+    """Dispatcher that keeps the job ids instead of running them: the benchmark runs the
+    build itself, in this process, under its clock."""
+
+    def __init__(self) -> None:
+        self.job_ids: list[str] = []
+
+    def dispatch(self, job_id: str) -> None:
+        self.job_ids.append(job_id)
+
+
+def main(argv: list[str]) -> int:
+    """Create the job for the request given as JSON, build it, print what happened."""
+    params: dict[str, Any] = json.loads(argv[0])
+    profile = argv[1] if len(argv) > 1 else ""
+
+    from downloader.backends import make_context
+    from downloader.build import build_archive
+    from downloader.config import load_settings
+    from downloader.service import request_download
+
+    settings = load_settings()
+    dispatcher = _HeldDispatcher()
+    ctx = make_context(settings, dispatcher=dispatcher)
+    request_download(ctx, params, force=True, base_url="http://127.0.0.1/")
+    (job_id,) = dispatcher.job_ids
+
+    start = time.perf_counter()
+    if profile:
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.005)
+        profiler.start()
+        build_archive(job_id, ctx=ctx)
+        profiler.stop()
+        with open(profile, "w", encoding="utf-8") as out:
+            out.write(profiler.output_text(unicode=True, color=False, show_all=False))
+    else:
+        build_archive(job_id, ctx=ctx)
+    seconds = time.perf_counter() - start
+
+    job = ctx.jobs.get(job_id)
+    if job is None or job.state != "SUCCESS":
+        state = None if job is None else (job.state, job.error)
+        print(f"build did not succeed: {state}", file=sys.stderr)
+        return 1
+    path = getattr(ctx.storage, "path", None)
+    archive = str(path(job.archive_key)) if path and job.archive_key else None
+    print(
+        json.dumps(
+            {
+                "job_id": job_id,
+                "seconds": seconds,
+                "size": job.size,
+                "records_written": job.records_written,
+                "total_records": job.total_records,
+                "counts": job.counts,
+                "archive": archive,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

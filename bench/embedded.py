@@ -1,0 +1,141 @@
+"""The embedded store: synthetic data, the selections measured, and our build.
+
+Our build runs in a child process (:mod:`bench.build_child`) whose peak RSS the parent
+samples; the baseline and the limit (:mod:`bench.references`) run on the same store and the
+same rows in this process, one after the other, never at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from bench.columns import Selection
+from bench.harness import ROOT, bench_env, log, run_measured_child
+
+#: Text fields tried, in order, for a value that matches about a tenth of the records.
+_TENTH_CANDIDATES = (
+    "kingdom",
+    "phylum",
+    "class",
+    "basisofrecord",
+    "continent",
+    "country",
+    "order",
+    "institutioncode",
+    "family",
+)
+
+
+@dataclass
+class Store:
+    """An ingested data directory and what it holds."""
+
+    data_dir: Path
+    records: int
+    media: int
+    ingest_seconds: float
+    synthetic_by: str
+
+    @property
+    def db_path(self) -> Path:
+        """The DuckDB file."""
+        return self.data_dir / "records.duckdb"
+
+
+def ingest_synthetic(data_dir: Path, n: int, *, seed: int, timeout: float) -> Store:
+    """Fill a fresh ``data_dir`` with ``n`` synthetic records through ``downloader ingest``."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    cli = [sys.executable, "-m", "downloader.cli", "ingest", "--data-dir", str(data_dir)]
+    cli += ["--synthetic", str(n), "--seed", str(seed)]
+    by = "downloader ingest --synthetic"
+    proc = _run(cli, timeout)
+    if proc.returncode == 2:
+        # The command line does not offer --synthetic yet: call the store's function.
+        call = (
+            "import sys; from downloader.ingest import ingest_synthetic; "
+            "ingest_synthetic(sys.argv[1], int(sys.argv[2]), seed=int(sys.argv[3]))"
+        )
+        proc = _run([sys.executable, "-c", call, str(data_dir), str(n), str(seed)], timeout)
+        by = "downloader.ingest.ingest_synthetic"
+    if proc.returncode != 0:
+        raise RuntimeError(f"ingest failed ({proc.returncode}): {proc.stderr[-3000:]}")
+    seconds = time.perf_counter() - start
+    con = duckdb.connect(str(data_dir / "records.duckdb"), read_only=True)
+    try:
+        records = _scalar(con, "SELECT count(*) FROM records")
+        media = _scalar(con, "SELECT count(*) FROM mediarecords")
+    finally:
+        con.close()
+    log(f"ingested {records:,} records and {media:,} media records in {seconds:.1f} s ({by})")
+    return Store(data_dir, records, media, seconds, by)
+
+
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cmd, capture_output=True, text=True, env=bench_env(), cwd=ROOT, timeout=timeout, check=False
+    )
+
+
+def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> int:
+    row = con.execute(sql).fetchone()
+    return int(row[0]) if row else 0
+
+
+def selections(store: Store) -> list[Selection]:
+    """The query matching everything, and one equality query matching about a tenth."""
+    out = [Selection("all", {}, "", ())]
+    con = duckdb.connect(str(store.db_path), read_only=True)
+    try:
+        best: tuple[float, str, str] | None = None
+        for name in _TENTH_CANDIDATES:
+            rows = con.execute(
+                f'SELECT "{name}", count(*) FROM records WHERE "{name}" IS NOT NULL '
+                f'GROUP BY "{name}"'
+            ).fetchall()
+            for value, count in rows:
+                distance = abs(count / max(store.records, 1) - 0.1)
+                if best is None or distance < best[0]:
+                    best = (distance, name, value)
+            if best is not None and best[0] < 0.02:
+                break
+    finally:
+        con.close()
+    if best is not None:
+        _, name, value = best
+        out.append(Selection("tenth", {name: value}, f'"{name}" = ?', (value,)))
+    return out
+
+
+def run_ours(
+    store: Store,
+    sel: Selection,
+    *,
+    timeout: float,
+    env_extra: dict[str, str] | None = None,
+    profile: Path | None = None,
+) -> dict[str, Any]:
+    """Our build of the default DwC-A for ``sel`` in a measured child process."""
+    env = bench_env(
+        {
+            "DOWNLOADER_DATA_DIR": str(store.data_dir),
+            "DOWNLOADER_SMTP_HOST": "",
+            **(env_extra or {}),
+        }
+    )
+    args = ["-m", "bench.build_child", json.dumps({"rq": sel.rq})]
+    if profile is not None:
+        args.append(str(profile))
+    run = run_measured_child(args, timeout=timeout, env=env)
+    out = dict(run.result)
+    out["peak_rss_bytes"] = run.peak_rss_bytes
+    out["process_seconds"] = run.wall_seconds
+    return out

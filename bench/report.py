@@ -1,0 +1,295 @@
+"""Results: targets judged PASS/MISS, and the JSON, Markdown table and PNG chart written to
+``bench/results/``."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.harness import MB
+
+#: The issue's targets.
+SPEEDUP_VS_BASELINE = 10.0
+MAX_TIME_VS_LIMIT = 1.4
+MAX_RSS_MB = 400.0
+#: Peak RSS is sampled; "no higher at 5M" allows this much sampling noise.
+RSS_GROWTH_TOLERANCE = 1.10
+SEARCH_SHARE_OF_BARE = 0.80
+STATUS_RPS = 1500.0
+STATUS_P99_MS = 25.0
+
+
+@dataclass
+class Verdict:
+    """One target: what it asks, what was measured, and whether it was met."""
+
+    name: str
+    target: str
+    measured: str
+    passed: bool | None
+
+    @property
+    def word(self) -> str:
+        """PASS, MISS or n/a (not measured in this run)."""
+        return "n/a" if self.passed is None else ("PASS" if self.passed else "MISS")
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def judge(results: dict[str, Any]) -> list[Verdict]:
+    """The targets of the issue against this run's figures (``n/a`` when not measured)."""
+    verdicts: list[Verdict] = []
+    embedded = [r for r in results.get("embedded", []) if r.get("ours")]
+    sizes = sorted({r["store_records"] for r in embedded})
+    small = sizes[0] if sizes else None
+    large = sizes[-1] if len(sizes) > 1 else None
+    main = next((r for r in embedded if r["store_records"] == small and r["label"] == "all"), None)
+    scale = "" if small == 1_000_000 else f" (at {small:,} records)" if small else ""
+
+    if main and main.get("baseline"):
+        sp = main["ratios"]["ours_vs_baseline"]
+        verdicts.append(
+            Verdict(
+                f"build vs baseline{scale}",
+                f">= {SPEEDUP_VS_BASELINE:g}x",
+                f"{sp:.1f}x",
+                sp >= SPEEDUP_VS_BASELINE,
+            )
+        )
+    else:
+        verdicts.append(
+            Verdict("build vs baseline", f">= {SPEEDUP_VS_BASELINE:g}x", "not measured", None)
+        )
+    if main and main.get("limit"):
+        over = main["ours"]["seconds"] / main["limit"]["seconds"]
+        verdicts.append(
+            Verdict(
+                f"build time vs limit time{scale}",
+                f"<= {MAX_TIME_VS_LIMIT:g}x",
+                f"{over:.2f}x (limit/ours {1 / over:.2f})",
+                over <= MAX_TIME_VS_LIMIT,
+            )
+        )
+    else:
+        verdicts.append(
+            Verdict("build time vs limit time", f"<= {MAX_TIME_VS_LIMIT:g}x", "not measured", None)
+        )
+    rss_small = main["ours"]["peak_rss_bytes"] / MB if main else None
+    verdicts.append(
+        Verdict(
+            f"peak RSS{scale}",
+            f"< {MAX_RSS_MB:g} MB",
+            f"{_fmt(rss_small, 0)} MB",
+            None if rss_small is None else rss_small < MAX_RSS_MB,
+        )
+    )
+    big = next((r for r in embedded if r["store_records"] == large and r["label"] == "all"), None)
+    if big and rss_small is not None:
+        rss_big = big["ours"]["peak_rss_bytes"] / MB
+        verdicts.append(
+            Verdict(
+                f"peak RSS at {large:,} records",
+                f"<= peak at {small:,} (+{(RSS_GROWTH_TOLERANCE - 1) * 100:.0f}% sampling noise)",
+                f"{rss_big:.0f} MB vs {rss_small:.0f} MB",
+                rss_big <= rss_small * RSS_GROWTH_TOLERANCE and rss_big < MAX_RSS_MB,
+            )
+        )
+    else:
+        verdicts.append(Verdict("peak RSS at the larger size", "no higher", "not measured", None))
+
+    search = results.get("search") or {}
+    if search.get("ours") and search.get("bare"):
+        share = search["bare"]["seconds"] / search["ours"]["seconds"]
+        verdicts.append(
+            Verdict(
+                f"search-cluster build vs bare scroll ({search['records']:,} records)",
+                f">= {SEARCH_SHARE_OF_BARE:.0%} of the read's speed",
+                f"{share:.0%}",
+                share >= SEARCH_SHARE_OF_BARE,
+            )
+        )
+    else:
+        verdicts.append(
+            Verdict("search-cluster build vs bare scroll", ">= 80%", "not measured", None)
+        )
+
+    api = results.get("api") or {}
+    status = api.get("status")
+    if status:
+        rps, p99 = status["requests_per_second"], status["p99_ms"]
+        verdicts.append(
+            Verdict(
+                "status endpoint",
+                f">= {STATUS_RPS:,.0f} req/s, p99 < {STATUS_P99_MS:g} ms",
+                f"{rps:,.0f} req/s, p99 {p99:.1f} ms",
+                rps >= STATUS_RPS and p99 < STATUS_P99_MS,
+            )
+        )
+    else:
+        verdicts.append(
+            Verdict("status endpoint", ">= 1,500 req/s, p99 < 25 ms", "not measured", None)
+        )
+    return verdicts
+
+
+def markdown(results: dict[str, Any], verdicts: list[Verdict]) -> str:
+    """The results as a Markdown page."""
+    meta = results["meta"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"`{meta['command']}` on {meta['date']}, commit `{meta['commit']}`.",
+        f"Machine: {meta['cpus']} CPUs ({meta['cpu_model']}), {meta['memory_gb']:.0f} GB RAM; "
+        f"Python {meta['python']}, DuckDB {meta['duckdb']}, deflate for the limit: "
+        f"{meta['fast_deflate']} level {meta['limit_level']}.",
+        "",
+        "Every ratio compares runs made one after the other in this same invocation on the same "
+        "data; absolute times are for information (the machine is shared and noisy).",
+        "",
+        "## Targets",
+        "",
+        "| target | goal | measured | |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {v.name} | {v.target} | {v.measured} | **{v.word}** |" for v in verdicts]
+    emb = results.get("embedded") or []
+    if emb:
+        lines += [
+            "",
+            "## Embedded builds (DuckDB store, default `dwca-csv`)",
+            "",
+            "Ours: job start to published archive (all files, meta.xml, eml.xml, citations), in a "
+            "child process whose RSS is sampled. Baseline: Python tuples, `csv.writer`, `zipfile` "
+            "level 6. Limit: DuckDB `COPY` of the same cells to CSV, then deflate, in sequence.",
+            "",
+            "| store | query | records | media | ours s | ours rec/s | ours MB/s | archive MB "
+            "| peak RSS MB | baseline s | limit s (copy + deflate) | ours/baseline | limit/ours |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in emb:
+            o, b, lim, ratios = r.get("ours") or {}, r.get("baseline"), r.get("limit"), r["ratios"]
+            lim_text = (
+                f"{lim['seconds']:.1f} "
+                f"({lim['phases']['copy']:.1f} + {lim['phases']['deflate']:.1f})"
+                if lim
+                else "–"
+            )
+            lines.append(
+                f"| {r['store_records']:,} | {r['label']} `{json.dumps(r['rq'])}` "
+                f"| {r['records']:,} | {r['media']:,} | {_fmt(o.get('seconds'))} "
+                f"| {_fmt(o.get('records_per_second'), 0)} "
+                f"| {_fmt(o.get('output_mb_per_second'), 1)} "
+                f"| {_fmt((o.get('size') or 0) / MB, 1)} "
+                f"| {_fmt((o.get('peak_rss_bytes') or 0) / MB, 0)} "
+                f"| {_fmt(b['seconds'], 1) if b else '–'} | {lim_text} "
+                f"| {_fmt(ratios.get('ours_vs_baseline'), 1)}x "
+                f"| {_fmt(ratios.get('limit_vs_ours'))} |"
+            )
+    search = results.get("search")
+    if search:
+        o, b = search.get("ours") or {}, search["bare"]
+        lines += [
+            "",
+            "## Search cluster (osmem-server)",
+            "",
+            "| records | media | bare scroll s | ours s | ours rec/s | archive MB | peak RSS MB "
+            "| bare/ours |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| {b['records']:,} | {b['media']:,} | {b['seconds']:.1f} | {_fmt(o.get('seconds'))} "
+            f"| {_fmt(o.get('records_per_second'), 0)} | {_fmt((o.get('size') or 0) / MB, 1)} "
+            f"| {_fmt((o.get('peak_rss_bytes') or 0) / MB, 0)} "
+            f"| {_fmt(b['seconds'] / o['seconds'] if o.get('seconds') else None)} |",
+        ]
+    api = results.get("api")
+    if api:
+        s, bare, re_ = api["status"], api["bare"], api["resubmission"]
+        lines += [
+            "",
+            "## API under load (one `downloader serve`, load generator in a second process)",
+            "",
+            f"{api['concurrency']} keep-alive connections, "
+            f"at most {api['duration_limit']:g} s each run.",
+            "",
+            "| endpoint | requests | req/s | p50 ms | p99 ms | max ms | errors |",
+            "|---|---|---|---|---|---|---|",
+            f"| `GET /status/<id>` | {s['requests']:,} | {s['requests_per_second']:,.0f} | "
+            f"{s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['max_ms']:.1f} | {s['errors']} |",
+            f"| bare Tornado, same bytes (reference) | {bare['requests']:,} | "
+            f"{bare['requests_per_second']:,.0f} | {bare['p50_ms']:.2f} | {bare['p99_ms']:.2f} | "
+            f"{bare['max_ms']:.1f} | {bare['errors']} |",
+            "",
+            "Status rate / bare rate: "
+            f"{s['requests_per_second'] / bare['requests_per_second']:.2f}. "
+            f"A repeated submission served by the existing job ({re_['requests']} sequential "
+            f"requests, same job every time: {re_['same_job']}): p50 {_fmt(re_['p50_ms'])} ms, "
+            f"max {_fmt(re_['max_ms'])} ms. First submission (creates the job): "
+            f"{api['first_submission_ms']:.1f} ms.",
+        ]
+    skipped = results.get("skipped") or {}
+    if skipped:
+        lines += ["", "## Not measured in this run", ""]
+        lines += [f"- {name}: {why}" for name, why in skipped.items()]
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    """Records/s against result size: ours, the baseline and the limit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, float]]] = {"ours": [], "baseline": [], "limit": []}
+    for r in results.get("embedded", []):
+        for name in series:
+            part = r.get(name)
+            if part and part.get("seconds"):
+                series[name].append((r["records"], r["records"] / part["seconds"]))
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    styles = {
+        "ours": ("o-", "ours (job start to published archive)"),
+        "baseline": ("s--", "baseline (csv.writer + zipfile level 6)"),
+        "limit": ("^:", "limit (DuckDB COPY, then deflate)"),
+    }
+    for name, points in series.items():
+        if points:
+            points.sort()
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, styles[name][0], label=styles[name][1])
+    search = results.get("search") or {}
+    if search.get("ours") and search.get("bare"):
+        n = search["bare"]["records"]
+        ax.plot([n], [n / search["ours"]["seconds"]], "D", label="ours on the search cluster")
+        ax.plot([n], [n / search["bare"]["seconds"]], "x", label="bare scroll read (cluster)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("records in the archive")
+    ax.set_ylabel("records per second")
+    ax.set_title("Default DwC-A build speed against result size")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write(results: dict[str, Any], out_dir: Path, stem: str) -> tuple[list[Verdict], list[Path]]:
+    """Judge the targets and write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    verdicts = judge(results)
+    results["targets"] = [
+        {"name": v.name, "target": v.target, "measured": v.measured, "result": v.word}
+        for v in verdicts
+    ]
+    paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md", out_dir / f"{stem}.png"]
+    paths[0].write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    paths[1].write_text(markdown(results, verdicts), encoding="utf-8")
+    chart(results, paths[2])
+    return verdicts, paths
