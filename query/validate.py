@@ -419,9 +419,10 @@ def _range(target: Target, value: dict[str, Any], path: str) -> dict[str, Any]:
                 out[name] = chosen
         return out
     if kind == "float":
-        for op, raw in bounds.items():
-            out[op] = _as_float(raw, f"{path}.{op}", f"the {op} bound")
-        return out
+        converted = {
+            op: _as_float(raw, f"{path}.{op}", f"the {op} bound") for op, raw in bounds.items()
+        }
+        return _tightest(out, converted)
     if kind == "date":
         # Partial dates cover their whole period: "lte": "1900" includes all of 1900, and
         # "gt": "1900" starts in 1901. The result has an inclusive start, exclusive end.
@@ -443,10 +444,23 @@ def _range(target: Target, value: dict[str, Any], path: str) -> dict[str, Any]:
             out["lt"] = format_instant(min(ends))
         return out
     if kind in _STRING_KINDS:
-        for op, raw in bounds.items():
-            out[op] = _as_text(raw, f"{path}.{op}", f"the {op} bound")
-        return out
+        texts = {op: _as_text(raw, f"{path}.{op}", f"the {op} bound") for op, raw in bounds.items()}
+        return _tightest(out, texts)
     raise QueryError(path, f"range does not apply to {target.key}, which holds {kind}s")
+
+
+def _tightest(out: dict[str, Any], bounds: dict[str, Any]) -> dict[str, Any]:
+    """Keep one lower and one upper bound: the tighter of gte/gt and of lte/lt.
+
+    Elasticsearch refuses a range with both gt and gte (or lt and lte), and one bound per
+    side is also the canonical form for hashing.
+    """
+    if "gte" in bounds and "gt" in bounds:
+        bounds.pop("gte" if bounds["gt"] >= bounds["gte"] else "gt")
+    if "lte" in bounds and "lt" in bounds:
+        bounds.pop("lte" if bounds["lt"] <= bounds["lte"] else "lt")
+    out.update(bounds)
+    return out
 
 
 def _point(raw: Any, path: str) -> tuple[float, float]:
@@ -480,6 +494,9 @@ def _bounding_box(value: dict[str, Any], path: str) -> dict[str, Any]:
     if top < bottom:
         # iDigBio's search API swaps latitudes given the wrong way round; so do we.
         top, bottom = bottom, top
+    if top == bottom or left == right:
+        # Elasticsearch refuses a box without height; one without width is as meaningless.
+        raise QueryError(path, "the box has no area: its corners share a latitude or longitude")
     return {
         "type": "geo_bounding_box",
         "top_left": {"lat": top, "lon": left},
