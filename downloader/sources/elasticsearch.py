@@ -1,0 +1,790 @@
+"""The at-scale record source: an Elasticsearch or OpenSearch cluster, through the official
+``elasticsearch`` client. Also the writer that fills the indices (``downloader ingest
+--target elasticsearch``).
+
+This is the only module that imports ``elasticsearch``. Vendor errors are translated here:
+timeouts, refused connections, 429 and 5xx answers become
+:class:`~downloader.errors.SourceUnavailable` (transient; the Celery task retries), a missing
+index or a rejected query becomes :class:`~downloader.errors.BuildFailed` with a message a
+researcher or an operator can act on.
+
+Indices (``<p>`` is ``elasticsearch_index_prefix``):
+
+- ``<p>records``, ``<p>mediarecords``: one document per record / media record, ``_id`` the
+  uuid, fields as the DuckDB store holds them (mapping from :func:`query.mapping.es_mapping`),
+  ``data`` the verbatim terms, ``fulltext`` the tokens; media carry ``coreid`` (parent uuid).
+- ``<p>recordsets``: one document per recordset (name, version, EML, the verbatim terms its
+  records and media use: the source of :meth:`ElasticsearchSource.raw_terms`).
+- ``<p>meta``: document ``store`` with ``data_version``, changed by every ingest.
+
+Paging: ``search_after`` sorted on ``uuid`` (unique, so no further tiebreak is needed) inside
+a point-in-time when the cluster has one (Elasticsearch >= 7.10: ``_pit``; OpenSearch >= 2.4:
+``_search/point_in_time``), plain ``search_after`` otherwise. Unlike a scroll it keeps no
+server context between pages beyond the PIT (closed in ``finally``), is safe for any number
+of hits and gives a stable order. The next page is fetched on a second thread while the
+caller encodes the current one, which is where the second core pays off; sliced scrolls
+were not used because they give up the stable order the archive needs.
+
+rq + mq (``docs/architecture.md``): media documents carry ``coreid``. For media with an
+``rq``, the uuids of matching records are enumerated in sorted chunks (a composite
+aggregation) and each chunk filters media by ``terms`` on ``coreid``; for records with an
+``mq``, the distinct ``coreid`` values of matching media filter records by ``terms`` on
+``uuid``. Chunks are disjoint and ordered, so counts add up and batches stay sorted. Nothing
+is denormalised, so a record's re-ingest never has to touch its media.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pyarrow as pa
+from elastic_transport import HttpHeaders, TransportError, Urllib3HttpNode
+from elastic_transport._node import NodeApiResponse  # not re-exported at the top level
+from elasticsearch import ApiError, Elasticsearch, helpers
+
+from downloader.errors import BuildFailed, SourceUnavailable
+from query.fields import Field, RecordType, fields, get_field
+
+if TYPE_CHECKING:
+    from downloader.config import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Records per chunk of ids in an rq+mq filter (well below index.max_terms_count, 65,536).
+ID_CHUNK = 10_000
+#: Largest page one search may return (index.max_result_window bounds from+size only, but
+#: large pages cost heap on the cluster; 10,000 is Elasticsearch's own default maximum).
+MAX_PAGE = 10_000
+#: Buckets per composite-aggregation page.
+COMPOSITE_PAGE = 1_000
+KEEP_ALIVE = "5m"
+META_ID = "store"
+
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "text": pa.string(),
+    "longtext": pa.string(),
+    "list": pa.list_(pa.string()),
+    "integer": pa.int64(),
+    "float": pa.float64(),
+    "boolean": pa.bool_(),
+    "date": pa.timestamp("us"),
+    "point": pa.struct([("lat", pa.float64()), ("lon", pa.float64())]),
+}
+
+
+# --- the client ------------------------------------------------------------------------------
+
+
+class PlainJsonNode(Urllib3HttpNode):
+    """An HTTP node that speaks plain ``application/json`` to any compatible cluster.
+
+    The 9.x client asks for ``application/vnd.elasticsearch+json; compatible-with=9``, which
+    only Elasticsearch 9 accepts; Elasticsearch 7/8 and OpenSearch answer 406 or 400. Every
+    one of them accepts plain JSON, so the media types are put back here. The client also
+    refuses servers that do not name themselves Elasticsearch in ``X-Elastic-Product``, a
+    header OpenSearch does not send; it is supplied for 2xx answers from such servers.
+    """
+
+    def perform_request(  # type: ignore[override]  # same parameters, passed through by keyword
+        self, method: str, target: str, body: bytes | None = None, headers: Any = None, **kw: Any
+    ) -> NodeApiResponse:
+        if headers is not None:
+            headers = HttpHeaders(headers)
+            for name in ("accept", "content-type"):
+                value = headers.get(name)
+                if value and "vnd.elasticsearch+" in value:
+                    headers[name] = value.replace("vnd.elasticsearch+", "").split(";")[0]
+        response = super().perform_request(method, target, body=body, headers=headers, **kw)
+        meta = response.meta
+        if "x-elastic-product" not in meta.headers:
+            patched = HttpHeaders(meta.headers)
+            patched["x-elastic-product"] = "Elasticsearch"
+            response = NodeApiResponse(dataclasses.replace(meta, headers=patched), response.body)
+        return response
+
+
+def make_client(urls: str | Sequence[str], *, timeout: float = 30.0) -> Elasticsearch:
+    """The official client for comma-separated ``urls``, with retries on timeouts and on
+    overloaded or restarting nodes (429, 502, 503, 504)."""
+    hosts = [u.strip() for u in urls.split(",")] if isinstance(urls, str) else list(urls)
+    return Elasticsearch(
+        [h for h in hosts if h],
+        node_class=PlainJsonNode,
+        request_timeout=timeout,
+        retry_on_timeout=True,
+        max_retries=3,
+        retry_on_status=(429, 502, 503, 504),
+    )
+
+
+def _translate(exc: Exception, what: str) -> Exception:
+    """Our exception for a client error while doing ``what``."""
+    if isinstance(exc, ApiError):
+        status = exc.meta.status if exc.meta is not None else 0
+        if status == 429 or status >= 500:
+            return SourceUnavailable(f"the search cluster failed while {what}: {exc.message}")
+        if status == 404 or "index_not_found" in str(exc.message):
+            return BuildFailed(
+                f"the search index does not exist while {what}; load records with "
+                "`downloader ingest --target elasticsearch`"
+            )
+        return BuildFailed(f"the search cluster rejected the request while {what}: {exc.message}")
+    if isinstance(exc, TransportError):  # connection refused, timeouts, TLS
+        return SourceUnavailable(f"the search cluster cannot be reached while {what}: {exc}")
+    return exc
+
+
+def _call(what: str, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    try:
+        return func(*args, **kwargs)
+    except (ApiError, TransportError) as exc:
+        raise _translate(exc, what) from exc
+
+
+# --- documents <-> Arrow -------------------------------------------------------------------------
+
+
+def _parse_date(value: Any) -> datetime | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, int | float):  # epoch milliseconds, as ES may hand back
+        return datetime.fromtimestamp(value / 1000, UTC).replace(tzinfo=None)
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    return parsed
+
+
+def _parse_point(value: Any) -> dict[str, float] | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {"lat": float(value["lat"]), "lon": float(value["lon"])}
+    if isinstance(value, str):
+        lat, lon = value.split(",")
+        return {"lat": float(lat), "lon": float(lon)}
+    lon, lat = value  # GeoJSON order
+    return {"lat": float(lat), "lon": float(lon)}
+
+
+def _cell(f: Field, value: Any) -> Any:
+    """One _source value as the Arrow type of its catalogue kind."""
+    if value is None:
+        return None
+    kind = f.kind
+    if kind == "list":
+        return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    if isinstance(value, list) and kind != "point":
+        value = value[0] if value else None
+        if value is None:
+            return None
+    if kind in ("text", "longtext"):
+        return str(value)
+    if kind == "integer":
+        return int(value)
+    if kind == "float":
+        return float(value)
+    if kind == "boolean":
+        return value if isinstance(value, bool) else str(value).lower() == "true"
+    if kind == "date":
+        return _parse_date(value)
+    if kind == "point":
+        return _parse_point(value)
+    return value
+
+
+def _raw_value(data: dict[str, Any], term: str) -> str | None:
+    value = data.get(term)
+    if value is None:
+        return None
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def hits_to_batch(
+    rtype: RecordType,
+    sources: Sequence[dict[str, Any]],
+    field_names: Sequence[str],
+    raw_terms: Sequence[str],
+) -> pa.RecordBatch:
+    """Documents' ``_source`` as an Arrow batch in the contract of ``docs/architecture.md``:
+    ``coreid``, then the index fields typed by kind, then the verbatim terms as strings."""
+    link = "coreid" if rtype == "mediarecords" else "uuid"
+    arrays: list[pa.Array] = [pa.array([s.get(link) for s in sources], pa.string())]
+    names = ["coreid"]
+    for name in field_names:
+        f = get_field(rtype, name)
+        if f is None:
+            raise BuildFailed(f"{name} is not a {rtype} field")
+        typ = ARROW_TYPES[f.kind]
+        arrays.append(pa.array([_cell(f, s.get(name)) for s in sources], typ))
+        names.append(name)
+    for term in raw_terms:
+        arrays.append(
+            pa.array([_raw_value(s.get("data") or {}, term) for s in sources], pa.string())
+        )
+        names.append(term)
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def document_from_row(row: dict[str, Any]) -> dict[str, Any]:
+    """An index document from a row of the DuckDB store (the same derivation as the
+    embedded store: this is how ``ingest --target elasticsearch`` fills the index)."""
+    from query.mapping import to_es_document
+
+    return to_es_document(row)
+
+
+# --- the source -------------------------------------------------------------------------------
+
+
+class ElasticsearchSource:
+    """:class:`~downloader.interfaces.RecordSource` over ``<prefix>records`` and
+    ``<prefix>mediarecords``.
+
+    ``client`` replaces the one built from ``urls`` (tests, or a client with custom TLS).
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str] = "http://127.0.0.1:9200",
+        *,
+        index_prefix: str = "idigbio-",
+        timeout: float = 30.0,
+        client: Elasticsearch | None = None,
+        id_chunk: int = ID_CHUNK,
+    ) -> None:
+        self.index_prefix = index_prefix
+        self.timeout = timeout
+        self.id_chunk = id_chunk
+        self.es = client if client is not None else make_client(urls, timeout=timeout)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ElasticsearchSource:
+        """The source configured by ``elasticsearch_*`` settings."""
+        return cls(
+            settings.elasticsearch_url,
+            index_prefix=settings.elasticsearch_index_prefix,
+            timeout=settings.elasticsearch_timeout_seconds,
+        )
+
+    def index(self, rtype: RecordType) -> str:
+        """The index name of a record type."""
+        return f"{self.index_prefix}{rtype}"
+
+    @property
+    def recordsets_index(self) -> str:
+        """The index of recordset documents."""
+        return f"{self.index_prefix}recordsets"
+
+    @property
+    def meta_index(self) -> str:
+        """The index holding the ``data_version`` document."""
+        return f"{self.index_prefix}meta"
+
+    # --- cluster capabilities ------------------------------------------------------------
+
+    @cached_property
+    def _flavour(self) -> tuple[str, tuple[int, ...]]:
+        info = _call("asking the cluster for its version", self.es.info)
+        version = info.get("version", {})
+        number = tuple(
+            int(p) for p in str(version.get("number", "0")).split(".")[:2] if p.isdigit()
+        )
+        return str(version.get("distribution") or "elasticsearch"), number
+
+    def _open_pit(self, index: str) -> str | None:
+        distribution, version = self._flavour
+        try:
+            if distribution == "opensearch":
+                if version < (2, 4):
+                    return None
+                answer = self.es.perform_request(
+                    "POST",
+                    f"/{index}/_search/point_in_time",
+                    params={"keep_alive": KEEP_ALIVE},
+                    headers={"accept": "application/json"},
+                )
+                return str(answer["pit_id"])
+            if version < (7, 10):
+                return None
+            return str(self.es.open_point_in_time(index=index, keep_alive=KEEP_ALIVE)["id"])
+        except (ApiError, TransportError) as exc:
+            raise _translate(exc, f"opening a point in time on {index}") from exc
+
+    def _close_pit(self, pit_id: str) -> None:
+        distribution, _ = self._flavour
+        try:
+            if distribution == "opensearch":
+                self.es.perform_request(
+                    "DELETE",
+                    "/_search/point_in_time",
+                    body={"pit_id": [pit_id]},
+                    headers={"accept": "application/json", "content-type": "application/json"},
+                )
+            else:
+                self.es.close_point_in_time(id=pit_id)
+        except (ApiError, TransportError):
+            # The PIT expires by itself after KEEP_ALIVE; failing to close it early must not
+            # fail a build that has already written its archive.
+            log.warning("could not close point in time", exc_info=True)
+
+    # --- queries ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _clause(rtype: RecordType, q: dict[str, Any] | None) -> dict[str, Any]:
+        if not q:
+            return {"match_all": {}}
+        from query.dsl import compile_dsl
+
+        return compile_dsl(rtype, q)
+
+    def _plans(
+        self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+    ) -> Iterator[dict[str, Any]]:
+        """Disjoint queries, in uuid order of their link field, whose union is the answer."""
+        if rtype == "records":
+            own, other_type, other, here, there = rq, "mediarecords", mq, "uuid", "coreid"
+        else:
+            own, other_type, other, here, there = mq, "records", rq, "coreid", "uuid"
+        own_clause = self._clause(rtype, own)
+        if not other:
+            yield own_clause
+            return
+        other_clause = self._clause(other_type, other)  # type: ignore[arg-type]  # one of the two literals
+        for chunk in self._distinct(other_type, other_clause, there):  # type: ignore[arg-type]  # as above
+            yield {"bool": {"filter": [own_clause, {"terms": {here: chunk}}]}}
+
+    def _distinct(
+        self, rtype: RecordType, clause: dict[str, Any], field: str
+    ) -> Iterator[list[str]]:
+        """Distinct values of ``field`` among matching documents, sorted, in chunks."""
+        after: dict[str, Any] | None = None
+        while True:
+            composite: dict[str, Any] = {
+                "size": self.id_chunk,
+                "sources": [{"v": {"terms": {"field": field}}}],
+            }
+            if after:
+                composite["after"] = after
+            answer = _call(
+                f"listing {field} of matching {rtype}",
+                self.es.search,
+                index=self.index(rtype),
+                query=clause,
+                size=0,
+                aggs={"ids": {"composite": composite}},
+            )
+            agg = answer["aggregations"]["ids"]
+            values = [str(b["key"]["v"]) for b in agg["buckets"] if b["key"]["v"] is not None]
+            if values:
+                yield values
+            after = agg.get("after_key")
+            if not after or len(agg["buckets"]) < self.id_chunk:
+                return
+
+    def _composite_counts(
+        self, rtype: RecordType, clause: dict[str, Any], field: str
+    ) -> Iterator[tuple[Any, int]]:
+        """(value, doc count) of ``field`` over matching documents, in value order, paged."""
+        after: dict[str, Any] | None = None
+        while True:
+            composite: dict[str, Any] = {
+                "size": COMPOSITE_PAGE,
+                "sources": [{"v": {"terms": {"field": field}}}],
+            }
+            if after:
+                composite["after"] = after
+            answer = _call(
+                f"counting {rtype} by {field}",
+                self.es.search,
+                index=self.index(rtype),
+                query=clause,
+                size=0,
+                aggs={"by": {"composite": composite}},
+            )
+            agg = answer["aggregations"]["by"]
+            for bucket in agg["buckets"]:
+                yield bucket["key"]["v"], int(bucket["doc_count"])
+            after = agg.get("after_key")
+            if not after or len(agg["buckets"]) < COMPOSITE_PAGE:
+                return
+
+    # --- RecordSource ------------------------------------------------------------------------
+
+    def data_version(self) -> str:
+        """The ``data_version`` of the meta document ("0" before the first ingest)."""
+        try:
+            answer = self.es.get(index=self.meta_index, id=META_ID)
+        except ApiError as exc:
+            if exc.meta is not None and exc.meta.status == 404:
+                return "0"
+            raise _translate(exc, "reading the data version") from exc
+        except TransportError as exc:
+            raise _translate(exc, "reading the data version") from exc
+        return str(answer["_source"].get("data_version", "0"))
+
+    def count(self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None) -> int:
+        """How many ``rtype`` documents match (exact: ``_count`` does not cap at 10,000)."""
+        total = 0
+        for plan in self._plans(rtype, rq, mq):
+            answer = _call(f"counting {rtype}", self.es.count, index=self.index(rtype), query=plan)
+            total += int(answer["count"])
+        return total
+
+    def recordset_counts(
+        self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+    ) -> dict[str, int]:
+        """Matching documents per recordset: a composite aggregation, no hits fetched."""
+        counts: dict[str, int] = {}
+        for plan in self._plans(rtype, rq, mq):
+            for value, n in self._composite_counts(rtype, plan, "recordset"):
+                counts[str(value)] = counts.get(str(value), 0) + n
+        return dict(sorted(counts.items()))
+
+    def raw_terms(
+        self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+    ) -> list[str]:
+        """Verbatim terms used by the recordsets that contribute matching documents (read
+        from their recordset documents, so no document is fetched)."""
+        recordsets = list(self.recordset_counts(rtype, rq, mq))
+        if not recordsets:
+            return []
+        key = "record_terms" if rtype == "records" else "media_terms"
+        answer = _call(
+            "reading recordset terms",
+            self.es.mget,
+            index=self.recordsets_index,
+            ids=recordsets,
+            source_includes=[key],
+        )
+        terms: set[str] = set()
+        for doc in answer["docs"]:
+            terms.update((doc.get("_source") or {}).get(key) or [])
+        return sorted(terms)
+
+    def batches(
+        self,
+        rtype: RecordType,
+        rq: dict[str, Any] | None,
+        mq: dict[str, Any] | None,
+        *,
+        fields: Sequence[str] = (),
+        raw_terms: Sequence[str] = (),
+        batch_size: int = 10_000,
+    ) -> Iterator[pa.RecordBatch]:
+        """Matching documents as Arrow batches, sorted by the link field then uuid."""
+        size = max(1, min(batch_size, MAX_PAGE))
+        link = "coreid" if rtype == "mediarecords" else "uuid"
+        source = sorted({"uuid", link, *fields} | ({"data"} if raw_terms else set()))
+        for plan in self._plans(rtype, rq, mq):
+            for page in self._pages(rtype, plan, source, size):
+                yield hits_to_batch(rtype, page, fields, raw_terms)
+
+    def _pages(
+        self, rtype: RecordType, query: dict[str, Any], source: list[str], size: int
+    ) -> Iterator[list[dict[str, Any]]]:
+        """``_source`` of matching documents, page by page, the next page fetched while the
+        caller works on the current one. The point in time is closed however this ends."""
+        index = self.index(rtype)
+        pit = self._open_pit(index)
+        state = {"pit": pit}
+
+        def fetch(after: list[Any] | None) -> list[dict[str, Any]]:
+            body: dict[str, Any] = {
+                "query": query,
+                "size": size,
+                "sort": [{"uuid": "asc"}],
+                "_source": source,
+                "track_total_hits": False,
+            }
+            if after is not None:
+                body["search_after"] = after
+            if state["pit"]:
+                body["pit"] = {"id": state["pit"], "keep_alive": KEEP_ALIVE}
+                answer = _call(f"reading {rtype}", self.es.search, body=body)
+                state["pit"] = answer.get("pit_id", state["pit"])
+            else:
+                answer = _call(f"reading {rtype}", self.es.search, index=index, body=body)
+            return list(answer["hits"]["hits"])
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="es-page")
+        try:
+            pending: Future[list[dict[str, Any]]] | None = pool.submit(fetch, None)
+            while pending is not None:
+                hits = pending.result()
+                pending = None
+                if len(hits) == size:
+                    pending = pool.submit(fetch, hits[-1]["sort"])
+                if hits:
+                    yield [h["_source"] for h in hits]
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            if state["pit"]:
+                self._close_pit(str(state["pit"]))
+
+    def unique_values(
+        self,
+        field: str,
+        rq: dict[str, Any] | None,
+        mq: dict[str, Any] | None,
+    ) -> Iterator[pa.RecordBatch]:
+        """Distinct values of a record field with their counts, by value (composite
+        aggregation; only buckets travel)."""
+        f = get_field("records", field)
+        if f is None:
+            raise BuildFailed(f"{field} is not a records field")
+        value_type = pa.string() if f.kind in ("text", "longtext", "list") else ARROW_TYPES[f.kind]
+        plans = list(self._plans("records", rq, mq))
+        if len(plans) == 1:
+            pairs: Iterable[tuple[Any, int]] = self._composite_counts("records", plans[0], field)
+        else:
+            # Chunks may share values: merge (the distinct values, not the records, in memory).
+            merged: dict[Any, int] = {}
+            for plan in plans:
+                for value, n in self._composite_counts("records", plan, field):
+                    merged[value] = merged.get(value, 0) + n
+            pairs = sorted(merged.items())
+        chunk: list[tuple[Any, int]] = []
+        for pair in pairs:
+            if pair[0] in (None, ""):
+                continue
+            chunk.append(pair)
+            if len(chunk) == COMPOSITE_PAGE * 10:
+                yield self._values_batch(f, value_type, chunk)
+                chunk = []
+        if chunk:
+            yield self._values_batch(f, value_type, chunk)
+
+    @staticmethod
+    def _values_batch(
+        f: Field, value_type: pa.DataType, pairs: list[tuple[Any, int]]
+    ) -> pa.RecordBatch:
+        values = [str(v) if pa.types.is_string(value_type) else _cell(f, v) for v, _ in pairs]
+        return pa.RecordBatch.from_arrays(
+            [pa.array(values, value_type), pa.array([n for _, n in pairs], pa.int64())],
+            names=["value", "count"],
+        )
+
+    # --- operations --------------------------------------------------------------------------
+
+    def ping(self) -> bool:
+        """Whether the cluster answers (for health checks)."""
+        try:
+            return bool(self.es.ping())
+        except (ApiError, TransportError):
+            return False
+
+    def total_records(self) -> int:
+        """Documents in the records index."""
+        return self.count("records", None, None)
+
+
+# --- ingest: the index writer ---------------------------------------------------------------------
+
+
+def _index_body(rtype: RecordType) -> dict[str, Any]:
+    """The create-index body (settings and mappings) from the field catalogue."""
+    from query.mapping import es_mapping
+
+    return es_mapping(rtype)
+
+
+RECORDSETS_MAPPING: dict[str, Any] = {
+    "properties": {
+        "recordset": {"type": "keyword"},
+        "version": {"type": "long"},
+        "name": {"type": "keyword"},
+        "source": {"type": "keyword"},
+        "ingested_at": {"type": "date"},
+        "record_count": {"type": "long"},
+        "media_count": {"type": "long"},
+        "record_terms": {"type": "keyword"},
+        "media_terms": {"type": "keyword"},
+        # The EML is only ever read back whole; it is not searched.
+        "eml": {"type": "object", "enabled": False},
+    }
+}
+
+
+META_MAPPING: dict[str, Any] = {
+    "properties": {"data_version": {"type": "keyword"}, "updated": {"type": "date"}}
+}
+
+
+class ElasticsearchWriter:
+    """Fills the indices from the embedded store's derivation (see :func:`export_store`)."""
+
+    def __init__(self, source: ElasticsearchSource, *, chunk_size: int = 2_000) -> None:
+        self.source = source
+        self.es = source.es
+        self.chunk_size = chunk_size
+
+    def ensure_indices(self) -> None:
+        """Create the indices that do not exist yet, with the catalogue's mappings."""
+        wanted: list[tuple[str, dict[str, Any]]] = [
+            (self.source.index("records"), _index_body("records")),
+            (self.source.index("mediarecords"), _index_body("mediarecords")),
+            (self.source.recordsets_index, {"mappings": RECORDSETS_MAPPING}),
+            (self.source.meta_index, {"mappings": META_MAPPING}),
+        ]
+        for name, body in wanted:
+            if _call(f"checking index {name}", self.es.indices.exists, index=name):
+                continue
+            try:
+                self.es.indices.create(
+                    index=name, settings=body.get("settings"), mappings=body["mappings"]
+                )
+            except ApiError as exc:
+                if "resource_already_exists" in str(exc.message):  # another ingest won the race
+                    continue
+                raise _translate(exc, f"creating index {name}") from exc
+            except TransportError as exc:
+                raise _translate(exc, f"creating index {name}") from exc
+
+    def index_documents(self, rtype: RecordType, docs: Iterable[dict[str, Any]]) -> int:
+        """Bulk-index documents (``_id`` = uuid); returns how many were written."""
+        index = self.source.index(rtype)
+        actions = ({"_index": index, "_id": d["uuid"], "_source": d} for d in docs)
+        written = 0
+        try:
+            for ok, item in helpers.streaming_bulk(
+                self.es,
+                actions,
+                chunk_size=self.chunk_size,
+                max_retries=3,
+                raise_on_error=False,
+            ):
+                if not ok:
+                    raise BuildFailed(f"indexing into {index} failed: {item}")
+                written += 1
+        except (ApiError, TransportError) as exc:
+            raise _translate(exc, f"indexing into {index}") from exc
+        return written
+
+    def replace_recordset(
+        self,
+        recordset: dict[str, Any],
+        records: Iterable[dict[str, Any]],
+        media: Iterable[dict[str, Any]],
+    ) -> tuple[int, int]:
+        """Index a recordset's documents, then drop its documents of older versions."""
+        rs, version = recordset["recordset"], recordset["version"]
+        n_records = self.index_documents("records", records)
+        n_media = self.index_documents("mediarecords", media)
+        for rtype in ("records", "mediarecords"):
+            stale = {
+                "bool": {
+                    "filter": [{"term": {"recordset": rs}}],
+                    "must_not": [{"term": {"version": version}}],
+                }
+            }
+            _call(
+                f"removing old {rtype} of {rs}",
+                self.es.delete_by_query,
+                index=self.source.index(rtype),
+                query=stale,
+                refresh=True,
+                conflicts="proceed",
+            )
+        doc = document_from_row(recordset)
+        if doc.get("eml") is not None:
+            doc["eml"] = {"text": doc["eml"]}
+        _call(
+            f"writing recordset {rs}",
+            self.es.index,
+            index=self.source.recordsets_index,
+            id=rs,
+            document=doc,
+        )
+        return n_records, n_media
+
+    def bump_data_version(self) -> str:
+        """Give the data a new version token (after every ingest) and make it all visible."""
+        token = f"{time.time_ns():x}"
+        _call(
+            "refreshing the indices",
+            self.es.indices.refresh,
+            index=",".join(
+                [
+                    self.source.index("records"),
+                    self.source.index("mediarecords"),
+                    self.source.recordsets_index,
+                ]
+            ),
+        )
+        _call(
+            "writing the data version",
+            self.es.index,
+            index=self.source.meta_index,
+            id=META_ID,
+            document={"data_version": token, "updated": datetime.now(UTC).isoformat()},
+            refresh=True,
+        )
+        return token
+
+
+def export_store(
+    store_file: str | Path,
+    source: ElasticsearchSource,
+    *,
+    recordsets: Sequence[str] | None = None,
+    on_recordset: Callable[[str, int, int], None] | None = None,
+) -> str:
+    """Copy recordsets (all by default) from the DuckDB store into the indices.
+
+    ``downloader ingest --target elasticsearch`` derives index fields exactly as for the
+    embedded store (by ingesting into it) and then calls this, so both sources hold the
+    same values. Returns the new data version.
+    """
+    import duckdb  # lazily: only the ingest path needs to read the DuckDB file
+
+    writer = ElasticsearchWriter(source)
+    writer.ensure_indices()
+    con = duckdb.connect(str(store_file), read_only=True)
+    try:
+        rows = con.sql("SELECT * FROM recordsets ORDER BY recordset").to_arrow_table()
+        for rs_row in rows.to_pylist():
+            if recordsets is not None and rs_row["recordset"] not in recordsets:
+                continue
+            rs = rs_row["recordset"]
+
+            def stream(table: str, rs: str = rs) -> Iterator[dict[str, Any]]:
+                reader = con.sql(
+                    f"SELECT * FROM {table} WHERE recordset = $rs ORDER BY uuid",
+                    params={"rs": rs},
+                ).to_arrow_reader(5_000)
+                for batch in reader:
+                    for row in batch.to_pylist():
+                        yield document_from_row(row)
+
+            n_records, n_media = writer.replace_recordset(
+                rs_row, stream("records"), stream("mediarecords")
+            )
+            if on_recordset:
+                on_recordset(rs, n_records, n_media)
+    finally:
+        con.close()
+    return writer.bump_data_version()
+
+
+__all__ = [
+    "ElasticsearchSource",
+    "ElasticsearchWriter",
+    "PlainJsonNode",
+    "document_from_row",
+    "export_store",
+    "fields",
+    "hits_to_batch",
+    "make_client",
+]
