@@ -81,3 +81,54 @@ def make_celery(settings: Settings | None = None) -> Celery:
 
 #: The application of ``celery -A downloader.celery_app``.
 app = make_celery()
+
+
+def prepare_storage(settings: Settings) -> None:
+    """Best-effort S3 set-up when a worker starts: the lifecycle rule that expires archives
+    ``retention_days`` after upload (explicit cleanup remains the main mechanism)."""
+    if settings.storage != "s3":
+        return
+    import logging
+
+    from downloader.storage.s3 import S3Storage
+
+    storage = S3Storage(
+        settings.s3_bucket,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        prefix=settings.s3_prefix,
+    )
+    try:
+        storage.apply_lifecycle(settings.retention_days)
+    except Exception as exc:  # a missing permission must not stop the worker
+        logging.getLogger(__name__).warning(
+            "could not set the S3 lifecycle rule on %s (%s); expired archives are still "
+            "deleted by cleanup",
+            settings.s3_bucket,
+            exc,
+        )
+
+
+def run_worker(
+    *,
+    concurrency: int | None = None,
+    loglevel: str = "INFO",
+    pool: str = "prefork",
+    hostname: str | None = None,
+) -> None:
+    """Run a Celery worker for archive builds in this process (``downloader worker``)."""
+    settings = load_settings()
+    prepare_storage(settings)
+    argv = [
+        "worker",
+        f"--loglevel={loglevel}",
+        f"--concurrency={concurrency or settings.workers}",
+        f"--pool={pool}",
+        f"--queues={QUEUE}",
+        # Builds are long; events and gossip between workers are of no use here.
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    app.worker_main(argv)

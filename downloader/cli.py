@@ -100,8 +100,35 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _register_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("worker", help="run a Celery worker that builds archives")
-    p.set_defaults(func=_not_built)
+    p = sub.add_parser(
+        "worker",
+        help="run a Celery worker that builds archives (dispatcher: celery)",
+        description="Run a Celery worker consuming archive builds from the broker "
+        "(celery_broker_url, else redis_url). Same as `celery -A downloader.celery_app "
+        "worker`, with the queue and options this service needs.",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="builds run at once (default: the workers setting)",
+    )
+    p.add_argument("--loglevel", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument(
+        "--pool", default="prefork", choices=("prefork", "solo", "threads"), help="Celery pool"
+    )
+    p.add_argument("--hostname", default=None, help="worker node name (default: celery@host)")
+    p.set_defaults(func=_worker)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    _settings(args)  # a bad configuration stops here with a clear message
+    from downloader.celery_app import run_worker
+
+    run_worker(
+        concurrency=args.concurrency, loglevel=args.loglevel, pool=args.pool, hostname=args.hostname
+    )
+    return 0
 
 
 def _register_cleanup(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
