@@ -46,6 +46,9 @@ from query.fields import RecordType
 
 log = logging.getLogger(__name__)
 
+#: Seconds between two looks at the job's cancel flag while writing.
+CANCEL_CHECK_SECONDS = 1.0
+
 #: Errors worth another attempt: the source or the storage was unreachable for a moment.
 TRANSIENT = (SourceUnavailable, StorageUnavailable)
 
@@ -367,7 +370,7 @@ class _Reporter:
         self._last_written = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
-        self._cancel_checked = 0.0
+        self._cancel_checked = float("-inf")
         self._cancelled = False
 
     def __enter__(self) -> _Reporter:
@@ -401,9 +404,9 @@ class _Reporter:
             self.write()
 
     def should_cancel(self) -> bool:
-        """write_archive's cancellation check, at most once a second."""
+        """write_archive's cancellation check, at most every ``CANCEL_CHECK_SECONDS``."""
         now = time.monotonic()
-        if now - self._cancel_checked >= 1.0:
+        if now - self._cancel_checked >= CANCEL_CHECK_SECONDS:
             self._cancel_checked = now
             self._cancelled = self.ctx.jobs.is_cancel_requested(self.job_id)
         return self._cancelled

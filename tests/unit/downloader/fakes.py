@@ -77,7 +77,7 @@ class FakeSource:
 
     def _docs(
         self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
-    ) -> list[dict[str, Any]]:  # noqa: E501  # one-line signature
+    ) -> list[dict[str, Any]]:
         recs = [r for r in self.records if self._match(r, rq)]
         if rtype == "records":
             return recs
@@ -89,12 +89,12 @@ class FakeSource:
 
     def recordset_counts(
         self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
-    ) -> dict[str, int]:  # noqa: E501  # one-line signature
+    ) -> dict[str, int]:
         return dict(Counter(d["recordset"] for d in self._docs(rtype, rq, mq)))
 
     def raw_terms(
         self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
-    ) -> list[str]:  # noqa: E501  # one-line signature
+    ) -> list[str]:
         return sorted({t for d in self._docs(rtype, rq, mq) for t in d["data"]})
 
     def batches(
@@ -122,8 +122,8 @@ class FakeSource:
 
     def unique_values(
         self, field: str, rq: dict[str, Any] | None, mq: dict[str, Any] | None
-    ) -> Iterator[pa.RecordBatch]:  # noqa: E501  # one-line signature
-        tally = Counter(d.get(field) for d in self._docs("records", rq, mq) if d.get(field))
+    ) -> Iterator[pa.RecordBatch]:
+        tally = Counter(str(d[field]) for d in self._docs("records", rq, mq) if d.get(field))
         values = sorted(tally)
         yield pa.RecordBatch.from_pydict(
             {
