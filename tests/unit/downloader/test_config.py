@@ -1,0 +1,64 @@
+"""Configuration: defaults, DOWNLOADER_CONFIG, environment overrides, clear errors, docs."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from downloader.config import DEFAULTS_FILE, Settings, load_settings
+from downloader.errors import ConfigError
+
+README = DEFAULTS_FILE.parent / "README.md"
+
+
+def test_defaults_load() -> None:
+    settings = load_settings({})
+    assert settings.dispatcher == "local" and settings.reuse_window_hours == 23
+
+
+def test_environment_overrides_one_setting() -> None:
+    settings = load_settings({"DOWNLOADER_PORT": "9001", "DOWNLOADER_WORKERS": "4"})
+    assert (settings.port, settings.workers) == (9001, 4)
+
+
+def test_other_file_via_downloader_config(tmp_path: Path) -> None:
+    other = tmp_path / "site.yaml"
+    other.write_text("port: 9100\nsmtp_host: mail.example.org\n")
+    settings = load_settings({"DOWNLOADER_CONFIG": str(other), "DOWNLOADER_PORT": "9200"})
+    # The environment still beats the file; the file beats the defaults.
+    assert settings.port == 9200 and settings.smtp_host == "mail.example.org"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DOWNLOADER_PORT": "eighty"}, "port"),
+        ({"DOWNLOADER_WORKERS": "0"}, "workers"),
+        ({"DOWNLOADER_STORAGE": "ftp"}, "storage must be one of local, s3"),
+        ({"DOWNLOADER_STALE_JOB_SECONDS": "-1"}, "stale_job_seconds"),
+        ({"DOWNLOADER_CONFIG": "/nonexistent/x.yaml"}, "does not exist"),
+    ],
+)
+def test_bad_values_give_an_error_naming_the_setting(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env)
+
+
+def test_unknown_setting_in_other_file_is_refused(tmp_path: Path) -> None:
+    other = tmp_path / "site.yaml"
+    other.write_text("prot: 9100\n")
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load_settings({"DOWNLOADER_CONFIG": str(other)})
+
+
+def test_every_setting_is_documented_in_config_yaml_and_readme() -> None:
+    yaml_text = DEFAULTS_FILE.read_text("utf-8")
+    readme = README.read_text("utf-8")
+    for f in fields(Settings):
+        # In config.yaml: the key, directly preceded by at least one comment line.
+        match = re.search(rf"((?:^#.*\n)+)^{f.name}:", yaml_text, re.MULTILINE)
+        assert match, f"{f.name} has no comment above it in config.yaml"
+        assert f"`{f.name}`" in readme, f"{f.name} is missing from the README's reference"
