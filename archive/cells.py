@@ -24,17 +24,17 @@ an Arrow type with no text form) raises :class:`CellError` with its row index.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-#: Characters that make a JSON string need escaping beyond the enclosing quotes.
-_JSON_ESCAPES = r'[\x00-\x1f"\\]'
 #: The separator for element-wise concatenation without a separator.
 _EMPTY = pa.scalar("", pa.string())
 _QUOTE = pa.scalar('"', pa.string())
+_NEWLINE = pa.scalar("\n", pa.string())
 
 
 class CellError(Exception):
@@ -110,23 +110,104 @@ def _iso_timestamps(arr: pa.Array) -> pa.Array:
     # microseconds, the finest unit ISO text from Python carries.
     if t.tz is not None or t.unit != "us":
         arr = arr.cast(pa.timestamp("us"), safe=False)
-    text = pc.strftime(arr, format="%Y-%m-%dT%H:%M:%S")
-    # strftime always writes six fractional digits for microseconds; isoformat() omits a
-    # zero fraction, and so do we. ".000000" can only be that fraction.
+    # The cast writes "2020-01-02 03:04:05.000120"; isoformat() puts a "T" in the middle and
+    # omits a zero fraction, and so do we. ".000000" can only be that fraction.
+    text = pc.replace_substring(arr.cast(pa.string()), " ", "T", max_replacements=1)
     text = pc.replace_substring(text, ".000000", "")
     return _concat(text, "+00:00")
 
 
-def _json_strings(arr: pa.Array) -> pa.Array:
-    """JSON string literals of a ``string`` array (nulls kept)."""
-    quoted = _concat(_QUOTE, arr, _QUOTE)
-    needs = pc.match_substring_regex(arr, _JSON_ESCAPES)
-    if not pc.any(needs).as_py():
+def _string_parts(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The offsets and data bytes of a ``string`` array (views, no copy)."""
+    _, offsets_buffer, data_buffer = arr.buffers()
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
+    if data_buffer is None:
+        return offsets, np.zeros(0, dtype=np.uint8)
+    return offsets, np.frombuffer(data_buffer, dtype=np.uint8)[offsets[0] : offsets[-1]]
+
+
+def _rows_where(arr: pa.Array, hit: Callable[[np.ndarray], np.ndarray]) -> np.ndarray | None:
+    """Which values of a ``string`` array hold a byte for which ``hit`` is true.
+
+    None when no value does, the common case, found with a few vectorised comparisons over
+    the data buffer rather than a pattern match per value. Nulls are never selected.
+    """
+    if len(arr) == 0:
+        return None
+    offsets, data = _string_parts(arr)
+    hits = np.flatnonzero(hit(data))
+    if hits.size == 0:
+        return None
+    rows = np.searchsorted(offsets, hits + offsets[0], side="right") - 1
+    mask = np.zeros(len(arr), dtype=bool)
+    mask[rows] = True
+    if arr.null_count:
+        mask &= arr.is_valid().to_numpy(zero_copy_only=False)
+    return mask
+
+
+def _json_special(data: np.ndarray) -> np.ndarray:
+    """Bytes a JSON string literal must escape: control characters, quote, backslash."""
+    return (data < 0x20) | (data == 0x22) | (data == 0x5C)
+
+
+def _is_exponent(data: np.ndarray) -> np.ndarray:
+    return data == 0x65  # "e"
+
+
+def _csv_special(delimiter: str) -> Callable[[np.ndarray], np.ndarray]:
+    """Bytes that make a cell need quoting: the delimiter, quote, CR, LF."""
+    code = ord(delimiter)
+
+    def hit(data: np.ndarray) -> np.ndarray:
+        return (data == code) | (data == 0x22) | (data == 0x0A) | (data == 0x0D)
+
+    return hit
+
+
+def _json_csv_special(delimiter: str) -> Callable[[np.ndarray], np.ndarray]:
+    """Bytes that make a JSON cell need quoting.
+
+    JSON text never holds a raw CR, LF or tab (json.dumps escapes them), so a JSON cell
+    needs quoting exactly when it holds a quote or the delimiter.
+    """
+    code = ord(delimiter)
+
+    def hit(data: np.ndarray) -> np.ndarray:
+        return (data == code) | (data == 0x22)
+
+    return hit
+
+
+def _requote(text: str, quote: str) -> str:
+    return text if quote == '"' else text.replace('"', quote)
+
+
+def _enclose_rows(text: pa.Array, rows: np.ndarray, *, double: bool) -> pa.Array:
+    """``text`` with the values selected by ``rows`` enclosed in quotes; nulls stay null.
+
+    With ``double`` their inner quotes are doubled (RFC 4180); without, the caller wrote
+    them doubled already. Only the selected values are touched.
+    """
+    if not double and int(rows.sum()) == len(text) - text.null_count:
+        return _concat(_QUOTE, text, _QUOTE)
+    selected = pa.array(rows)
+    part = text.filter(selected)
+    if double:
+        part = pc.replace_substring(part, '"', '""')
+    return pc.replace_with_mask(text, selected, _concat(_QUOTE, part, _QUOTE))
+
+
+def _json_strings(arr: pa.Array, quote: str) -> pa.Array:
+    """JSON string literals of a ``string`` array (nulls kept), quotes written as ``quote``."""
+    quoted = _concat(quote, arr, quote)
+    rows = _rows_where(arr, _json_special)
+    if rows is None:
         return quoted
-    mask = pc.fill_null(needs, False)
-    values = arr.filter(mask).to_pylist()
-    fixed = pa.array([json.dumps(v, ensure_ascii=False) for v in values], pa.string())
-    return pc.replace_with_mask(quoted, mask, fixed)
+    selected = pa.array(rows)
+    values = arr.filter(selected).to_pylist()
+    fixed = [_requote(json.dumps(v, ensure_ascii=False), quote) for v in values]
+    return pc.replace_with_mask(quoted, selected, pa.array(fixed, pa.string()))
 
 
 def _json_floats(arr: pa.Array) -> pa.Array:
@@ -136,27 +217,33 @@ def _json_floats(arr: pa.Array) -> pa.Array:
     text = arr.cast(pa.string())
     # Arrow and Python both write the shortest round-tripping digits but choose between
     # fixed and exponent notation differently. Where Python uses fixed notation (magnitude
-    # in [1e-4, 1e16), or zero) and Arrow did too, only a missing ".0" differs; every other
-    # value (exponents, NaN, infinities) is formatted by Python. Those are rare in
-    # biodiversity data: coordinates, elevations and depths are all in the fast range.
-    magnitude = pc.abs(arr)
-    python_fixed = pc.or_(
-        pc.and_(pc.greater_equal(magnitude, 1e-4), pc.less(magnitude, 1e16)),
-        pc.equal(arr, 0.0),
-    )
-    arrow_fixed = pc.invert(pc.match_substring(text, "e"))
-    fast = pc.fill_null(pc.and_(python_fixed, arrow_fixed), False)
-    integral = pc.and_(fast, pc.invert(pc.match_substring(text, ".")))
-    text = pc.if_else(integral, _concat(text, ".0"), text)
-    slow = pc.and_(pc.invert(fast), arr.is_valid())
-    if pc.any(slow).as_py():
-        values = arr.filter(slow).to_pylist()
-        fixed = pa.array([json.dumps(v) for v in values], pa.string())
-        text = pc.replace_with_mask(text, slow, fixed)
+    # in [1e-4, 1e16), or zero) and Arrow did too (no "e" in its text), only the ".0" Python
+    # adds to whole numbers differs; every other value (exponents, NaN, infinities) is
+    # formatted by Python. Those are rare in biodiversity data: coordinates, elevations and
+    # depths all take the fast path.
+    values = arr.to_numpy(zero_copy_only=False)
+    with np.errstate(invalid="ignore"):
+        magnitude = np.abs(values)
+        fast = ((magnitude >= 1e-4) & (magnitude < 1e16)) | (values == 0)
+        whole = fast & (values == np.floor(values))
+    exponent = _rows_where(text, _is_exponent)
+    if exponent is not None:
+        fast &= ~exponent
+        whole &= fast
+    if whole.any():
+        selected = pa.array(whole)
+        text = pc.replace_with_mask(text, selected, _concat(text.filter(selected), ".0"))
+    slow = ~fast
+    if arr.null_count:
+        slow &= arr.is_valid().to_numpy(zero_copy_only=False)
+    if slow.any():
+        selected = pa.array(slow)
+        fixed = [json.dumps(v) for v in arr.filter(selected).to_pylist()]
+        text = pc.replace_with_mask(text, selected, pa.array(fixed, pa.string()))
     return text
 
 
-def _json_lists(arr: pa.Array) -> pa.Array:
+def _json_lists(arr: pa.Array, quote: str) -> pa.Array:
     """JSON arrays of a list array (nulls kept)."""
     if pa.types.is_list_view(arr.type) or pa.types.is_large_list_view(arr.type):
         arr = arr.cast(pa.large_list(arr.type.value_type))
@@ -165,67 +252,97 @@ def _json_lists(arr: pa.Array) -> pa.Array:
     offsets = np.zeros(len(arr) + 1, dtype=np.int64)
     np.cumsum(lengths.to_numpy(zero_copy_only=False), out=offsets[1:])
     try:
-        items = json_texts(flat)
+        items = json_texts(flat, quote=quote)
     except CellError as err:
         parent = int(np.searchsorted(offsets, err.row, side="right")) - 1
         raise CellError(parent, f"has a list item that {err.reason}") from None
-    items = pc.fill_null(items, "null")
+    if items.null_count:
+        items = pc.fill_null(items, "null")
     lists = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), items, mask=arr.is_null())
     return _concat("[", pc.binary_join(lists, ", "), "]")
 
 
-def _json_structs(arr: pa.Array) -> pa.Array:
+def _json_structs(arr: pa.Array, quote: str) -> pa.Array:
     """JSON objects of a struct array, fields in schema order (``lat`` before ``lon``)."""
     t = arr.type
     names = [t.field(i).name for i in range(t.num_fields)]
+    if not names:
+        empty = pa.array(["{}"] * len(arr), pa.string())
+        return pc.if_else(arr.is_valid(), empty, pa.scalar(None, pa.string()))
     children = dict(zip(names, arr.flatten(), strict=True))
     if sorted(names) == ["lat", "lon"]:
         names = ["lat", "lon"]
-    parts: list[pa.Array] = []
-    for name in names:
+    parts: list[pa.Array | pa.Scalar] = []
+    for position, name in enumerate(names):
         try:
-            text = json_texts(children[name])
+            text = json_texts(children[name], quote=quote)
         except CellError as err:
             raise CellError(err.row, f"has a field {name!r} that {err.reason}") from None
-        key = json.dumps(name, ensure_ascii=False) + ": "
-        parts.append(_concat(key, pc.fill_null(text, "null")))
-    if parts:
-        body = pc.binary_join_element_wise(*parts, pa.scalar(", ", pa.string()))
-        objects = _concat("{", body, "}")
-    else:
-        objects = pa.array(["{}"] * len(arr), pa.string())
-    return pc.if_else(arr.is_valid(), objects, pa.scalar(None, pa.string()))
+        key = _requote(json.dumps(name, ensure_ascii=False), quote)
+        parts += [pa.scalar(("{" if position == 0 else ", ") + key + ": ", pa.string()), text]
+    parts.append(pa.scalar("}", pa.string()))
+    # One kernel call builds every object; a null field becomes JSON null.
+    objects = pc.binary_join_element_wise(
+        *parts, _EMPTY, null_handling="replace", null_replacement="null"
+    )
+    if arr.null_count:
+        objects = pc.if_else(arr.is_valid(), objects, pa.scalar(None, pa.string()))
+    return objects
 
 
-def json_texts(arr: pa.Array) -> pa.Array:
-    """The JSON text of every value of ``arr`` as a ``string`` array; nulls stay null."""
+def json_texts(arr: pa.Array, *, quote: str = '"') -> pa.Array:
+    """The JSON text of every value of ``arr`` as a ``string`` array; nulls stay null.
+
+    ``quote`` is written for every quotation mark of the JSON text: ``'""'`` gives text
+    ready to sit inside a quoted CSV cell.
+    """
     t = arr.type
     if pa.types.is_dictionary(t):
-        return json_texts(arr.dictionary_decode())
+        return json_texts(arr.dictionary_decode(), quote=quote)
     if pa.types.is_null(t):
         return pa.nulls(len(arr), pa.string())
     if _is_string_like(t):
-        return _json_strings(utf8(arr))
+        return _json_strings(utf8(arr), quote)
     if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_decimal(t):
         return arr.cast(pa.string())
     if pa.types.is_floating(t):
         return _json_floats(arr)
     if pa.types.is_timestamp(t) or pa.types.is_date(t) or pa.types.is_time(t):
-        return _json_strings(text_values(arr))
+        return _json_strings(_plain_text(arr), quote)
     if _is_list_like(t):
-        return _json_lists(arr)
+        return _json_lists(arr, quote)
     if pa.types.is_struct(t):
-        return _json_structs(arr)
+        return _json_structs(arr, quote)
     raise CellError(_first_valid(arr), f"has the type {t}, which has no text form here")
 
 
 def _first_valid(arr: pa.Array) -> int:
-    index = _first_true(arr.is_valid())
-    return max(index, 0)
+    return max(_first_true(arr.is_valid()), 0)
+
+
+def _plain_text(arr: pa.Array) -> pa.Array:
+    """ISO text of timestamps, dates and times."""
+    if pa.types.is_timestamp(arr.type):
+        return _iso_timestamps(arr)
+    return arr.cast(pa.string())
+
+
+def _is_plain(t: pa.DataType) -> bool:
+    """Types whose text (digits, signs, dots, colons, "e", "T", "NaN") never needs quoting."""
+    return (
+        pa.types.is_timestamp(t)
+        or pa.types.is_date(t)
+        or pa.types.is_time(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_integer(t)
+        or pa.types.is_decimal(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_null(t)
+    )
 
 
 def text_values(arr: pa.Array) -> pa.Array:
-    """The cell text of every value of ``arr`` (before quoting); nulls stay null.
+    """The text of every value of ``arr`` before CSV quoting; nulls stay null.
 
     Strings as they are, timestamps/dates/times as ISO text, everything else as JSON.
     """
@@ -234,24 +351,26 @@ def text_values(arr: pa.Array) -> pa.Array:
         return text_values(arr.dictionary_decode())
     if _is_string_like(t):
         return utf8(arr)
-    if pa.types.is_timestamp(t):
-        return _iso_timestamps(arr)
-    if pa.types.is_date(t) or pa.types.is_time(t):
-        return arr.cast(pa.string())
+    if pa.types.is_timestamp(t) or pa.types.is_date(t) or pa.types.is_time(t):
+        return _plain_text(arr)
     return json_texts(arr)
 
 
-def quote_cells(text: pa.Array, delimiter: str) -> pa.Array:
-    """RFC 4180 cells of a ``string`` array: quoted where needed, nulls as empty cells."""
-    needs = pc.match_substring_regex(text, _needs_quotes_pattern(delimiter))
-    if pc.any(needs).as_py():
-        quoted = _concat(_QUOTE, pc.replace_substring(text, '"', '""'), _QUOTE)
-        text = pc.if_else(pc.fill_null(needs, False), quoted, text)
-    return pc.fill_null(text, "")
-
-
-def _needs_quotes_pattern(delimiter: str) -> str:
-    return "[" + ("\\t" if delimiter == "\t" else delimiter) + '"\\r\\n]'
+def column_cells(arr: pa.Array, delimiter: str) -> pa.Array:
+    """The RFC 4180 cells of a column, quoted where needed; nulls stay null."""
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        return column_cells(arr.dictionary_decode(), delimiter)
+    if _is_string_like(t):
+        text = utf8(arr)
+        rows = _rows_where(text, _csv_special(delimiter))
+        return text if rows is None else _enclose_rows(text, rows, double=True)
+    if _is_plain(t):
+        return text_values(arr)
+    # Lists and structs: JSON written with doubled quotes, enclosed where needed.
+    text = json_texts(arr, quote='""')
+    rows = _rows_where(text, _json_csv_special(delimiter))
+    return text if rows is None else _enclose_rows(text, rows, double=False)
 
 
 def quote_text(value: str, delimiter: str) -> str:
@@ -288,17 +407,22 @@ def encode_rows(columns: list[pa.Array], delimiter: str) -> pa.Array:
     cells: list[pa.Array] = []
     for index, arr in enumerate(columns):
         try:
-            cells.append(quote_cells(text_values(arr), delimiter))
+            cells.append(column_cells(arr, delimiter))
         except CellError as err:
             raise RowsError(err.row, index, err.reason) from None
     if len(cells) == 1:
         # A row made of one empty cell would be a blank line, which readers skip.
-        only = cells[0]
+        only = pc.fill_null(cells[0], "")
         cells[0] = pc.if_else(pc.equal(only, ""), pa.scalar('""', pa.string()), only)
-    cells[-1] = _concat(cells[-1], "\n")
+    # The line end rides on the last cell; nulls become empty cells in the joins.
+    cells[-1] = pc.binary_join_element_wise(
+        cells[-1], _NEWLINE, _EMPTY, null_handling="replace", null_replacement=""
+    )
     if len(cells) == 1:
         return cells[0]
-    return pc.binary_join_element_wise(*cells, pa.scalar(delimiter, pa.string()))
+    return pc.binary_join_element_wise(
+        *cells, pa.scalar(delimiter, pa.string()), null_handling="replace", null_replacement=""
+    )
 
 
 def row_bytes(rows: pa.Array) -> Any:

@@ -26,10 +26,13 @@ from typing import Any, BinaryIO, Protocol
 
 #: Compressed bytes an entry may hold in memory before it is streamed with a data descriptor.
 BUFFER_LIMIT = 4 * 1024 * 1024
-#: Sizes and offsets at or above this need ZIP64 fields (0xFFFFFFFF itself is the marker).
+#: Sizes and offsets at or above this get ZIP64 fields (tests lower it to exercise them).
 ZIP64_LIMIT = 0xFFFFFFFF
-#: Entry counts at or above this need the ZIP64 end record.
+#: Entry counts at or above this get the ZIP64 end record.
 ZIP64_COUNT_LIMIT = 0xFFFF
+#: What a 32-bit (16-bit) field holds when the real value is in a ZIP64 field.
+_MARKER32 = 0xFFFFFFFF
+_MARKER16 = 0xFFFF
 
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")
 _CENTRAL = struct.Struct("<4sBBHHHHHIIIHHHHHII")
@@ -154,12 +157,12 @@ class ZipStream:
         *,
         timestamp: datetime,
         deflate: Deflate | None = None,
-        buffer_limit: int = BUFFER_LIMIT,
+        buffer_limit: int | None = None,
     ) -> None:
         self._sink = sink
         self._date, self._time = dos_datetime(timestamp)
         self._deflate = deflate or fastest_deflate()
-        self._buffer_limit = buffer_limit
+        self._buffer_limit = BUFFER_LIMIT if buffer_limit is None else buffer_limit
         self._entries: list[_Entry] = []
         self._offset = 0
         # The entry being written: its name, compressor, CRC, sizes, and its compressed
@@ -233,8 +236,8 @@ class ZipStream:
                 self._time,
                 self._date,
                 0,
-                ZIP64_LIMIT,
-                ZIP64_LIMIT,
+                _MARKER32,
+                _MARKER32,
                 len(name),
                 len(extra),
             )
@@ -317,10 +320,10 @@ class ZipStream:
                 b"PK\x05\x06",
                 0,
                 0,
-                min(count, ZIP64_COUNT_LIMIT),
-                min(count, ZIP64_COUNT_LIMIT),
-                min(directory_size, ZIP64_LIMIT),
-                min(directory_offset, ZIP64_LIMIT),
+                _MARKER16 if count >= ZIP64_COUNT_LIMIT else count,
+                _MARKER16 if count >= ZIP64_COUNT_LIMIT else count,
+                _MARKER32 if directory_size >= ZIP64_LIMIT else directory_size,
+                _MARKER32 if directory_offset >= ZIP64_LIMIT else directory_offset,
                 0,
             )
         )
@@ -333,12 +336,12 @@ class ZipStream:
         uncompressed = compressed = offset = 0
         if entry.streamed or entry.uncompressed >= ZIP64_LIMIT or entry.compressed >= ZIP64_LIMIT:
             fields += [entry.uncompressed, entry.compressed]
-            uncompressed = compressed = ZIP64_LIMIT
+            uncompressed = compressed = _MARKER32
         else:
             uncompressed, compressed = entry.uncompressed, entry.compressed
         if entry.offset >= ZIP64_LIMIT:
             fields.append(entry.offset)
-            offset = ZIP64_LIMIT
+            offset = _MARKER32
         else:
             offset = entry.offset
         extra = b""
