@@ -451,12 +451,11 @@ def build_archive(job_id: str, ctx: Context) -> Job | None:
     log.info("job %s started (attempt %d)", job.id, job.attempts)
     key = archive_key(job)
     filename = archive_filename(job)
-    src = ctx.source()
     beat = max(0.5, settings.stale_job_seconds / 4)
     with _Reporter(ctx, job.id, every=settings.progress_every, beat=beat) as reporter:
         writer = None
         try:
-            plan = plan_archive(ctx, job, src)
+            plan = plan_archive(ctx, job, ctx.source())
             counts = plan.counts
             reporter.expected = plan.spec.expected_rows(counts)
             reporter.total = sum(counts.get(f.kind, 0) for f in _kinds(plan.spec))

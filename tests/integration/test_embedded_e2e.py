@@ -1,0 +1,226 @@
+"""End to end on the embedded default, through real HTTP and real processes.
+
+A fresh data directory is filled by ``downloader ingest`` (the bundled sample archives plus
+synthetic records), ``downloader serve`` runs as a subprocess on a free port with SMTP
+pointed at an aiosmtpd server, and the test behaves like a researcher's script: ask, poll,
+download, open the archive with python-dwca-reader, read the email.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+import requests
+from dwca.read import DwCAReader
+
+from downloader import service
+from downloader.backends import make_context
+from downloader.config import load_settings
+from tests.support.smtp import Inbox, free_port, smtp_server
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "dwca"
+SAMPLES = ["gbif-results.zip", "dwca-simple-test-archive.zip", "dwca-test-default.zip"]
+SYNTHETIC = 3000
+DOWNLOADER = [sys.executable, "-m", "downloader.cli"]
+ACER = {"genus": "acer"}
+DWC_GENUS = "http://rs.tdwg.org/dwc/terms/genus"
+DEADLINE = 180.0
+
+
+class Server:
+    """``downloader serve`` as a subprocess."""
+
+    def __init__(self, data_dir: Path, inbox: Inbox, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = data_dir / f"serve-{self.port}.log"
+        environ = {
+            **os.environ,
+            "DOWNLOADER_SMTP_HOST": inbox.host,
+            "DOWNLOADER_SMTP_PORT": str(inbox.port),
+            "DOWNLOADER_MAIL_FROM": "downloads@example.org",
+            "DOWNLOADER_DISPATCH_POLL_SECONDS": "0.5",
+            **env,
+        }
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [*DOWNLOADER, "serve", "--data-dir", str(data_dir), "--port", str(self.port)],
+                cwd=ROOT,
+                env=environ,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(self.url + "/healthz", timeout=5).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError("serve did not start:\n" + self.log.read_text())
+            time.sleep(0.2)
+
+    def get(self, path: str, **kw: Any) -> requests.Response:
+        return requests.get(self.url + path, timeout=60, **kw)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+
+
+def poll(status_url: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Poll until complete; returns the final status and every status seen."""
+    seen = []
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        doc = requests.get(status_url, timeout=60).json()
+        seen.append(doc)
+        if doc["complete"]:
+            return doc, seen
+        assert time.monotonic() < deadline, f"not complete after {DEADLINE}s: {doc}"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = tmp_path_factory.mktemp("data")
+    subprocess.run(
+        [
+            *DOWNLOADER,
+            "ingest",
+            "--data-dir",
+            str(data),
+            "--synthetic",
+            str(SYNTHETIC),
+            *(str(FIXTURES / name) for name in SAMPLES),
+        ],
+        cwd=ROOT,
+        check=True,
+    )
+    return data
+
+
+@pytest.fixture(scope="module")
+def acer_count(data_dir: Path) -> int:
+    # The oracle is the store itself, read with plain SQL (not with our RecordSource).
+    with duckdb.connect(str(data_dir / "records.duckdb"), read_only=True) as con:
+        row = con.execute("SELECT count(*) FROM records WHERE genus = 'acer'").fetchone()
+    assert row is not None and row[0] > 0
+    return int(row[0])
+
+
+@pytest.fixture
+def inbox() -> Iterator[Inbox]:
+    with smtp_server() as box:
+        yield box
+
+
+def test_acer_download_end_to_end(data_dir: Path, acer_count: int, inbox: Inbox) -> None:
+    server = Server(data_dir, inbox)
+    try:
+        first = server.get(
+            "/v2/download/", params={"rq": json.dumps(ACER), "email": "ana@example.org"}
+        )
+        assert first.status_code == 200
+        status = first.json()
+        assert status["status_url"].endswith(status["id"])
+        final, seen = poll(status["status_url"])
+        assert final["task_status"] == "SUCCESS", final
+        for doc in seen:
+            for key in ("records_written", "total_records", "percent_complete", "hash"):
+                assert key in doc
+        assert final["counts"]["records"] == acer_count
+        assert final["percent_complete"] == 100.0
+
+        body = server.get(final["download_url"][len(server.url) :]).content
+        assert hashlib.sha256(body).hexdigest() == final["checksum"]["value"]
+        assert len(body) == final["size"]
+        archive = data_dir / "acer.zip"
+        archive.write_bytes(body)
+        with DwCAReader(str(archive)) as reader:
+            rows = list(reader)
+            assert len(rows) == acer_count
+            assert {r.data[DWC_GENUS] for r in rows} == {"acer"}
+            assert len({r.id for r in rows}) == acer_count
+
+        (mail,) = inbox.wait_for(1, timeout=DEADLINE)
+        assert mail["To"] == "ana@example.org"
+        assert final["download_url"] in mail.get_content()
+
+        # The same question again (differently spelt) is served from the same job.
+        again = server.get("/v2/download/", params={"rq": '{"genus": "Acer"}'}).json()
+        assert again["id"] == status["id"] and again["task_status"] == "SUCCESS"
+
+        # A bad query is refused at once, naming the field.
+        bad = server.get("/v2/download/", params={"rq": '{"genus": {"type": "nonsense"}}'})
+        assert bad.status_code == 400
+        assert bad.json()["key"].startswith("rq.genus")
+        count = server.get("/v2/count", params={"rq": json.dumps(ACER)}).json()
+        assert count["records"] == acer_count
+    finally:
+        server.stop()
+    assert server.proc.returncode == 0, server.log.read_text()
+
+
+def test_jobs_queued_or_interrupted_while_down_run_after_a_restart(
+    data_dir: Path, acer_count: int, inbox: Inbox
+) -> None:
+    settings = load_settings({}, overrides={"data_dir": str(data_dir), "max_attempts": 3})
+
+    class NoWorkers:
+        def dispatch(self, job_id: str) -> None:
+            """No service is running: the job stays queued in the store."""
+
+    ctx = make_context(settings, dispatcher=NoWorkers())
+    queued = service.request_download(
+        ctx,
+        {"rq": json.dumps({"genus": "quercus"}), "form": "dwca-tsv"},
+        email="queued@example.org",
+        force=True,
+        base_url="http://unused",
+    )
+    interrupted = service.request_download(
+        ctx,
+        {"rq": json.dumps(ACER), "core_source": "raw"},
+        email="interrupted@example.org",
+        force=True,
+        base_url="http://unused",
+    )
+    # A worker started this one, then the whole service died.
+    assert ctx.jobs.claim(interrupted["id"], max_attempts=3) is not None
+
+    server = Server(data_dir, inbox)
+    try:
+        for job in (queued, interrupted):
+            final, _ = poll(f"{server.url}/v2/download/{job['id']}")
+            assert final["task_status"] == "SUCCESS", final
+            path = data_dir / f"{job['id']}.zip"
+            path.write_bytes(server.get(final["download_url"][len(server.url) :]).content)
+            with DwCAReader(str(path)) as reader:
+                assert len(list(reader)) == final["counts"]["records"]
+        assert ctx.jobs.get(interrupted["id"]).attempts == 2  # type: ignore[union-attr]  # exists
+        inbox.wait_for(2, timeout=DEADLINE)
+        assert inbox.to("queued@example.org") and inbox.to("interrupted@example.org")
+    finally:
+        server.stop()
