@@ -7,11 +7,8 @@ them, so both the queued and the finished states can be observed.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,95 +17,8 @@ import pytest
 import requests
 from dwca.read import DwCAReader
 
-from downloader.app import make_app, make_server
-from downloader.backends import Context
-from downloader.build import build_archive
-from downloader.config import load_settings
-from downloader.jobs.sqlite import SQLiteJobStore
-from downloader.models import Job
 from downloader.service import cleanup_expired
-from downloader.storage.local import LocalStorage
-from notify.smtp import LogMailer
-from tests.support.smtp import free_port
-from tests.unit.downloader.fakes import FakeSource
-
-ACER = '{"genus": "acer"}'
-
-
-class RecordingDispatcher:
-    """Remembers dispatched job ids; tests build them with :meth:`Api.build`."""
-
-    def __init__(self) -> None:
-        self.ids: list[str] = []
-
-    def dispatch(self, job_id: str) -> None:
-        self.ids.append(job_id)
-
-
-@dataclass
-class Api:
-    url: str
-    ctx: Context
-    dispatcher: RecordingDispatcher
-    mailer: LogMailer
-
-    def build(self, job_id: str) -> Job | None:
-        return build_archive(job_id, self.ctx)
-
-    def get(self, path: str, **kw: Any) -> requests.Response:
-        return requests.get(self.url + path, timeout=30, **kw)
-
-    def post(self, path: str, **kw: Any) -> requests.Response:
-        return requests.post(self.url + path, timeout=30, **kw)
-
-    def finished(self, params: dict[str, str] | None = None) -> dict[str, Any]:
-        """Request acer, build it, return the final status."""
-        status = self.get("/v2/download/", params=params or {"rq": ACER}).json()
-        self.build(status["id"])
-        return self.get(f"/v2/download/{status['id']}").json()
-
-
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[Api]:
-    settings = load_settings(
-        {},
-        overrides={
-            "data_dir": str(tmp_path),
-            "max_body_bytes": 4096,
-            "progress_every": 5,
-            "batch_size": 7,
-        },
-    )
-    dispatcher = RecordingDispatcher()
-    mailer = LogMailer(sender="d@example.org")
-    source = FakeSource(30)
-    ctx = Context(
-        settings=settings,
-        jobs=SQLiteJobStore(tmp_path / "jobs.sqlite3"),
-        storage=LocalStorage(tmp_path / "archives"),
-        mailer=mailer,
-        dispatcher=dispatcher,
-        source_factory=lambda: source,
-    )
-    port = free_port()
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        server = make_server(make_app(ctx), settings)
-        server.listen(port, address="127.0.0.1")
-        loop.call_soon(ready.set)
-        loop.run_forever()
-        server.stop()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    ready.wait(30)
-    yield Api(f"http://127.0.0.1:{port}", ctx, dispatcher, mailer)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(30)
-
+from tests.unit.downloader.conftest import ACER, Api
 
 # --- request shapes ---------------------------------------------------------------------
 
