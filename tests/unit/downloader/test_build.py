@@ -248,3 +248,25 @@ def test_dispatcher_requeues_interrupted_jobs_and_gives_up_after_max_attempts(
     assert job is not None and job.state == "FAILURE"
     assert "interrupted 2 times" in (job.error or "")
     assert [m["To"] for m in ctx.mailer.sent] == ["ana@example.org"]  # type: ignore[attr-defined]  # LogMailer
+
+
+def test_dispatcher_stops_a_build_over_the_time_limit_and_says_so(tmp_path: Path) -> None:
+    import multiprocessing
+    import time
+
+    from downloader.dispatch import _Run
+
+    ctx = make_ctx(tmp_path, job_time_limit_seconds=60)
+    job_id = request(ctx)
+    assert ctx.jobs.claim(job_id, max_attempts=3) is not None
+    dispatcher = LocalDispatcher(ctx.settings, ctx=ctx)
+    # A build process that would run for far too long, started "61 seconds ago".
+    process = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(600,))
+    process.start()
+    dispatcher._running[job_id] = _Run(process, time.monotonic() - 61)
+    dispatcher._enforce_time_limit()
+    assert not process.is_alive()
+    job = ctx.jobs.get(job_id)
+    assert job is not None and job.state == "FAILURE"
+    assert "longer than the limit of 1 minute" in (job.error or "")
+    assert [m["To"] for m in ctx.mailer.sent] == ["ana@example.org"]  # type: ignore[attr-defined]  # LogMailer
