@@ -111,5 +111,5 @@ def short_term(uri: str) -> str:
         if uri.startswith(base) and len(base) > len(NAMESPACES.get(best, "")):
             best = prefix
     if best:
-        return f"{best}:{uri[len(NAMESPACES[best]):]}"
+        return f"{best}:{uri[len(NAMESPACES[best]) :]}"
     return uri
