@@ -39,7 +39,9 @@ FILE_ATTRIBUTES = {
 }
 
 
-def batch(columns: Sequence[Column], rows: Sequence[Sequence[Any]], **types: pa.DataType) -> pa.RecordBatch:
+def batch(
+    columns: Sequence[Column], rows: Sequence[Sequence[Any]], **types: pa.DataType
+) -> pa.RecordBatch:
     """A record batch with one Arrow column per ``columns``, built from Python rows.
 
     ``types`` gives the Arrow type of a column by header (a string otherwise).
@@ -54,7 +56,7 @@ def batch(columns: Sequence[Column], rows: Sequence[Sequence[Any]], **types: pa.
 def eml_info(**overrides: Any) -> EmlInfo:
     """EML facts for tests."""
     values: dict[str, Any] = {
-        "title": "Download of records matching {\"genus\": \"acer\"}",
+        "title": 'Download of records matching {"genus": "acer"}',
         "query_text": '{"genus": "acer"}',
         "package_id": "0f4c5d8e-1111-4222-8333-944455556666",
         "publisher_name": "Example Biodiversity Portal",
@@ -142,8 +144,9 @@ def check_meta_structure(meta: ElementTree.Element, delimiter: str) -> None:
         assert elements[2:] and set(elements[2:]) == {"field"}
         locations = child.findall(f"{TEXT_NS}files/{TEXT_NS}location")
         assert len(locations) == 1 and locations[0].text
-        assert child.find(f"{TEXT_NS}{key}").get("index") == "0"
-        indexes = [int(f.get("index")) for f in child.findall(f"{TEXT_NS}field")]
+        key_element = child.find(f"{TEXT_NS}{key}")
+        assert key_element is not None and key_element.get("index") == "0"
+        indexes = [int(f.get("index", "")) for f in child.findall(f"{TEXT_NS}field")]
         assert len(indexes) == len(set(indexes))
         assert all(f.get("term") for f in child.findall(f"{TEXT_NS}field"))
 
@@ -155,9 +158,7 @@ def read_archive(path: Path, archive_spec: ArchiveSpec) -> ReadBack:
         assert zf.testzip() is None
         names = zf.namelist()
         texts = {
-            name: zf.read(name).decode("utf-8")
-            for name in names
-            if name.endswith((".txt", ".xml"))
+            name: zf.read(name).decode("utf-8") for name in names if name.endswith((".txt", ".xml"))
         }
         raw = {f.filename: zf.read(f.filename) for f in archive_spec.files}
     assert len(names) == len(set(names))
@@ -209,8 +210,14 @@ def read_archive(path: Path, archive_spec: ArchiveSpec) -> ReadBack:
             for r in rows:
                 assert r.core_id in known, f"{location}: coreid {r.core_id!r} has no core row"
     return ReadBack(
-        names, core_ids, core_rows, extension_rows, extension_coreids, meta,
-        ElementTree.fromstring(texts["eml.xml"]), texts,
+        names,
+        core_ids,
+        core_rows,
+        extension_rows,
+        extension_coreids,
+        meta,
+        ElementTree.fromstring(texts["eml.xml"]),
+        texts,
     )
 
 

@@ -27,8 +27,8 @@ from archive import (
     DataFile,
     dwca,
     write_archive,
+    zipstream,
 )
-from archive import zipstream
 from archive.models import Form
 from tests.unit.archive.helpers import (
     EML_NS,
@@ -66,7 +66,15 @@ def record_rows() -> list[list[Any]]:
             ["urn:a", "urn:b"],
         ],
         ["r2", "r2", 'acer "red", maple', None, None, False, []],
-        ["r3", "r3", "érable\nrouge", {"lat": -0.0, "lon": 2.0}, datetime(2001, 1, 2, 3, 4, 5), None, None],
+        [
+            "r3",
+            "r3",
+            "érable\nrouge",
+            {"lat": -0.0, "lon": 2.0},
+            datetime(2001, 1, 2, 3, 4, 5),
+            None,
+            None,
+        ],
     ]
 
 
@@ -79,19 +87,19 @@ def records_archive(form: Form = "dwca-csv", *, batch_rows: int = 2) -> ArchiveS
         batch(rcols, rows[i : i + batch_rows], **RECORD_TYPES) for i in range(0, 3, batch_rows)
     ]
     raw = dwca.raw_columns(RAW_TERMS)
-    raw_rows = [
+    raw_rows: list[list[Any]] = [
         ["r1", "Acer rubrum L.", "Boston, MA", None],
         ["r2", "Acer\trubrum", 'the "old" mill', "x"],
         ["r3", "Érable rouge", None, None],
     ]
     mcols = dwca.index_columns("mediarecords", MEDIA_FIELDS)
-    media_rows = [
+    media_rows: list[list[Any]] = [
         ["r1", "m1", "https://img.example/1.jpg"],
         ["r1", "m2", "https://img.example/2.jpg"],
         ["r3", "m3", None],
     ]
     mraw = dwca.raw_columns(["ac:accessURI", "dcterms:format"])
-    mraw_rows = [
+    mraw_rows: list[list[Any]] = [
         ["r1", "https://img.example/1.jpg", "image/jpeg"],
         ["r1", "https://img.example/2.jpg", "image/jpeg"],
         ["r3", None, None],
@@ -226,7 +234,7 @@ def test_eml_states_query_counts_date_publisher_rights_and_citation(tmp_path: Pa
     assert dataset.findtext("creator/organizationName") == "Example Biodiversity Portal"
     assert dataset.findtext("contact/onlineUrl") == "https://portal.example.org"
     assert dataset.findtext("pubDate") == "2024-05-01"
-    abstract = " ".join(p.text or "" for p in dataset.iter("para") if p in list(dataset.find("abstract")))
+    abstract = " ".join(p.text or "" for p in dataset.findall("abstract/para"))
     assert '{"genus": "acer"}' in abstract
     assert "3 records" in abstract and "3 media records" in abstract
     assert "2 recordsets" in abstract
@@ -332,7 +340,7 @@ def test_unique_value_cores_link_records_by_value_id(
     result = write(path, archive_spec)
     back = read_archive(path, archive_spec)
     assert back.core_ids == [dwca.unique_id(core_type, v) for v in values]
-    value_term = dwca.unique_columns(core_type)[1].term_uri
+    value_term = dwca.unique_columns(core_type)[1].term_uri or ""
     assert [r[value_term] for r in back.core_rows] == values
     assert [r["http://portal.idigbio.org/terms/itemCount"] for r in back.core_rows] == ["2", "1"]
     assert back.extension_coreids["occurrence.csv"][2] == back.core_ids[0]
@@ -426,9 +434,16 @@ def test_nulls_are_empty_cells(tmp_path: Path) -> None:
 def test_very_wide_raw_records(tmp_path: Path) -> None:
     terms = [f"dwc:term{i:03d}" for i in range(400)]
     columns = dwca.raw_columns(terms)
-    rows = [[f"r{r}"] + [f"v{r}-{i}" if (i + r) % 3 else None for i in range(400)] for r in range(50)]
+    rows: list[list[str | None]] = [
+        [f"r{r}", *(f"v{r}-{i}" if (i + r) % 3 else None for i in range(400))] for r in range(50)
+    ]
     files = [
-        data_file("occurrence_raw.csv", columns, [batch(columns, rows[:20]), batch(columns, rows[20:])], core=True)
+        data_file(
+            "occurrence_raw.csv",
+            columns,
+            [batch(columns, rows[:20]), batch(columns, rows[20:])],
+            core=True,
+        )
     ]
     archive_spec = spec(files)
     path = tmp_path / "wide.zip"
@@ -480,7 +495,10 @@ def test_cancel_between_batches(tmp_path: Path) -> None:
 
 
 def test_unencodable_value_names_file_row_and_column(tmp_path: Path) -> None:
-    columns = [Column("coreid", None), Column("dwc:locality", "http://rs.tdwg.org/dwc/terms/locality")]
+    columns = [
+        Column("coreid", None),
+        Column("dwc:locality", "http://rs.tdwg.org/dwc/terms/locality"),
+    ]
     good = pa.record_batch(
         [pa.array(["r1", "r2"]), pa.array([b"ok", b"fine"], pa.binary())], names=["a", "b"]
     )
@@ -505,17 +523,17 @@ def test_unencodable_value_names_file_row_and_column(tmp_path: Path) -> None:
 
 def test_unsupported_type_is_an_error_not_a_dropped_row(tmp_path: Path) -> None:
     columns = [Column("coreid", None), Column("x", "http://example.org/x")]
-    weird = pa.record_batch(
-        [pa.array(["r1"]), pa.array([1], pa.duration("s"))], names=["a", "b"]
-    )
-    with pytest.raises(ArchiveError, match="'r1'.*'x'.*duration"):
+    weird = pa.record_batch([pa.array(["r1"]), pa.array([1], pa.duration("s"))], names=["a", "b"])
+    with pytest.raises(ArchiveError, match=r"'r1'.*'x'.*duration"):
         write(tmp_path / "w.zip", spec([data_file("o.csv", columns, [weird], core=True)]))
 
 
 def test_batch_with_wrong_width_is_an_error(tmp_path: Path) -> None:
     rcols = dwca.index_columns("records", ["uuid", "scientificname"])
     narrow = pa.record_batch([pa.array(["r1"]), pa.array(["r1"])], names=["a", "b"])
-    with pytest.raises(ArchiveError, match="occurrence.csv: a batch has 2 columns but the file has 3"):
+    with pytest.raises(
+        ArchiveError, match=r"occurrence\.csv: a batch has 2 columns but the file has 3"
+    ):
         write(tmp_path / "w.zip", spec([data_file("occurrence.csv", rcols, [narrow], core=True)]))
 
 
@@ -529,7 +547,10 @@ def test_spec_needs_exactly_one_core(tmp_path: Path, cores: int) -> None:
 
 def test_duplicate_file_names_are_refused(tmp_path: Path) -> None:
     rcols = dwca.index_columns("records", ["uuid"])
-    files = [data_file("occurrence.csv", rcols, [], core=True), data_file("occurrence.csv", rcols, [])]
+    files = [
+        data_file("occurrence.csv", rcols, [], core=True),
+        data_file("occurrence.csv", rcols, []),
+    ]
     with pytest.raises(ArchiveError, match="used twice"):
         write(tmp_path / "x.zip", spec(files))
 
@@ -560,7 +581,9 @@ def test_sink_errors_propagate(tmp_path: Path) -> None:
         write_archive(records_archive(), FullDisk())  # type: ignore[arg-type]
 
 
-def test_archive_past_the_zip64_limits_reads_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_archive_past_the_zip64_limits_reads_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The real 4 GiB case is in test_zipstream; here the limits are lowered so every ZIP64
     # structure appears in a small archive that python-dwca-reader must still read.
     monkeypatch.setattr(zipstream, "ZIP64_LIMIT", 100)
@@ -580,7 +603,9 @@ def test_timestamp_with_offset_is_stamped_in_utc(tmp_path: Path) -> None:
 
     archive_spec = records_archive()
     local = TIMESTAMP.astimezone(timezone(timedelta(hours=-5)))
-    shifted = ArchiveSpec(archive_spec.form, archive_spec.files, archive_spec.citations, archive_spec.eml, local)
+    shifted = ArchiveSpec(
+        archive_spec.form, archive_spec.files, archive_spec.citations, archive_spec.eml, local
+    )
     write(tmp_path / "a.zip", archive_spec)
     write(tmp_path / "b.zip", shifted)
     assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b.zip").read_bytes()

@@ -1,0 +1,224 @@
+"""How Arrow values become CSV/TSV cells: JSON parity, ISO timestamps, RFC 4180 quoting."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from archive import cells
+
+GEO = pa.struct([("lat", pa.float64()), ("lon", pa.float64())])
+
+
+def cell_list(arr: pa.Array, delimiter: str = ",") -> list[str]:
+    """The cells of one column, as the csv module reads them back."""
+    rows = cells.encode_rows([pa.array(["id"] * len(arr)), arr], delimiter)
+    text = bytes(cells.row_bytes(rows)).decode("utf-8")
+    return [row[1] for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)]
+
+
+@pytest.mark.parametrize(
+    ("values", "arrow_type", "expected"),
+    [
+        ([True, False, None], pa.bool_(), ["true", "false", ""]),
+        ([1, -2, None, 2**62], pa.int64(), ["1", "-2", "", str(2**62)]),
+        ([1, 255], pa.uint8(), ["1", "255"]),
+        ([2.0, 0.1, 1e-05, 1e16, 1e15, 123.456, -0.0, None], pa.float64(), None),
+        (
+            [float("nan"), float("inf"), float("-inf")],
+            pa.float64(),
+            ["NaN", "Infinity", "-Infinity"],
+        ),
+        ([1.5, 2.0], pa.float32(), ["1.5", "2.0"]),
+        ([Decimal("1.50")], pa.decimal128(5, 2), ["1.50"]),
+        ([date(2020, 2, 29), None], pa.date32(), ["2020-02-29", ""]),
+        (["a", None, ""], pa.string(), ["a", "", ""]),
+        (["a"], pa.large_string(), ["a"]),
+        ([b"bytes"], pa.binary(), ["bytes"]),
+        ([None, None], pa.null(), ["", ""]),
+    ],
+)
+def test_scalar_types(
+    values: list[Any], arrow_type: pa.DataType, expected: list[str] | None
+) -> None:
+    if expected is None:
+        expected = ["" if v is None else json.dumps(v) for v in values]
+    assert cell_list(pa.array(values, arrow_type)) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "arrow_type", "expected"),
+    [
+        (datetime(2020, 1, 2, 3, 4, 5), pa.timestamp("us"), "2020-01-02T03:04:05+00:00"),
+        (
+            datetime(2020, 1, 2, 3, 4, 5, 120),
+            pa.timestamp("us"),
+            "2020-01-02T03:04:05.000120+00:00",
+        ),
+        (datetime(2020, 1, 2, 3, 4, 5), pa.timestamp("s"), "2020-01-02T03:04:05+00:00"),
+        (
+            datetime(2020, 1, 2, 3, 4, 5, 7000),
+            pa.timestamp("ms"),
+            "2020-01-02T03:04:05.007000+00:00",
+        ),
+        (datetime(2020, 1, 2, 3, 4, 5), pa.timestamp("ns"), "2020-01-02T03:04:05+00:00"),
+        (datetime(1, 1, 1), pa.timestamp("us"), "0001-01-01T00:00:00+00:00"),
+        (
+            datetime(2020, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2))),
+            pa.timestamp("us", tz="+02:00"),
+            "2020-01-02T01:04:05+00:00",
+        ),
+    ],
+)
+def test_timestamps_are_iso_utc(value: datetime, arrow_type: pa.DataType, expected: str) -> None:
+    assert cell_list(pa.array([value], arrow_type)) == [expected]
+    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+    assert datetime.fromisoformat(expected) == aware.replace(microsecond=aware.microsecond)
+
+
+def test_geopoint_is_lat_then_lon_whatever_the_field_order() -> None:
+    lon_first = pa.struct([("lon", pa.float64()), ("lat", pa.float64())])
+    arr = pa.array([{"lon": 2.0, "lat": 1.5}, None, {"lon": None, "lat": 3.0}], lon_first)
+    assert cell_list(arr) == ['{"lat": 1.5, "lon": 2.0}', "", '{"lat": 3.0, "lon": null}']
+    assert cell_list(pa.array([{"lat": 42.1, "lon": -71.05}], GEO)) == [
+        '{"lat": 42.1, "lon": -71.05}'
+    ]
+
+
+def test_lists_and_structs_are_json() -> None:
+    lists = pa.array([["a", "b"], [], None, ["é", None, 'q"uote', "back\\slash", "ctl\x01"]])
+    assert [json.loads(c) if c else None for c in cell_list(lists)] == [
+        ["a", "b"],
+        [],
+        None,
+        ["é", None, 'q"uote', "back\\slash", "ctl\x01"],
+    ]
+    assert cell_list(lists)[3] == '["é", null, "q\\"uote", "back\\\\slash", "ctl\\u0001"]'
+    ints = pa.array([[1, 2], [3]], pa.list_(pa.int64()))
+    assert cell_list(ints) == ["[1, 2]", "[3]"]
+    nested = pa.array([{"a": [1.0, None], "b": {"c": "x"}, "d": datetime(2000, 1, 1)}])
+    assert json.loads(cell_list(nested)[0]) == {
+        "a": [1.0, None],
+        "b": {"c": "x"},
+        "d": "2000-01-01T00:00:00+00:00",
+    }
+    fixed = pa.array([[1, 2]], pa.list_(pa.int32(), 2))
+    assert cell_list(fixed) == ["[1, 2]"]
+    large = pa.array([["x"]], pa.large_list(pa.string()))
+    assert cell_list(large) == ['["x"]']
+
+
+def test_dictionary_columns_are_decoded() -> None:
+    arr = pa.array(["b", "a", None, "b"]).dictionary_encode()
+    assert cell_list(arr) == ["b", "a", "", "b"]
+
+
+def test_sliced_arrays_use_their_own_window() -> None:
+    arr = pa.array(["skip, me", "a", "b,c", None, "tail"]).slice(1, 3)
+    assert cell_list(arr) == ["a", "b,c", ""]
+    lists = pa.array([["x"], ["y", "z"], None, ["w"]]).slice(1, 2)
+    assert cell_list(lists) == ['["y", "z"]', ""]
+    structs = pa.array([{"lat": 1.0, "lon": 2.0}, None, {"lat": 3.0, "lon": 4.0}], GEO).slice(1)
+    assert cell_list(structs) == ["", '{"lat": 3.0, "lon": 4.0}']
+
+
+def test_quoting_is_minimal_and_rfc4180() -> None:
+    arr = pa.array(["plain", "a,b", 'say "hi"', "x\ny", "cr\r", "tab\tx", ""])
+    rows = cells.encode_rows([arr], ",")
+    assert bytes(cells.row_bytes(rows)) == (
+        b'plain\n"a,b"\n"say ""hi"""\n"x\ny"\n"cr\r"\ntab\tx\n""\n'
+    )
+    rows = cells.encode_rows([arr], "\t")
+    assert bytes(cells.row_bytes(rows)) == (
+        b'plain\na,b\n"say ""hi"""\n"x\ny"\n"cr\r"\n"tab\tx"\n""\n'
+    )
+
+
+def test_json_cells_are_quoted_only_when_needed() -> None:
+    numbers = pa.array([[1, 2]])
+    strings = pa.array([["a"]])
+    rows = cells.encode_rows([pa.array(["r"]), numbers, strings], "\t")
+    assert bytes(cells.row_bytes(rows)) == b'r\t[1, 2]\t"[""a""]"\n'
+    rows = cells.encode_rows([pa.array(["r"]), numbers, strings], ",")
+    assert bytes(cells.row_bytes(rows)) == b'r,"[1, 2]","[""a""]"\n'
+
+
+@pytest.mark.parametrize("delimiter", [",", "\t"])
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(st.one_of(st.none(), st.text()), min_size=1, max_size=30))
+def test_any_text_round_trips_through_the_csv_module(
+    delimiter: str, values: list[str | None]
+) -> None:
+    assert cell_list(pa.array(values, pa.string()), delimiter) == [v or "" for v in values]
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.one_of(st.none(), st.floats()), min_size=1, max_size=30))
+def test_floats_match_json_dumps(values: list[float | None]) -> None:
+    assert cell_list(pa.array(values, pa.float64())) == [
+        "" if v is None else json.dumps(v) for v in values
+    ]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(st.none(), st.lists(st.one_of(st.none(), st.text()), max_size=5)),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_string_lists_match_json_dumps(values: list[list[str | None] | None]) -> None:
+    arr = pa.array(values, pa.list_(pa.string()))
+    assert cell_list(arr) == [
+        "" if v is None else json.dumps(v, ensure_ascii=False) for v in values
+    ]
+
+
+def test_invalid_utf8_is_reported_with_its_row() -> None:
+    arr = pa.array([b"fine", b"also fine", b"\xc3\x28 broken"], pa.binary())
+    with pytest.raises(cells.RowsError) as caught:
+        cells.encode_rows([pa.array(["a", "b", "c"]), arr], ",")
+    assert (caught.value.row, caught.value.column) == (2, 1)
+    assert "UTF-8" in caught.value.reason
+
+
+def test_invalid_utf8_inside_a_string_array_is_caught() -> None:
+    good = pa.array(["ok", "xx"])
+    offsets, data = good.buffers()[1], pa.py_buffer(b"ok\xff\xfe")
+    corrupt = pa.StringArray.from_buffers(2, offsets, data)
+    with pytest.raises(cells.RowsError) as caught:
+        cells.encode_rows([corrupt], ",")
+    assert caught.value.row == 1
+
+
+def test_bad_list_item_names_the_parent_row() -> None:
+    arr = pa.array([[b"ok"], [b"ok", b"\xff"]], pa.list_(pa.binary()))
+    with pytest.raises(cells.RowsError) as caught:
+        cells.encode_rows([pa.array(["a", "b"]), arr], ",")
+    assert caught.value.row == 1
+    assert "list item" in caught.value.reason
+
+
+def test_unsupported_type_is_an_error() -> None:
+    with pytest.raises(cells.RowsError, match="has the type"):
+        cells.encode_rows([pa.array([None, timedelta(seconds=1)], pa.duration("s"))], ",")
+
+
+def test_single_empty_column_rows_are_not_blank_lines() -> None:
+    rows = cells.encode_rows([pa.array(["", None, "x"])], ",")
+    assert bytes(cells.row_bytes(rows)) == b'""\n""\nx\n'
+
+
+def test_header_line_quotes_like_the_cells() -> None:
+    assert cells.header_line(["coreid", "a,b", 'q"'], ",") == b'coreid,"a,b","q"""\n'
+    assert cells.header_line(["coreid", "a,b"], "\t") == b"coreid\ta,b\n"
