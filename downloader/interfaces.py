@@ -89,7 +89,8 @@ class JobStore(Protocol):
         self, job: Job, *, reuse_after: datetime | None, force: bool = False
     ) -> tuple[Job, bool]:
         """Atomically return a reusable job for ``job.query_hash`` and ``job.data_version``
-        (not failed, cancelled or expired, created after ``reuse_after``), or store ``job``.
+        (not failed, cancelled, expired or asked to cancel, created after ``reuse_after``),
+        or store ``job``.
         The boolean is True when ``job`` was newly created. ``force`` always creates."""
         ...
 
@@ -120,6 +121,11 @@ class JobStore(Protocol):
     def claim(self, job_id: str, *, max_attempts: int) -> Job | None:
         """Mark a PENDING (or interrupted STARTED) job STARTED for this worker and count the
         attempt; None when it is terminal, cancelled or already running elsewhere."""
+        ...
+
+    def jobs_for_hash(self, query_hash: str, *, kind: str) -> list[Job]:
+        """Every job of ``kind`` with this ``query_hash``, in any state and data version,
+        newest first (how a recordset's export jobs are found, see ``downloader.exports``)."""
         ...
 
     def pending_jobs(self) -> list[Job]:

@@ -13,6 +13,7 @@ Keys (``<p>`` is the key prefix, ``dwca:`` by default):
                                                 kept outside the JSON ``doc``)
 ``<p>job:<id>:emails``                          sorted set: addresses, scored by when added
 ``<p>dedupe:<kind>:<query_hash>:<data_version>`` string: id of the newest job for that query
+``<p>byhash:<kind>:<query_hash>``               sorted set: every job of that query, by creation
 ``<p>active``                                   sorted set: PENDING/STARTED ids by creation
 ``<p>expiring``                                 sorted set: SUCCESS ids by ``expires``
 ==============================================  ===============================================
@@ -44,17 +45,17 @@ _BAND = frozenset(
 )
 _ACTIVE_STATES = frozenset({"PENDING", "STARTED"})
 
-#: KEYS: dedupe key, new job hash, active index, new job's emails.
+#: KEYS: dedupe key, new job hash, active index, new job's emails, per-hash index.
 #: ARGV: force, reuse_after (epoch), job key prefix, new id, created (epoch), number of
 #: hash field/value arguments that follow, those arguments, then (score, email) pairs.
 _CREATE_OR_REUSE = """
 if ARGV[1] == '0' then
   local existing = redis.call('GET', KEYS[1])
   if existing then
-    local h = redis.call('HMGET', ARGV[3] .. existing, 'state', 'created')
+    local h = redis.call('HMGET', ARGV[3] .. existing, 'state', 'created', 'cancel')
     local state = h[1]
     if state and state ~= 'FAILURE' and state ~= 'CANCELLED' and state ~= 'EXPIRED'
-       and tonumber(h[2]) >= tonumber(ARGV[2]) then
+       and h[3] ~= '1' and tonumber(h[2]) >= tonumber(ARGV[2]) then
       return existing
     end
   end
@@ -66,6 +67,7 @@ if #ARGV > 6 + n then
 end
 redis.call('SET', KEYS[1], ARGV[4])
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
+redis.call('ZADD', KEYS[5], ARGV[5], ARGV[4])
 return false
 """
 
@@ -179,6 +181,9 @@ class RedisJobStore:
     def _dedupe_key(self, job: Job) -> str:
         return f"{self.prefix}dedupe:{job.kind}:{job.query_hash}:{job.data_version}"
 
+    def _by_hash_key(self, kind: str, query_hash: str) -> str:
+        return f"{self.prefix}byhash:{kind}:{query_hash}"
+
     @property
     def _active_key(self) -> str:
         return f"{self.prefix}active"
@@ -244,7 +249,8 @@ class RedisJobStore:
         self, job: Job, *, reuse_after: datetime | None, force: bool = False
     ) -> tuple[Job, bool]:
         """Return the newest job for ``job``'s kind, hash and data version when it is reusable
-        (not FAILURE, CANCELLED or EXPIRED, created at or after ``reuse_after``), or store
+        (not FAILURE, CANCELLED or EXPIRED, not asked to cancel, created at or after
+        ``reuse_after``), or store
         ``job`` and make it the newest. One Lua script: atomic across processes."""
         if job.created is None:
             job.created = _now()
@@ -254,11 +260,12 @@ class RedisJobStore:
         email_args = [item for email in job.emails for item in (added, email)]
         existing = self.redis.eval(
             _CREATE_OR_REUSE,
-            4,
+            5,
             self._dedupe_key(job),
             self._job_key(job.id),
             self._active_key,
             self._emails_key(job.id),
+            self._by_hash_key(job.kind, job.query_hash),
             "1" if force else "0",
             repr(reuse_after.timestamp()) if reuse_after else "-1e300",
             f"{self.prefix}job:",
@@ -355,6 +362,13 @@ class RedisJobStore:
         if not claimed:
             return None
         return self.get(job_id)
+
+    @_edge
+    def jobs_for_hash(self, query_hash: str, *, kind: str) -> list[Job]:
+        """Every job of ``kind`` with this ``query_hash``, whatever its data version or
+        state, newest first (a recordset's export jobs, one or more per version)."""
+        ids = self.redis.zrevrange(self._by_hash_key(kind, query_hash), 0, -1)
+        return self._load_many(list(ids))
 
     @_edge
     def pending_jobs(self) -> list[Job]:

@@ -193,7 +193,8 @@ class SQLiteJobStore:
         """Return the newest reusable job for ``job``'s hash and data version, or store ``job``.
 
         Reusable: the same ``query_hash``, ``data_version`` and kind, not FAILURE, CANCELLED
-        or EXPIRED, created at or after ``reuse_after``. ``force`` skips the search.
+        or EXPIRED, not asked to cancel (a running job being stopped must not be handed to a
+        new requester), created at or after ``reuse_after``. ``force`` skips the search.
         """
         with self._transaction() as conn:
             if not force:
@@ -202,6 +203,7 @@ class SQLiteJobStore:
                     SELECT * FROM jobs
                     WHERE query_hash = ? AND data_version = ? AND kind = ?
                       AND state NOT IN ('FAILURE', 'CANCELLED', 'EXPIRED')
+                      AND cancel_requested = 0
                       AND created >= ?
                     ORDER BY created DESC LIMIT 1
                     """,
@@ -284,6 +286,16 @@ class SQLiteJobStore:
             job.attempts += 1
             self._write(conn, job)
             return job
+
+    def jobs_for_hash(self, query_hash: str, *, kind: str) -> list[Job]:
+        """Every job of ``kind`` with this ``query_hash``, whatever its data version or
+        state, newest first (a recordset's export jobs, one or more per version)."""
+        with self._reader() as conn:
+            rows = conn.execute(
+                "SELECT * FROM jobs WHERE query_hash = ? AND kind = ? ORDER BY created DESC",
+                (query_hash, kind),
+            ).fetchall()
+            return [_from_row(r, self._emails(conn, r["id"])) for r in rows]
 
     def pending_jobs(self) -> list[Job]:
         """PENDING and STARTED jobs, oldest first (STARTED ones may have lost their worker)."""
