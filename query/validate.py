@@ -155,6 +155,9 @@ def _check_limits(
         elif isinstance(node, float):
             if not math.isfinite(node):
                 raise QueryError(path, f"{node!r} is not a finite number")
+        elif isinstance(node, int) and not isinstance(node, bool) and abs(node) > 10**300:
+            # Python refuses to print integers of over 4300 digits; nothing needs them.
+            raise QueryError(path, "a number in the query is too large")
         elif node is not None and not isinstance(node, str | int | bool):
             raise QueryError(path, f"a {type(node).__name__} is not a JSON value")
     size = len(json.dumps(q, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
@@ -186,7 +189,7 @@ def _as_number(value: Any, path: str, what: str) -> float | int:
         raise QueryError(path, f"{what} must be a number, not {_describe(value)}")
     if isinstance(value, str):
         text = value.strip()
-        if not _NUMBER.fullmatch(text):
+        if len(text) > 400 or not _NUMBER.fullmatch(text):
             raise QueryError(path, f"{what} must be a number, not {_describe(value)}")
         number: float | int = int(text) if text.lstrip("+-").isdigit() else float(text)
     else:

@@ -386,6 +386,12 @@ def test_size_limits() -> None:
     assert "nested" in err({"genus": deep}).message
 
 
+def test_huge_numbers_are_refused() -> None:
+    assert "too large" in err({"version": 10**5000}).message
+    assert "must be a number" in err({"version": "9" * 5000}).message
+    assert "finite" in err({"minelevation": "1e999"}).message
+
+
 def test_very_deep_input_does_not_overflow_the_stack() -> None:
     deep: Any = {}
     for _ in range(100_000):
