@@ -44,6 +44,7 @@ from archive.models import (
     Column,
     DataFile,
     EmlInfo,
+    ExtraFile,
     FileKind,
     Form,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "Column",
     "DataFile",
     "EmlInfo",
+    "ExtraFile",
     "FileKind",
     "Form",
     "dwca",

@@ -84,6 +84,17 @@ class Citation:
 
 
 @dataclass(frozen=True, slots=True)
+class ExtraFile:
+    """A plain file in the zip that is not part of the star schema, so it is not declared in
+    ``meta.xml`` (readers such as python-dwca-reader ignore it), e.g. the ``deleted.csv`` of
+    an incremental download. ``chunks`` is called once, by the writer, and yields the file's
+    bytes in pieces, so a long file is streamed like the data files."""
+
+    filename: str
+    chunks: Callable[[], Iterable[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
 class EmlInfo:
     """The facts ``eml.xml`` states about a download.
 
@@ -113,8 +124,8 @@ class ArchiveSpec:
     ``files`` are written in the given order (and declared in meta.xml in that order).
     ``timestamp`` is the time stamped on every zip entry and in the citation files, so the
     same spec over the same data gives byte-identical archives; naive datetimes are UTC.
-    For the ``csv``/``tsv`` forms only the core file is written, and ``citations`` and
-    ``eml`` are ignored.
+    For the ``csv``/``tsv`` forms only the core file is written, and ``citations``, ``eml``
+    and ``extras`` are ignored. ``extras`` are written after the citations, undeclared.
     """
 
     form: Form
@@ -122,6 +133,7 @@ class ArchiveSpec:
     citations: list[Citation]
     eml: EmlInfo
     timestamp: datetime
+    extras: Sequence[ExtraFile] = ()
 
     @property
     def core(self) -> DataFile:

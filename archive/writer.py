@@ -100,6 +100,7 @@ def _check_spec(spec: ArchiveSpec) -> None:
     names = [f.filename for f in spec.files]
     if dwca.is_zip(spec.form):
         names += [c.filename for c in spec.citations] + [dwca.EML_XML, dwca.META_XML]
+        names += [e.filename for e in spec.extras]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ArchiveError(f"file names used twice in the archive: {', '.join(duplicates)}")
@@ -274,6 +275,13 @@ def _write_zip(
     ]
     for citation, text in zip(spec.citations, texts, strict=True):
         thread.call(archive.add, citation.filename, text.encode("utf-8"))
+    for extra in spec.extras:
+        if cancel():
+            raise ArchiveCancelled(f"cancelled before writing {extra.filename}")
+        thread.call(archive.start, extra.filename)
+        for chunk in extra.chunks():
+            thread.call(archive.write, chunk)
+        thread.call(archive.finish)
     # The EML states the counts actually written where the archive has such files, so it
     # stays true even if the data changed between the service's count and the stream.
     eml = spec.eml

@@ -163,7 +163,8 @@ def read_archive(path: Path, archive_spec: ArchiveSpec) -> ReadBack:
         raw = {f.filename: zf.read(f.filename) for f in archive_spec.files}
     assert len(names) == len(set(names))
     expected = [f.filename for f in archive_spec.files]
-    expected += [c.filename for c in archive_spec.citations] + ["eml.xml", "meta.xml"]
+    expected += [c.filename for c in archive_spec.citations]
+    expected += [e.filename for e in archive_spec.extras] + ["eml.xml", "meta.xml"]
     assert names == expected
     meta = ElementTree.fromstring(texts["meta.xml"])
     assert texts["meta.xml"].startswith('<?xml version="1.0" encoding="UTF-8"?>')
