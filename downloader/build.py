@@ -40,6 +40,7 @@ from downloader.errors import SourceUnavailable, StorageUnavailable
 from downloader.interfaces import RecordSource
 from downloader.models import TERMINAL_STATES, Job
 from downloader.service import content_type, download_url, now_utc, status_url
+from downloader.sync import deleted_file
 from notify.service import send_failure_email, send_ready_email
 from query import fields as catalogue
 from query.fields import RecordType
@@ -290,7 +291,18 @@ def plan_archive(
         recordset_counts=recordsets,
         created=created,
     )
-    spec = ArchiveSpec(form=form, files=files, citations=citations, eml=eml, timestamp=created)
+    # A download of what changed since a date also lists what was removed (downloader.sync).
+    deleted = (
+        deleted_file(src, rq, batch_size=request["_batch_size"]) if dwca.is_zip(form) else None
+    )
+    spec = ArchiveSpec(
+        form=form,
+        files=files,
+        citations=citations,
+        eml=eml,
+        timestamp=created,
+        extras=[deleted] if deleted else [],
+    )
     return _Plan(spec=spec, counts=counts, recordsets=recordsets)
 
 
@@ -450,7 +462,8 @@ def build_archive(job_id: str, ctx: Context) -> Job | None:
         )
     log.info("job %s started (attempt %d)", job.id, job.attempts)
     key = archive_key(job)
-    filename = archive_filename(job)
+    # An export job is named when it is created ({recordset}_{version}.{lastUpdated}.zip).
+    filename = job.filename or archive_filename(job)
     beat = max(0.5, settings.stale_job_seconds / 4)
     with _Reporter(ctx, job.id, every=settings.progress_every, beat=beat) as reporter:
         writer = None
@@ -471,6 +484,11 @@ def build_archive(job_id: str, ctx: Context) -> Job | None:
                 key, writer, content_type=content_type(plan.spec.form), filename=filename
             )
             writer = None
+            if ctx.jobs.is_cancel_requested(job.id):
+                # Cancelled while the last bytes were written: the requester was told it
+                # stops, so the archive must not appear (nor a "ready" email go out).
+                ctx.storage.delete(key)
+                raise ArchiveCancelled("cancelled after the archive was written")
         except ArchiveCancelled:
             _discard(ctx, key, writer)
             job.state = "CANCELLED"
@@ -515,7 +533,11 @@ def build_archive(job_id: str, ctx: Context) -> Job | None:
         completed = now_utc()
         job.state = "SUCCESS"
         job.completed = completed
-        job.expires = completed + timedelta(days=settings.retention_days)
+        # A recordset export is a cache kept until it is replaced or deleted (see
+        # downloader.exports); a download lives for retention_days.
+        job.expires = (
+            None if job.kind == "export" else completed + timedelta(days=settings.retention_days)
+        )
         job.size = result.size
         job.sha256 = result.sha256
         job.archive_key = key

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, runtime_checkable
 
 import pyarrow as pa
 
@@ -79,6 +79,28 @@ class RecordSource(Protocol):
     ) -> Iterator[pa.RecordBatch]:
         """Distinct non-empty values of a record field with their counts (columns value, count),
         ordered by value."""
+        ...
+
+
+@runtime_checkable
+class DeletionLog(Protocol):
+    """A record source that remembers which documents re-ingests removed, and when.
+
+    Optional beside :class:`RecordSource`: a download since a date carries ``deleted.csv``
+    only when its source has this (see :mod:`downloader.sync`).
+    """
+
+    def deleted_since(
+        self,
+        since: datetime,
+        *,
+        until: datetime | None = None,
+        recordsets: Sequence[str] | None = None,
+        batch_size: int = 10_000,
+    ) -> Iterator[pa.RecordBatch]:
+        """Documents removed at or after ``since`` (and before ``until``), ordered by uuid:
+        string columns ``uuid``, ``type`` (``records`` or ``mediarecords``), ``recordset``,
+        and ``deleted`` (timestamp, naive UTC). ``recordsets`` limits them to those ids."""
         ...
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -142,6 +143,7 @@ def request_download(
     Everything is checked before a job exists, so a bad request is a 4xx now, never a job
     that fails later. A new job is saved before it is dispatched, so a worker can always
     load it. A reused job still notifies this requester: at once if it is already done.
+    Only the response that created a job holds its ``cancel_token``.
     """
     address = parse_email(email)
     forced = parse_flag(force, key="force")
@@ -159,6 +161,8 @@ def request_download(
         emails=[address] if address else [],
         source=source,
         base_url=base,
+        # Only the creator learns it (below): it lets them cancel the job they started.
+        cancel_token=secrets.token_urlsafe(24),
     )
     window = ctx.settings.reuse_window_hours
     reuse_after = now - timedelta(hours=window)
@@ -184,7 +188,11 @@ def request_download(
                 download_url=download_url(ctx, job, base),
                 status_url=status_url(job, base),
             )
-    return status_document(ctx, job, base)
+    doc = status_document(ctx, job, base)
+    if created:
+        # Returned once, to the requester who created the job; see downloader.jobs_api.
+        doc["cancel_token"] = job.cancel_token
+    return doc
 
 
 def status_url(job: Job, base_url: str) -> str:
