@@ -13,7 +13,7 @@ import tornado.httpserver
 import tornado.web
 from tornado.ioloop import IOLoop, PeriodicCallback
 
-from downloader import handlers, service
+from downloader import export_handlers, handlers, service
 from downloader.backends import Context, make_context, make_dispatcher
 from downloader.config import Settings
 
@@ -29,6 +29,7 @@ def make_app(ctx: Context, *, executor: Executor | None = None) -> tornado.web.A
         "executor": executor or ThreadPoolExecutor(16, thread_name_prefix="downloader-http"),
     }
     routes: list[Any] = [
+        *export_handlers.routes(args),  # recordset exports, /v1/jobs, cancel
         (r"/", handlers.IndexHandler, args),
         (r"/v2/download/?", handlers.DownloadHandler, args),
         (rf"/v2/download/{_ID}/?", handlers.StatusHandler, args),
