@@ -1,0 +1,283 @@
+"""End to end at scale: `downloader serve` and Celery workers as real subprocesses over a real
+Redis (job store and broker), osmem-server (the search cluster), moto's S3 server and an
+aiosmtpd SMTP server, all started here on free ports.
+
+The tests run in order on one stack: a normal download; a worker killed mid-build (the job
+is retried and completes, never a truncated archive marked SUCCESS); then the search cluster
+goes down and a new request ends in FAILURE with a clear reason after its retries.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import requests
+from dwca.read import DwCAReader
+
+from downloader.ingest import ingest_synthetic, store_path
+from downloader.sources.elasticsearch import ElasticsearchSource, export_store
+from query.validate import validate_query
+from tests.support.osmem import running_osmem
+from tests.support.redis_server import free_port, running_redis
+from tests.support.s3_server import FAKE_CREDENTIALS, running_s3
+from tests.support.smtp import Inbox, smtp_server
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+BUCKET = "dwca-e2e-archives"
+PREFIX = "e2e-"
+N_RECORDS = 4000
+#: Small pages and frequent progress make a build take many round trips, so the test can
+#: observe it mid-way (and kill it there) without any sleep-based timing.
+BATCH_SIZE = 20
+
+
+@dataclass
+class Stack:
+    base_url: str
+    env: dict[str, str]
+    inbox: Inbox
+    source: ElasticsearchSource
+    osmem: Any
+    s3_endpoint: str
+    tmp: Path
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+        log = self.tmp / f"{name}.log"
+        self.logs.append(log)
+        proc = subprocess.Popen(
+            [str(BIN / "downloader"), "worker", "--pool", "solo", "--hostname", f"{name}@e2e"],
+            env=self.env,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: SIGKILL reaches every child
+        )
+        self.workers.append(proc)
+        return proc
+
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def request(self, rq: dict[str, Any], email: str) -> dict[str, Any]:
+        import json
+
+        answer = requests.get(
+            f"{self.base_url}/v2/download/",
+            params={"rq": json.dumps(rq), "email": email},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    def status(self, status_url: str) -> dict[str, Any]:
+        answer = requests.get(status_url, timeout=30)
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    def wait(
+        self, status_url: str, until: Any, *, timeout: float = 120
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Poll the status URL until ``until(status)``; returns it and every status seen."""
+        seen: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.status(status_url)
+            seen.append(st)
+            if until(st):
+                return st, seen
+            time.sleep(0.05)  # polling interval, not a timing assumption
+        tail = "\n".join(p.read_text(errors="replace")[-3000:] for p in self.logs if p.exists())
+        raise AssertionError(f"status never satisfied the condition: {seen[-1:]}\n{tail}")
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited: {log.read_text(errors='replace')}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"serve did not answer: {log.read_text(errors='replace')}")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("e2e")
+    store_dir = tmp / "store"
+    ingest_synthetic(store_dir, N_RECORDS, seed=11)
+    with (
+        running_redis() as redis_server,
+        running_s3() as s3,
+        running_osmem() as osmem,
+        smtp_server() as inbox,
+    ):
+        boto3.client("s3", endpoint_url=s3.endpoint_url).create_bucket(Bucket=BUCKET)
+        source = ElasticsearchSource(osmem.url, index_prefix=PREFIX, timeout=10)
+        export_store(store_path(store_dir), source)
+        port = free_port()
+        env = {
+            **os.environ,
+            **FAKE_CREDENTIALS,
+            "DOWNLOADER_DATA_DIR": str(tmp / "service"),
+            "DOWNLOADER_HOST": "127.0.0.1",
+            "DOWNLOADER_PORT": str(port),
+            "DOWNLOADER_BASE_URL": f"http://127.0.0.1:{port}",
+            "DOWNLOADER_RECORD_SOURCE": "elasticsearch",
+            "DOWNLOADER_JOB_STORE": "redis",
+            "DOWNLOADER_DISPATCHER": "celery",
+            "DOWNLOADER_STORAGE": "s3",
+            "DOWNLOADER_REDIS_URL": redis_server.url_for_db(0),
+            "DOWNLOADER_CELERY_BROKER_URL": redis_server.url_for_db(1),
+            "DOWNLOADER_ELASTICSEARCH_URL": osmem.url,
+            "DOWNLOADER_ELASTICSEARCH_INDEX_PREFIX": PREFIX,
+            "DOWNLOADER_ELASTICSEARCH_TIMEOUT_SECONDS": "5",
+            "DOWNLOADER_S3_BUCKET": BUCKET,
+            "DOWNLOADER_S3_ENDPOINT_URL": s3.endpoint_url,
+            "DOWNLOADER_S3_PREFIX": "downloads/",
+            "DOWNLOADER_SMTP_HOST": inbox.host,
+            "DOWNLOADER_SMTP_PORT": str(inbox.port),
+            "DOWNLOADER_BATCH_SIZE": str(BATCH_SIZE),
+            "DOWNLOADER_PROGRESS_EVERY": str(BATCH_SIZE),
+            # Short limits so that redelivery after a kill happens within the test: the
+            # broker's visibility timeout follows the hard limit (see celery_app).
+            "DOWNLOADER_JOB_TIME_LIMIT_SECONDS": "20",
+            "DOWNLOADER_STALE_JOB_SECONDS": "3",
+            "DOWNLOADER_MAX_ATTEMPTS": "2",
+            "DOWNLOADER_CLEANUP_INTERVAL_SECONDS": "0",
+        }
+        env.pop("DOWNLOADER_CONFIG", None)
+        serve_log = tmp / "serve.log"
+        serve = subprocess.Popen(
+            [str(BIN / "downloader"), "serve"],
+            env=env,
+            stdout=serve_log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        st = Stack(f"http://127.0.0.1:{port}", env, inbox, source, osmem, s3.endpoint_url, tmp)
+        st.logs.append(serve_log)
+        try:
+            _wait_http(f"{st.base_url}/healthz", serve, serve_log)
+            yield st
+        finally:
+            for proc in st.workers:
+                st.kill(proc)
+            serve.send_signal(signal.SIGTERM)
+            try:
+                serve.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                serve.kill()
+                serve.wait()
+
+
+def _check_archive(stack: Stack, status: dict[str, Any], rq: dict[str, Any]) -> None:
+    """Fetch the presigned URL, re-read the zip with python-dwca-reader, check the rows."""
+    answer = requests.get(status["download_url"], timeout=60)
+    assert answer.status_code == 200
+    path = stack.tmp / f"{status['hash'][:12]}-{time.monotonic_ns()}.zip"
+    path.write_bytes(answer.content)
+    assert len(answer.content) == status["size"]
+    assert zipfile.ZipFile(path).testzip() is None
+    rqn = validate_query(rq, "records")
+    expected_records = stack.source.count("records", rqn, None)
+    expected_media = stack.source.count("mediarecords", rqn, None)
+    with DwCAReader(str(path)) as dwca:
+        core_ids: set[str] = set()
+        media: list[str] = []
+        for row in dwca:
+            core_ids.add(row.id)
+            for ext in row.extensions:
+                location = ext.descriptor.file_location
+                if location == "multimedia.csv":
+                    assert ext.core_id == row.id  # the extension row links to its core row
+                    media.append(ext.core_id)
+        assert len(core_ids) == expected_records
+        assert len(media) == expected_media
+
+
+def _published(stack: Stack) -> list[str]:
+    client = boto3.client("s3", endpoint_url=stack.s3_endpoint)
+    return [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+
+
+def test_download_is_built_by_a_celery_worker_and_served_from_s3(stack: Stack) -> None:
+    worker = stack.start_worker("w1")
+    rq = {"genus": "acer"}
+    first = stack.request(rq, "first@example.org")
+    assert first["task_status"] in ("PENDING", "STARTED", "SUCCESS")
+    final, seen = stack.wait(first["status_url"], lambda s: s["complete"])
+    assert final["task_status"] == "SUCCESS", final
+    written = [s["records_written"] for s in seen]
+    assert written == sorted(written)  # progress only moves forward
+    assert final["records_written"] == final["total_records"] > 0
+    assert final["checksum"]["algorithm"] == "sha256"
+    _check_archive(stack, final, rq)
+    mail = stack.inbox.wait_for(1)
+    assert mail[0]["To"] == "first@example.org"
+    assert final["download_url"].split("?")[0] in mail[0].get_content() or first["status_url"] in (
+        mail[0].get_content()
+    )
+    # The same request again reuses the finished job (Redis dedupe).
+    again = stack.request(rq, "second@example.org")
+    assert again["status_url"] == first["status_url"]
+    stack.kill(worker)
+
+
+def test_killed_worker_leaves_the_job_retried_and_complete(stack: Stack) -> None:
+    worker = stack.start_worker("w2")
+    before = _published(stack)
+    rq = {"kingdom": "plantae"}
+    status = stack.request(rq, "kill@example.org")
+    stack.wait(
+        status["status_url"],
+        lambda s: s["task_status"] == "STARTED" and 0 < s["records_written"] < s["total_records"],
+    )
+    stack.kill(worker)
+    # While nobody builds it the job is not SUCCESS, whatever was uploaded so far.
+    after_kill = stack.status(status["status_url"])
+    assert after_kill["task_status"] != "SUCCESS"
+    assert _published(stack) == before  # whatever was written so far is invisible
+    stack.start_worker("w3")
+    final, _ = stack.wait(status["status_url"], lambda s: s["complete"], timeout=150)
+    assert final["task_status"] == "SUCCESS", final
+    assert final["records_written"] == final["total_records"]
+    _check_archive(stack, final, rq)
+    assert len(_published(stack)) == len(before) + 1
+
+
+def test_search_cluster_down_gives_failure_with_a_reason(stack: Stack) -> None:
+    # Queue a request while the cluster is up, with no worker running, then take it down.
+    for proc in stack.workers:
+        stack.kill(proc)
+    status = stack.request({"genus": "quercus"}, "down@example.org")
+    stack.osmem.close()
+    stack.start_worker("w4")
+    final, _ = stack.wait(status["status_url"], lambda s: s["complete"], timeout=120)
+    assert final["task_status"] == "FAILURE"
+    assert "could not be reached" in final["error"] and "2 attempts" in final["error"]
+    # The job is saved as FAILURE just before its email goes out: wait for the message.
+    deadline = time.monotonic() + 30
+    while not stack.inbox.to("down@example.org") and time.monotonic() < deadline:
+        stack.inbox.wait_for(len(stack.inbox.messages) + 1, timeout=deadline - time.monotonic())
+    failure_mail = stack.inbox.to("down@example.org")
+    assert len(failure_mail) == 1
+    assert "could not be reached" in failure_mail[0].get_content()
