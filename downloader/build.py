@@ -292,9 +292,7 @@ def plan_archive(
         created=created,
     )
     # A download of what changed since a date also lists what was removed (downloader.sync).
-    deleted = (
-        deleted_file(src, rq, batch_size=request["_batch_size"]) if dwca.is_zip(form) else None
-    )
+    deleted = deleted_file(src, rq) if dwca.is_zip(form) else None
     spec = ArchiveSpec(
         form=form,
         files=files,

@@ -82,25 +82,40 @@ class RecordSource(Protocol):
         ...
 
 
+class Deletion(Protocol):
+    """One record or media record that a re-ingest of its recordset no longer contained."""
+
+    @property
+    def uuid(self) -> str:
+        """The removed document's uuid."""
+        ...
+
+    @property
+    def recordset(self) -> str:
+        """Its recordset."""
+        ...
+
+    @property
+    def deleted_at(self) -> datetime:
+        """When the re-ingest removed it (naive UTC)."""
+        ...
+
+    @property
+    def rtype(self) -> str:
+        """``records`` or ``mediarecords``."""
+        ...
+
+
 @runtime_checkable
 class DeletionLog(Protocol):
     """A record source that remembers which documents re-ingests removed, and when.
 
-    Optional beside :class:`RecordSource`: a download since a date carries ``deleted.csv``
-    only when its source has this (see :mod:`downloader.sync`).
+    Optional beside :class:`RecordSource` (the DuckDB source has it): a download since a
+    date carries ``deleted.csv`` only when its source has this (see :mod:`downloader.sync`).
     """
 
-    def deleted_since(
-        self,
-        since: datetime,
-        *,
-        until: datetime | None = None,
-        recordsets: Sequence[str] | None = None,
-        batch_size: int = 10_000,
-    ) -> Iterator[pa.RecordBatch]:
-        """Documents removed at or after ``since`` (and before ``until``), ordered by uuid:
-        string columns ``uuid``, ``type`` (``records`` or ``mediarecords``), ``recordset``,
-        and ``deleted`` (timestamp, naive UTC). ``recordsets`` limits them to those ids."""
+    def deleted_records(self, *, since: datetime | None = None) -> Sequence[Deletion]:
+        """Documents removed by re-ingests (after ``since`` when given), oldest first."""
         ...
 
 

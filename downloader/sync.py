@@ -22,14 +22,12 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pyarrow as pa
-
 from archive import ExtraFile
-from downloader.interfaces import DeletionLog, RecordSource
+from downloader.interfaces import Deletion, DeletionLog, RecordSource
 from query.dates import parse_period
 from query.errors import QueryError
 
@@ -37,6 +35,7 @@ log = logging.getLogger(__name__)
 
 DELETED_FILE = "deleted.csv"
 DELETED_HEADER = ("uuid", "type", "recordset", "deleted")
+_CHUNK_ROWS = 5_000
 
 
 def sync_window(rq: Any) -> tuple[datetime, datetime | None] | None:
@@ -85,20 +84,22 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _encode(batches: Iterator[pa.RecordBatch]) -> Iterator[bytes]:
+def _encode(rows: Sequence[Deletion]) -> Iterator[bytes]:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(DELETED_HEADER)
     yield buffer.getvalue().encode("utf-8")
-    for batch in batches:
+    for start in range(0, len(rows), _CHUNK_ROWS):
         buffer.seek(0)
         buffer.truncate()
-        columns = [batch.column(name).to_pylist() for name in DELETED_HEADER]
-        writer.writerows(zip(*columns, strict=True))
+        writer.writerows(
+            (r.uuid, r.rtype, r.recordset, _cell(r.deleted_at))
+            for r in rows[start : start + _CHUNK_ROWS]
+        )
         yield buffer.getvalue().encode("utf-8")
 
 
-def deleted_file(src: RecordSource, rq: Any, *, batch_size: int = 10_000) -> ExtraFile | None:
+def deleted_file(src: RecordSource, rq: Any) -> ExtraFile | None:
     """The ``deleted.csv`` of a download since a date, or None for any other download (or a
     source that keeps no record of deletions)."""
     window = sync_window(rq)
@@ -108,12 +109,21 @@ def deleted_file(src: RecordSource, rq: Any, *, batch_size: int = 10_000) -> Ext
         log.info("the record source keeps no deletion log; no deleted.csv is written")
         return None
     since, until = window
-    recordsets = named_recordsets(rq)
-    log_ = src
+    wanted = named_recordsets(rq)
+    deletions = src
 
     def chunks() -> Iterator[bytes]:
-        return _encode(
-            log_.deleted_since(since, until=until, recordsets=recordsets, batch_size=batch_size)
+        # The log holds "after since"; the download promises "at or after since".
+        rows = deletions.deleted_records(since=since - timedelta(microseconds=1))
+        kept = sorted(
+            (
+                r
+                for r in rows
+                if (until is None or r.deleted_at < until)
+                and (wanted is None or r.recordset in wanted)
+            ),
+            key=lambda r: (r.deleted_at, r.uuid),
         )
+        return _encode(kept)
 
     return ExtraFile(DELETED_FILE, chunks)
