@@ -222,3 +222,49 @@ def test_single_empty_column_rows_are_not_blank_lines() -> None:
 def test_header_line_quotes_like_the_cells() -> None:
     assert cells.header_line(["coreid", "a,b", 'q"'], ",") == b'coreid,"a,b","q"""\n'
     assert cells.header_line(["coreid", "a,b"], "\t") == b"coreid\ta,b\n"
+
+
+def rows_of_columns(columns: list[pa.Array], delimiter: str = ",") -> list[list[str]]:
+    text = bytes(cells.row_bytes(cells.encode_rows(columns, delimiter))).decode("utf-8")
+    return list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["E", "EE", "XE", "EX", "XEEX", "EEXEXEE", "XXEEEX", "EEEEEX", "XEEEEE"],
+)
+def test_runs_of_empty_columns_keep_every_delimiter(pattern: str) -> None:
+    # X: a column with values, E: a column whose cells are all empty (null or "").
+    n = 3
+    columns = [
+        pa.array([f"{i}{j}" for j in range(n)])
+        if kind == "X"
+        else (pa.nulls(n, pa.string()) if i % 2 else pa.array([""] * n))
+        for i, kind in enumerate(pattern)
+    ]
+    expected = [
+        ["" if kind == "E" else f"{i}{j}" for i, kind in enumerate(pattern)] for j in range(n)
+    ]
+    assert rows_of_columns(columns) == expected
+    assert rows_of_columns(columns, "\t") == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    table=st.integers(min_value=1, max_value=8).flatmap(
+        lambda width: st.lists(
+            st.lists(
+                st.one_of(st.none(), st.sampled_from(["", "a", "b,c", 'q"', "x\ny"])),
+                min_size=width,
+                max_size=width,
+            ),
+            min_size=1,
+            max_size=6,
+        )
+    )
+)
+def test_any_sparse_table_round_trips(table: list[list[str | None]]) -> None:
+    columns = [pa.array([row[c] for row in table], pa.string()) for c in range(len(table[0]))]
+    expected = [[v or "" for v in row] for row in table]
+    # A one-column row of an empty cell is written as "" (not a blank line): same reading.
+    assert rows_of_columns(columns) == expected
