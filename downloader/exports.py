@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import quote
 
 from downloader.backends import Context
 from downloader.errors import RequestError
@@ -69,14 +72,17 @@ def export_hash(recordset: str) -> str:
 
 
 def export_filename(recordset: str, version: int, last_updated: datetime) -> str:
-    """``{recordset}_{version}.{lastUpdated}.zip`` with ``lastUpdated`` as YYYYMMDDHHMMSS UTC."""
+    """``{recordset}_{version}.{lastUpdated}.zip`` with ``lastUpdated`` as YYYYMMDDHHMMSS UTC
+    (characters a file name cannot safely hold, as in URL-like recordset ids, become ``_``)."""
     when = last_updated if last_updated.tzinfo else last_updated.replace(tzinfo=UTC)
-    return f"{recordset}_{version}.{when.astimezone(UTC):%Y%m%d%H%M%S}.zip"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", recordset).strip("._") or "recordset"
+    return f"{safe}_{version}.{when.astimezone(UTC):%Y%m%d%H%M%S}.zip"
 
 
 def export_path(recordset: str, version: int | str) -> str:
-    """The export's path under the service's base URL."""
-    return f"/recordsets/{recordset}/{version}/export/"
+    """The export's path under the service's base URL (the id percent-encoded: recordset
+    ids may be URLs)."""
+    return f"/recordsets/{quote(recordset, safe='')}/{version}/export/"
 
 
 def parse_version(version: str) -> int:
@@ -360,3 +366,32 @@ def export_after_ingest(
                     cancel_download(ctx, old.id)
     job, _ = start_export(ctx, rs, version, last_updated=ingested_at or now_utc())
     return job
+
+
+def _ingested_at(ctx: Context, recordset: str) -> datetime | None:
+    # The embedded source can say when the version was written (``recordsets()`` is beyond
+    # the RecordSource protocol, so it is looked up by name); other sources fall back to now.
+    listing = getattr(ctx.source(), "recordsets", None)
+    if not callable(listing):
+        return None
+    for info in listing():
+        if getattr(info, "recordset", None) == recordset:
+            when = getattr(info, "ingested_at", None)
+            if isinstance(when, datetime):
+                return when if when.tzinfo else when.replace(tzinfo=UTC)
+    return None
+
+
+def ingest_hook(ctx: Context) -> Callable[[Any], None]:
+    """The callback ``downloader ingest`` calls for each ingested archive (anything with
+    ``recordset`` and ``version``, i.e. an ``IngestResult``): it queues that version's
+    export with :func:`export_after_ingest`. With the Celery dispatcher in ``ctx`` the
+    build is sent to the workers at once; without a dispatcher the job waits in the job
+    store for ``downloader serve``."""
+
+    def queue_export(result: Any) -> None:
+        rs = normalise_recordset(str(result.recordset))
+        job = export_after_ingest(ctx, rs, int(result.version), ingested_at=_ingested_at(ctx, rs))
+        log.info("export of %s version %s: job %s", rs, result.version, job.id)
+
+    return queue_export
