@@ -109,10 +109,15 @@ class HashingSink:
         self.size = 0
 
     def write(self, data: Any) -> None:
-        """Write ``data`` (any bytes-like object) to the sink."""
-        self._sha256.update(data)
-        self._sink.write(data)
-        self.size += len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+        """Write all of ``data`` (any bytes-like object) to the sink."""
+        view = memoryview(data).cast("B")
+        self._sha256.update(view)
+        self.size += view.nbytes
+        # A raw (unbuffered) file may take only part of the bytes. A sink whose write()
+        # returns None (many file-like objects) is taken to have written everything.
+        while view:
+            written = self._sink.write(view)
+            view = view[len(view) if written is None else written :]
 
     @property
     def sha256(self) -> str:

@@ -235,3 +235,27 @@ def test_real_entry_past_4_gib_streams_with_zip64() -> None:
     # The last entry, past 4 GiB, is readable from the tail alone.
     eml_header = local_header(tail, eml.header_offset - (sink.size - len(tail)))
     assert eml_header["signature"] == b"PK\x03\x04"
+
+
+def test_partial_writes_of_a_raw_sink_are_completed() -> None:
+    class Trickle(io.RawIOBase):
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: Any) -> int:
+            piece = bytes(memoryview(data)[:7])
+            self.data += piece
+            return len(piece)
+
+    trickle = Trickle()
+    hashing = HashingSink(trickle)  # type: ignore[arg-type]  # a RawIOBase is a binary sink
+    archive = ZipStream(hashing, timestamp=STAMP)
+    archive.add("a.txt", b"hello world " * 50)
+    archive.close()
+    assert hashing.size == len(trickle.data)
+    assert hashing.sha256 == hashlib.sha256(trickle.data).hexdigest()
+    with zipfile.ZipFile(io.BytesIO(bytes(trickle.data))) as zf:
+        assert zf.read("a.txt") == b"hello world " * 50
