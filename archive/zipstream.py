@@ -66,11 +66,12 @@ class Deflate:
 
 
 def fastest_deflate() -> Deflate:
-    """python-isal when importable, else zlib-ng, else the standard zlib.
+    """python-isal when importable, else zlib-ng, else the standard zlib, all at level 1.
 
-    Levels are fixed per library (isal 1, zlib-ng 1, zlib 6 would be slow, so 1 too) so that
-    archives are reproducible on a given installation; different libraries produce
-    different (equally valid) deflate streams.
+    Level 1 keeps deflate well ahead of CSV encoding (isal level 1 compresses typical
+    occurrence CSV about 3.5:1, zlib's default level 6 about 4:1 at a tenth of the speed).
+    The level is fixed so archives are reproducible on a given installation; different
+    libraries produce different, equally valid, deflate streams.
     """
     try:
         from isal import isal_zlib
