@@ -104,20 +104,12 @@ def poll(status_url: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from downloader.ingest import ingest_paths, ingest_synthetic
+
     data = tmp_path_factory.mktemp("data")
-    subprocess.run(
-        [
-            *DOWNLOADER,
-            "ingest",
-            "--data-dir",
-            str(data),
-            "--synthetic",
-            str(SYNTHETIC),
-            *(str(FIXTURES / name) for name in SAMPLES),
-        ],
-        cwd=ROOT,
-        check=True,
-    )
+    _, failures = ingest_paths(data, [FIXTURES / name for name in SAMPLES])
+    assert not failures, failures
+    ingest_synthetic(data, SYNTHETIC, seed=1)
     return data
 
 
