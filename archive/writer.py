@@ -7,9 +7,9 @@ zlib-ng / zlib, which all release the GIL), hashes (sha256) and writes to the si
 encoding and compression run on two cores at once, and memory stays flat: at most a few
 chunks of a few MiB are in flight whatever the archive's size.
 
-Zip entries, in this order: the data files (in spec order), the citation files, eml.xml,
-meta.xml. Every entry carries ``spec.timestamp``, so the same spec over the same data gives
-the same bytes.
+Zip entries, in this order: the data files (in spec order), the citation files, the extra
+files, eml.xml, meta.xml. Every entry carries ``spec.timestamp``, so the same spec over the
+same data gives the same bytes.
 """
 
 from __future__ import annotations
