@@ -32,8 +32,14 @@ pytest: $(STAMP) ## the test suite only
 
 test: lint typecheck pytest ## Install everything, then ruff, mypy and the whole test suite
 
+# The bundled occurrence samples make serve's first start; 20,000 synthetic records (fixed
+# seed) give queries such as {"genus": "acer"} something to find.
+SAMPLES := tests/fixtures/dwca/gbif-results.zip tests/fixtures/dwca/dwca-simple-test-archive.zip \
+	tests/fixtures/dwca/dwca-test-default.zip $(wildcard tests/fixtures/dwca/*multimedia*.zip)
+SYNTHETIC ?= 20000
+
 serve: $(STAMP) ## Install, load the sample archives into an empty store, serve on localhost:$(PORT)
-	$(BIN)/downloader ingest --data-dir $(DATA_DIR) --if-empty tests/fixtures/dwca/*.zip
+	$(BIN)/downloader ingest --data-dir $(DATA_DIR) --if-empty --synthetic $(SYNTHETIC) $(SAMPLES)
 	$(BIN)/downloader serve --data-dir $(DATA_DIR) --port $(PORT)
 
 bench: $(STAMP) ## Run the benchmarks; results go to bench/results/
