@@ -33,6 +33,8 @@ from archive.zipstream import Deflate, HashingSink, ZipStream
 CHUNK_BYTES = 4 * 1024 * 1024
 #: Most rows encoded at once (keeps progress reports and cancellation checks frequent).
 CHUNK_ROWS = 16_384
+#: Fewest rows encoded at once (per-call overheads dominate below this).
+MIN_CHUNK_ROWS = 1_024
 #: Chunks that may wait for the writer thread.
 QUEUE_DEPTH = 4
 
@@ -129,8 +131,10 @@ def _row_pieces(batch: pa.RecordBatch) -> list[pa.RecordBatch]:
     """``batch`` cut into zero-copy slices of about :data:`CHUNK_BYTES` encoded bytes."""
     if batch.num_rows == 0:
         return []
+    # nbytes can overstate a slice's share of shared buffers (dictionaries, say), so the
+    # estimate only ever shrinks a piece down to MIN_CHUNK_ROWS rows.
     per_row = max(1, batch.nbytes // batch.num_rows)
-    step = max(1, min(CHUNK_ROWS, CHUNK_BYTES // per_row))
+    step = max(MIN_CHUNK_ROWS, min(CHUNK_ROWS, CHUNK_BYTES // per_row))
     return [batch.slice(start, step) for start in range(0, batch.num_rows, step)]
 
 
