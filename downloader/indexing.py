@@ -33,6 +33,9 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
+import numpy as np
+import pyarrow as pa
+
 from query.fields import Field, RecordType, fields
 
 #: The namespace of every uuid this store mints (uuid5 over recordset id and record key).
@@ -153,14 +156,20 @@ def date_sql(value: str, *, fallback: str | None = None) -> str:
     return parsed
 
 
-def uuid5_sql(name: str) -> str:
-    """SQL computing ``str(uuid.uuid5(UUID_NAMESPACE, name))`` for a VARCHAR expression."""
+def uuid5_hash_sql(name: str) -> str:
+    """SQL for the SHA-1 hex digest uuid5 is made from, for a VARCHAR name expression."""
     ns = "".join(f"\\x{b:02x}" for b in UUID_NAMESPACE.bytes)
-    h = f"sha1({quote_literal(ns)}::BLOB || encode({name}))"
+    return f"sha1({quote_literal(ns)}::BLOB || encode({name}))"
+
+
+def uuid_from_hash_sql(h: str) -> str:
+    """SQL formatting a SHA-1 hex column ``h`` (see :func:`uuid5_hash_sql`) as the uuid5
+    string Python's ``uuid.uuid5(UUID_NAMESPACE, name)`` gives. ``h`` should be a column,
+    not an expression, since it is read several times."""
     return (
-        "(SELECT substr(h, 1, 8) || '-' || substr(h, 9, 4) || '-5' || substr(h, 14, 3) || '-' "
-        "|| lower(printf('%x', ((('0x' || substr(h, 17, 1))::INTEGER) & 3) | 8)) "
-        f"|| substr(h, 18, 3) || '-' || substr(h, 21, 12) FROM (SELECT {h} AS h))"
+        f"substr({h}, 1, 8) || '-' || substr({h}, 9, 4) || '-5' || substr({h}, 14, 3) || '-' "
+        f"|| lower(printf('%x', ((('0x' || substr({h}, 17, 1))::INTEGER) & 3) | 8)) "
+        f"|| substr({h}, 18, 3) || '-' || substr({h}, 21, 12)"
     )
 
 
@@ -177,14 +186,11 @@ def json_object_sql(cols: Columns, terms: Sequence[str]) -> str:
 
 
 def fulltext_sql(cols: Columns, terms: Sequence[str]) -> str:
-    """The sorted distinct tokens of all verbatim values."""
+    """The distinct tokens of all verbatim values (in no particular order)."""
     if not terms:
         return "CAST([] AS VARCHAR[])"
     joined = "concat_ws(' ', " + ", ".join(f"{cols.alias}.{quote_ident(t)}" for t in terms) + ")"
-    return (
-        f"list_sort(list_distinct(regexp_extract_all(lower(nfc_normalize({joined})), "
-        f"'{TOKEN_PATTERN}')))"
-    )
+    return f"list_distinct(regexp_extract_all(lower(nfc_normalize({joined})), '{TOKEN_PATTERN}'))"
 
 
 def generic_sql(f: Field, cols: Columns) -> tuple[str, str | None]:
@@ -258,14 +264,15 @@ def _flags_sql(conditions: Sequence[tuple[str, str]]) -> str:
     return f"nullif(list_filter([{items}], lambda x: x IS NOT NULL), [])"
 
 
-def _dqs_sql(rtype: RecordType, cols: Columns) -> str:
-    """Share of the catalogue's verbatim source terms that the record fills."""
+def dqs_values(table: pa.Table, rtype: RecordType) -> pa.Array:
+    """Per row, the share of the catalogue's verbatim source terms that are filled in (the
+    data quality score ``dqs``), computed with numpy over the verbatim table."""
     terms = sorted({f.source_term for f in fields(rtype) if f.source_term})
-    present = [t for t in terms if t in cols]
-    if not present:
-        return "0.0"
-    filled = " + ".join(f"CAST({cols.term(t)} IS NOT NULL AS INTEGER)" for t in present)
-    return f"round(({filled}) / {float(len(terms))}, 4)"
+    filled = np.zeros(table.num_rows, dtype=np.int32)
+    for t in terms:
+        if t in table.column_names:
+            filled += np.asarray(table[t].is_valid(), dtype=np.int32)
+    return pa.array(np.round(filled / len(terms), 4))
 
 
 def record_select(
@@ -327,7 +334,7 @@ def record_select(
         stage_a += ", " + _flags_sql(unparseable) + " AS _num_flags"
     else:
         stage_a += ", CAST(NULL AS VARCHAR[]) AS _num_flags"
-    stage_a += f", {_dqs_sql('records', cols)} AS _dqs"
+    stage_a += ", v._dqs AS _dqs"
     # genus and specificepithet fall back on the scientific name, so stage A keeps their
     # plain readings under their own names for stage B.
     stage_a += f", {text_sql(cols.term('dwc:genus'))} AS genus"
@@ -430,7 +437,7 @@ def media_select(columns: Iterable[str], *, source: str) -> str:
         "mediatype": mediatype,
         "hasSpecimen": "v._parent IS NOT NULL",
         "flags": flags,
-        "dqs": _dqs_sql("mediarecords", cols),
+        "dqs": "v._dqs",
     }
     select = ["v._parent AS coreid"]
     for f in fields("mediarecords"):

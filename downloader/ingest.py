@@ -40,11 +40,13 @@ from downloader.indexing import (
     EVENT_DATE,
     Columns,
     date_sql,
+    dqs_values,
     media_select,
     parse_loose_date,
     quote_ident,
     record_select,
-    uuid5_sql,
+    uuid5_hash_sql,
+    uuid_from_hash_sql,
 )
 from query.fields import Kind, RecordType, fields
 
@@ -114,10 +116,10 @@ def schema_sql(prefix: str = "") -> list[str]:
 
 def _stage_keys(con: duckdb.DuckDBPyConnection, archive: VerbatimArchive) -> None:
     """core_k / media_k: the verbatim tables with record keys, uuids and media parents."""
-    con.register("core_v", archive.core)
+    con.register("core_v", archive.core.append_column("_dqs", dqs_values(archive.core, "records")))
     core_cols = Columns(archive.core.column_names, alias="c")
     occ = core_cols.term("dwc:occurrenceID")
-    record_uuid = uuid5_sql("$recordset || '\\' || _key")
+    record_hash = uuid5_hash_sql("$recordset || '\\' || _key")
     con.execute(
         f"""
         CREATE TEMP TABLE core_k AS
@@ -132,17 +134,20 @@ def _stage_keys(con: duckdb.DuckDBPyConnection, archive: VerbatimArchive) -> Non
                    _k0 || CASE WHEN _n > 1 THEN '#' || _n ELSE '' END AS _key
             FROM n
         )
-        SELECT *, {record_uuid} AS _uuid FROM keyed
+        SELECT * EXCLUDE (_h), {uuid_from_hash_sql("_h")} AS _uuid
+        FROM (SELECT *, {record_hash} AS _h FROM keyed)
         """,
         {"recordset": archive.recordset_id},
     )
     if archive.media is None:
         return
-    con.register("media_v", archive.media)
+    con.register(
+        "media_v", archive.media.append_column("_dqs", dqs_values(archive.media, "mediarecords"))
+    )
     media_cols = Columns(archive.media.column_names, alias="m")
     locator = media_cols.term("ac:accessURI", "dcterms:identifier", "dc:identifier")
     sep = "'\\'"
-    media_uuid = uuid5_sql("'media\\' || $recordset || '\\' || _key")
+    media_hash = uuid5_hash_sql("'media\\' || $recordset || '\\' || _key")
     con.execute(
         f"""
         CREATE TEMP TABLE media_k AS
@@ -161,7 +166,8 @@ def _stage_keys(con: duckdb.DuckDBPyConnection, archive: VerbatimArchive) -> Non
                    _k0 || CASE WHEN _n > 1 THEN '#' || _n ELSE '' END AS _key
             FROM n
         )
-        SELECT *, {media_uuid} AS _uuid FROM keyed
+        SELECT * EXCLUDE (_h), {uuid_from_hash_sql("_h")} AS _uuid
+        FROM (SELECT *, {media_hash} AS _h FROM keyed)
         """,
         {"recordset": archive.recordset_id},
     )

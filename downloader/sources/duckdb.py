@@ -1,0 +1,341 @@
+"""The embedded record source: the DuckDB file ``<data-dir>/records.duckdb``.
+
+Written by ``downloader ingest`` (:mod:`downloader.ingest`), read here. The service runs
+several worker processes that read while an ingest may be writing, and DuckDB lets one
+process write only when no other process has the file open. So every operation opens its
+own short-lived read-only connection and closes it, and a long stream of batches gives the
+file back every few seconds (it resumes after the last uuid it sent). A stream notices when
+the data changed in between and stops with :class:`SourceUnavailable` (the build is retried
+on the new data rather than mixing two versions). While an ingest holds the file, opening is
+retried for ``lock_timeout`` seconds, then :class:`SourceUnavailable` is raised.
+
+A store file that does not exist yet is an empty store (``data_version`` "0"). All DuckDB
+errors become :class:`SourceUnavailable` here, at the edge.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from downloader.errors import SourceUnavailable
+from query.fields import RecordType, get_field
+from query.sql import compile_request_where
+
+_TABLE = {"records": "records AS r", "mediarecords": "mediarecords AS m"}
+_ALIAS = {"records": "r", "mediarecords": "m"}
+
+
+@dataclass(frozen=True)
+class RecordsetInfo:
+    """One ingested recordset and its current version."""
+
+    recordset: str
+    version: int
+    name: str
+    source: str
+    ingested_at: datetime
+    record_count: int
+    media_count: int
+
+
+@dataclass(frozen=True)
+class DeletedRecord:
+    """A record or media record that a re-ingest of its recordset no longer contained."""
+
+    uuid: str
+    recordset: str
+    deleted_at: datetime
+    rtype: str
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _json_path(term: str) -> str:
+    return '$."' + term.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "lock" in text and ("could not set" in text or "conflicting" in text)
+
+
+class _Missing(Exception):
+    """The store file does not exist (an empty store)."""
+
+
+class DuckDBSource:
+    """Records and media records from the embedded DuckDB store (see ``RecordSource``)."""
+
+    def __init__(
+        self, path: str | Path, *, lock_timeout: float = 30.0, window_seconds: float = 2.0
+    ) -> None:
+        self.path = Path(path)
+        self.lock_timeout = lock_timeout
+        self.window_seconds = window_seconds
+
+    # --- connections --------------------------------------------------------------------
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        if not self.path.exists():
+            raise _Missing()
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.02
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=True)
+            except duckdb.Error as exc:
+                if not _is_lock_error(exc) or time.monotonic() >= deadline:
+                    raise SourceUnavailable(
+                        f"the record store {self.path} cannot be opened: {exc}"
+                    ) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    @contextmanager
+    def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = self._open()
+        try:
+            yield con
+        except duckdb.CatalogException as exc:
+            # A file created but never filled by ingest has no tables: an empty store.
+            raise _Missing() from exc
+        except duckdb.Error as exc:
+            raise SourceUnavailable(f"record store query failed: {exc}") from exc
+        finally:
+            con.close()
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            with self._connection() as con:
+                return con.execute(sql, list(params)).fetchall()
+        except _Missing:
+            return []
+
+    # --- RecordSource -----------------------------------------------------------------------
+
+    def data_version(self) -> str:
+        """The store's ``data_version`` ("0" for an empty store)."""
+        rows = self._query("SELECT value FROM store_meta WHERE key = 'data_version'")
+        return str(rows[0][0]) if rows else "0"
+
+    def count(self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None) -> int:
+        """How many ``rtype`` documents match."""
+        where, params = compile_request_where(rtype, rq, mq)
+        rows = self._query(f"SELECT count(*) FROM {_TABLE[rtype]} WHERE {where}", params)
+        return int(rows[0][0]) if rows else 0
+
+    def counts(self, rq: dict[str, Any] | None, mq: dict[str, Any] | None) -> tuple[int, int]:
+        """(records, media records) matching, on one connection: records matching ``rq``
+        (having media matching ``mq`` when given) and media of records matching ``rq``
+        (matching ``mq``)."""
+        r_where, r_params = compile_request_where("records", rq, mq)
+        m_where, m_params = compile_request_where("mediarecords", rq, mq)
+        rows = self._query(
+            f"SELECT (SELECT count(*) FROM records AS r WHERE {r_where}), "
+            f"(SELECT count(*) FROM mediarecords AS m WHERE {m_where})",
+            [*r_params, *m_params],
+        )
+        return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
+
+    def recordset_counts(
+        self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+    ) -> dict[str, int]:
+        """Matching document counts per recordset id."""
+        where, params = compile_request_where(rtype, rq, mq)
+        a = _ALIAS[rtype]
+        rows = self._query(
+            f"SELECT {a}.recordset, count(*) FROM {_TABLE[rtype]} WHERE {where} "
+            f"GROUP BY {a}.recordset ORDER BY {a}.recordset",
+            params,
+        )
+        return {str(k): int(v) for k, v in rows if k is not None}
+
+    def raw_terms(
+        self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+    ) -> list[str]:
+        """Sorted verbatim term names published by the recordsets of the matching documents
+        (from the per-recordset term lists ingest keeps, so no record is read)."""
+        column = "record_terms" if rtype == "records" else "media_terms"
+        if not rq and not mq:
+            rows = self._query(f"SELECT DISTINCT unnest({column}) AS t FROM recordsets ORDER BY t")
+            return [str(r[0]) for r in rows if r[0] is not None]
+        matching = self.recordset_counts(rtype, rq, mq)
+        if not matching:
+            return []
+        rows = self._query(
+            f"SELECT DISTINCT unnest({column}) AS t FROM recordsets "
+            "WHERE list_contains(?, recordset) ORDER BY t",
+            [sorted(matching)],
+        )
+        return [str(r[0]) for r in rows if r[0] is not None]
+
+    def _select(
+        self, rtype: RecordType, fields: Sequence[str], raw_terms: Sequence[str]
+    ) -> tuple[str, list[Any]]:
+        a = _ALIAS[rtype]
+        parts = [f'{a}."uuid" AS coreid' if rtype == "records" else f'{a}."coreid" AS coreid']
+        params: list[Any] = []
+        for name in fields:
+            if get_field(rtype, name) is None:
+                raise ValueError(f"{name!r} is not a {rtype} field")
+            parts.append(f"{a}.{_ident(name)} AS {_ident(name)}")
+        for term in raw_terms:
+            parts.append(f"json_extract_string({a}.data, ?) AS {_ident(term)}")
+            params.append(_json_path(term))
+        return ", ".join(parts), params
+
+    def batches(
+        self,
+        rtype: RecordType,
+        rq: dict[str, Any] | None,
+        mq: dict[str, Any] | None,
+        *,
+        fields: Sequence[str] = (),
+        raw_terms: Sequence[str] = (),
+        batch_size: int = 10_000,
+    ) -> Iterator[pa.RecordBatch]:
+        """Matching documents as Arrow batches ordered by uuid (see ``RecordSource``).
+
+        The connection is released every ``window_seconds`` and the stream resumes after the
+        last uuid sent; :class:`SourceUnavailable` if the data changed in between.
+        """
+        columns, select_params = self._select(rtype, fields, raw_terms)
+        where, where_params = compile_request_where(rtype, rq, mq)
+        a = _ALIAS[rtype]
+        key = f'{a}."uuid"'
+        # The uuid is the resume key; fetch it as a hidden last column when not requested.
+        hidden = "_resume_uuid"
+        sql_first = (
+            f"SELECT {columns}, {key} AS {hidden} FROM {_TABLE[rtype]} WHERE ({where}) "
+            f"ORDER BY {key}"
+        )
+        sql_next = (
+            f"SELECT {columns}, {key} AS {hidden} FROM {_TABLE[rtype]} WHERE ({where}) "
+            f"AND {key} > ? ORDER BY {key}"
+        )
+        last: str | None = None
+        version: str | None = None
+        while True:
+            try:
+                con = self._open()
+            except _Missing:
+                return
+            reader: pa.RecordBatchReader | None = None
+            try:
+                current = con.execute(
+                    "SELECT value FROM store_meta WHERE key = 'data_version'"
+                ).fetchall()
+                current_version = str(current[0][0]) if current else "0"
+                if version is None:
+                    version = current_version
+                elif current_version != version:
+                    raise SourceUnavailable(
+                        "the record store changed while the records were being read; "
+                        "the build will be retried on the new data"
+                    )
+                if last is None:
+                    rel = con.sql(sql_first, params=[*select_params, *where_params])
+                else:
+                    rel = con.sql(sql_next, params=[*select_params, *where_params, last])
+                reader = rel.to_arrow_reader(batch_size)
+                started = time.monotonic()
+                exhausted = True
+                for batch in reader:
+                    if batch.num_rows == 0:
+                        continue
+                    last = str(batch.column(batch.num_columns - 1)[-1].as_py())
+                    yield batch.drop_columns([hidden])
+                    if time.monotonic() - started > self.window_seconds:
+                        exhausted = False
+                        break
+                if exhausted:
+                    return
+            except duckdb.CatalogException:
+                return
+            except duckdb.Error as exc:
+                raise SourceUnavailable(f"record store query failed: {exc}") from exc
+            finally:
+                # Close the stream before its connection: closing a connection under a live
+                # Arrow stream blocks.
+                if reader is not None:
+                    reader.close()
+                con.close()
+
+    def unique_values(
+        self,
+        field: str,
+        rq: dict[str, Any] | None,
+        mq: dict[str, Any] | None,
+    ) -> Iterator[pa.RecordBatch]:
+        """Distinct non-empty values of a record field with their counts, ordered by value
+        (list fields count each item)."""
+        f = get_field("records", field)
+        if f is None:
+            raise ValueError(f"{field!r} is not a records field")
+        where, params = compile_request_where("records", rq, mq)
+        col = f"r.{_ident(field)}"
+        value = f"unnest({col})" if f.kind == "list" else col
+        sql = (
+            f"SELECT value, count(*) AS count FROM (SELECT {value} AS value FROM records AS r "
+            f"WHERE {where}) WHERE value IS NOT NULL "
+            "AND (typeof(value) <> 'VARCHAR' OR CAST(value AS VARCHAR) <> '') "
+            "GROUP BY value ORDER BY value"
+        )
+        try:
+            with self._connection() as con:
+                table = con.sql(sql, params=params).to_arrow_table()
+        except _Missing:
+            return
+        yield from table.to_batches()
+
+    # --- beyond the protocol ------------------------------------------------------------------
+
+    def total_records(self) -> int:
+        """How many records the store holds."""
+        rows = self._query("SELECT count(*) FROM records")
+        return int(rows[0][0]) if rows else 0
+
+    def recordsets(self) -> list[RecordsetInfo]:
+        """Every recordset with its current version, ordered by id."""
+        rows = self._query(
+            "SELECT recordset, version, name, source, ingested_at, record_count, media_count "
+            "FROM recordsets ORDER BY recordset"
+        )
+        return [
+            RecordsetInfo(
+                recordset=r[0],
+                version=int(r[1]),
+                name=r[2] or "",
+                source=r[3] or "",
+                ingested_at=r[4],
+                record_count=int(r[5]),
+                media_count=int(r[6]),
+            )
+            for r in rows
+        ]
+
+    def recordset_eml(self, recordset: str) -> str | None:
+        """The EML document the recordset's archive carried, if any."""
+        rows = self._query("SELECT eml FROM recordsets WHERE recordset = ?", [recordset])
+        return rows[0][0] if rows else None
+
+    def deleted_records(self, *, since: datetime | None = None) -> list[DeletedRecord]:
+        """Records and media records removed by re-ingests (after ``since`` when given)."""
+        sql = "SELECT uuid, recordset, deleted_at, rtype FROM deleted_records"
+        params: list[Any] = []
+        if since is not None:
+            sql += " WHERE deleted_at > ?"
+            params.append(since)
+        rows = self._query(sql + " ORDER BY deleted_at, uuid", params)
+        return [DeletedRecord(uuid=r[0], recordset=r[1], deleted_at=r[2], rtype=r[3]) for r in rows]
