@@ -51,15 +51,166 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register_ingest(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]  # argparse's private generic
-    p = sub.add_parser("ingest", help="load Darwin Core Archives (or synthetic records) into the record store")
+    p = sub.add_parser(
+        "ingest",
+        help="load Darwin Core Archives (or synthetic records) into the record store",
+        description="Load Darwin Core Archives (zips or folders with an Occurrence core and "
+        "optionally an Audubon Core or GBIF multimedia extension) into DATA_DIR/records.duckdb. "
+        "Each archive becomes a recordset with a new version; ingesting it again replaces its "
+        "records. Each archive is loaded in its own transaction: an archive that cannot be "
+        "loaded (for example a Taxon core) is reported, the others still load, and the exit "
+        "status is 1.",
+    )
     _add_data_dir(p)
-    p.set_defaults(func=_not_built)
+    p.add_argument("paths", nargs="*", metavar="PATH", help="archive zip files or folders")
+    p.add_argument(
+        "--recordset",
+        metavar="ID",
+        help="recordset id for the (single) archive or the synthetic records "
+        "(default: the EML packageId or alternateIdentifier, else the file name)",
+    )
+    p.add_argument(
+        "--synthetic",
+        type=int,
+        metavar="N",
+        default=0,
+        help="also generate N synthetic records (about a third with media)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic records (default 0)")
+    p.add_argument(
+        "--if-empty",
+        action="store_true",
+        help="do nothing when the store already holds records",
+    )
+    p.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for readers to release the store (default 60)",
+    )
+    p.set_defaults(func=_run_ingest)
+
+
+def _run_ingest(args: argparse.Namespace) -> int:
+    from downloader.ingest import (
+        IngestError,
+        describe,
+        ingest_paths,
+        ingest_synthetic,
+        stored_record_count,
+    )
+
+    if not args.paths and not args.synthetic:
+        print("downloader ingest: give archive paths and/or --synthetic N", file=sys.stderr)
+        return 2
+    if args.synthetic < 0:
+        print("downloader ingest: --synthetic must not be negative", file=sys.stderr)
+        return 2
+    if args.recordset and args.synthetic and args.paths:
+        print(
+            "downloader ingest: --recordset names one recordset; use it with either one "
+            "archive or --synthetic",
+            file=sys.stderr,
+        )
+        return 2
+    data_dir = _settings(args).data_path
+    if args.if_empty:
+        existing = stored_record_count(data_dir)
+        if existing:
+            print(f"the record store already holds {existing} records; nothing loaded")
+            return 0
+
+    def report_error(path: str, exc: Exception) -> None:
+        print(f"downloader ingest: {exc}", file=sys.stderr)
+
+    failed = 0
+    try:
+        if args.paths:
+            _, failures = ingest_paths(
+                data_dir,
+                args.paths,
+                recordset=args.recordset,
+                lock_timeout=args.lock_timeout,
+                on_result=lambda r: print(describe(r)),
+                on_error=report_error,
+            )
+            failed = len(failures)
+        if args.synthetic:
+            result = ingest_synthetic(
+                data_dir,
+                args.synthetic,
+                seed=args.seed,
+                recordset=args.recordset,
+                lock_timeout=args.lock_timeout,
+            )
+            print(describe(result))
+    except IngestError as exc:
+        print(f"downloader ingest: {exc}", file=sys.stderr)
+        return 1
+    if failed:
+        print(f"downloader ingest: {failed} archive(s) not loaded", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _register_count(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]  # argparse's private generic
-    p = sub.add_parser("count", help="count records and media records matching a query")
+    p = sub.add_parser(
+        "count",
+        help="count records and media records matching a query",
+        description="Count the records matching RQ (an iDigBio query, JSON) and their media "
+        "records; with --mq, records having matching media and the matching media of matching "
+        "records. A bad query prints the reason and exits with status 2.",
+    )
     _add_data_dir(p)
-    p.set_defaults(func=_not_built)
+    p.add_argument("rq", nargs="?", default="{}", help='record query, e.g. \'{"genus": "acer"}\'')
+    p.add_argument("--mq", default=None, help="media record query (JSON)")
+    p.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    p.set_defaults(func=_run_count)
+
+
+def _parse_query_arg(text: str, param: str) -> object:
+    import json
+
+    from query.errors import QueryError
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise QueryError(param, f"is not valid JSON ({exc.msg} at character {exc.pos})") from exc
+
+
+def _run_count(args: argparse.Namespace) -> int:
+    import json
+
+    from downloader.errors import SourceUnavailable
+    from downloader.ingest import store_path
+    from downloader.sources.duckdb import DuckDBSource
+    from query.errors import QueryError
+    from query.validate import validate_query
+
+    try:
+        rq = validate_query(_parse_query_arg(args.rq, "rq"), "records", param="rq")
+        mq = None
+        if args.mq is not None:
+            mq = validate_query(_parse_query_arg(args.mq, "mq"), "mediarecords", param="mq")
+    except QueryError as exc:
+        if args.json:
+            print(json.dumps({"status": 400, **exc.to_dict()}), file=sys.stderr)
+        else:
+            print(f"downloader count: {exc.message}", file=sys.stderr)
+        return 2
+    source = DuckDBSource(store_path(_settings(args).data_path))
+    try:
+        records, media = source.counts(rq or None, mq)
+    except SourceUnavailable as exc:
+        print(f"downloader count: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"records": records, "mediarecords": media, "rq": rq, "mq": mq}))
+    else:
+        print(f"{records} records, {media} media records")
+    return 0
 
 
 # --- serve / worker / cleanup / fetch (service) --------------------------------------------
