@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 # --- ingest / count (record store) -------------------------------------------------------
 
 
-def _register_ingest(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]  # argparse's private generic
+def _register_ingest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "ingest",
         help="load Darwin Core Archives (or synthetic records) into the record store",
@@ -154,7 +154,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _register_count(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]  # argparse's private generic
+def _register_count(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "count",
         help="count records and media records matching a query",

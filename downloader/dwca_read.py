@@ -100,7 +100,7 @@ def _header_lookup() -> dict[str, str]:
     """Lower-cased local names of known Darwin Core terms -> their short names."""
     lookup: dict[str, str] = {}
     for rtype in ("records", "mediarecords"):
-        for f in fields(rtype):  # type: ignore[arg-type]  # the literals above are RecordTypes
+        for f in fields(rtype):
             for term in (f.source_term, f.csv_header):
                 if term and term.startswith("dwc:"):
                     lookup.setdefault(term[4:].lower(), term)

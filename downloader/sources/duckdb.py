@@ -251,16 +251,17 @@ class DuckDBSource:
                 reader = rel.to_arrow_reader(batch_size)
                 started = time.monotonic()
                 exhausted = True
+                carry: pa.RecordBatch | None = None
                 for batch in reader:
                     if batch.num_rows == 0:
                         continue
                     last = str(batch.column(batch.num_columns - 1)[-1].as_py())
-                    yield batch.drop_columns([hidden])
                     if time.monotonic() - started > self.window_seconds:
+                        # The window is over: hand this batch out after the file is released.
+                        carry = batch.drop_columns([hidden])
                         exhausted = False
                         break
-                if exhausted:
-                    return
+                    yield batch.drop_columns([hidden])
             except duckdb.CatalogException:
                 return
             except duckdb.Error as exc:
@@ -271,6 +272,10 @@ class DuckDBSource:
                 if reader is not None:
                     reader.close()
                 con.close()
+            if carry is not None:
+                yield carry
+            if exhausted:
+                return
 
     def unique_values(
         self,
