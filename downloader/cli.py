@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from downloader.errors import ConfigError
 
@@ -89,6 +89,12 @@ def _register_ingest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         metavar="SECONDS",
         help="how long to wait for readers to release the store (default 60)",
     )
+    p.add_argument(
+        "--no-export",
+        action="store_true",
+        help="do not queue the DwC-A export of each new recordset version (by default it is "
+        "queued in the job store and built by `downloader serve` or the Celery workers)",
+    )
     p.set_defaults(func=_run_ingest)
 
 
@@ -114,7 +120,8 @@ def _run_ingest(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    data_dir = _settings(args).data_path
+    settings = _settings(args)
+    data_dir = settings.data_path
     if args.if_empty:
         existing = stored_record_count(data_dir)
         if existing:
@@ -124,6 +131,18 @@ def _run_ingest(args: argparse.Namespace) -> int:
     def report_error(path: str, exc: Exception) -> None:
         print(f"downloader ingest: {exc}", file=sys.stderr)
 
+    queue_export = None if args.no_export else _export_hook(settings)
+
+    def loaded(result: Any) -> None:
+        print(describe(result))
+        if queue_export is None:
+            return
+        try:
+            queue_export(result)
+        except Exception as exc:
+            # The records are in; a missing export can be asked for later with POST.
+            print(f"downloader ingest: could not queue the export: {exc}", file=sys.stderr)
+
     failed = 0
     try:
         if args.paths:
@@ -132,7 +151,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
                 args.paths,
                 recordset=args.recordset,
                 lock_timeout=args.lock_timeout,
-                on_result=lambda r: print(describe(r)),
+                on_result=loaded,
                 on_error=report_error,
             )
             failed = len(failures)
@@ -144,7 +163,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
                 recordset=args.recordset,
                 lock_timeout=args.lock_timeout,
             )
-            print(describe(result))
+            loaded(result)
     except IngestError as exc:
         print(f"downloader ingest: {exc}", file=sys.stderr)
         return 1
@@ -152,6 +171,16 @@ def _run_ingest(args: argparse.Namespace) -> int:
         print(f"downloader ingest: {failed} archive(s) not loaded", file=sys.stderr)
         return 1
     return 0
+
+
+def _export_hook(settings: Settings) -> Callable[[Any], None]:
+    """The ingest hook of :mod:`downloader.exports`: with Celery the export is sent to the
+    workers at once; otherwise it waits in the job store for ``downloader serve``."""
+    from downloader.backends import make_context, make_dispatcher
+    from downloader.exports import ingest_hook
+
+    dispatcher = make_dispatcher(settings) if settings.dispatcher == "celery" else None
+    return ingest_hook(make_context(settings, dispatcher=dispatcher))
 
 
 def _register_count(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
