@@ -274,3 +274,35 @@ def test_a_plain_download_has_no_deleted_csv(svc: Service, tmp_path: Path) -> No
     links = {link["rel"]: link["link"] for link in svc.get(f"/v1/jobs/{job_id}").json()["_links"]}
     archive = read_zip(svc.get(links["enclosure"]).content, tmp_path / "plain.zip")
     assert "deleted.csv" not in archive.names and len(archive.core_ids) == 5
+
+
+def test_a_cancel_that_arrives_while_publishing_removes_the_archive(
+    svc: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    created = _ask(svc, {"recordset": "rs-a"}, email="ana@example.org")
+    published = threading.Event()
+    publish = svc.ctx.storage.publish
+
+    def publish_then_cancel(key: str, writer: Any, **kw: Any) -> None:
+        publish(key, writer, **kw)
+        published.set()
+        # The requester cancels at this very moment: after the last check, before SUCCESS.
+        svc.request(
+            "DELETE", f"/v1/jobs/{created['id']}", params={"token": created["cancel_token"]}
+        )
+
+    monkeypatch.setattr(svc.ctx.storage, "publish", publish_then_cancel)
+    svc.build_all()
+    assert published.is_set()
+    doc = svc.get(f"/v1/jobs/{created['id']}").json()
+    assert doc["status"] == "CANCELLED" and "result" not in doc
+    assert not list((svc.data_dir / "archives").glob(f"{created['id']}*"))
+    assert not [m for m in svc.mailer.sent if "ready" in str(m["Subject"]).lower()]
+
+
+def test_cors_preflight_allows_delete_with_a_token(svc: Service) -> None:
+    for path in ("/v1/jobs/x", "/v2/download/x", "/recordsets/rs-a/1/export/"):
+        r = svc.request("OPTIONS", path)
+        assert r.status_code == 204
+        assert "DELETE" in r.headers["Access-Control-Allow-Methods"]
+        assert "Authorization" in r.headers["Access-Control-Allow-Headers"]
