@@ -61,11 +61,12 @@ def test_unreachable_source_is_retried_in_worker_processes_then_fails_and_mails(
                 break
             assert time.monotonic() < deadline, f"still {current.state}"
             time.sleep(0.2)
+        # The worker mails after recording the failure: wait for it before stopping workers.
+        (mail,) = smtp.wait_for(1)
     finally:
         dispatcher.stop()
     assert current.attempts == 2
     assert "record store could not be reached in 2 attempts" in (current.error or "")
-    (mail,) = smtp.wait_for(1)
     assert mail["To"] == "ana@example.org"
     assert "record store could not be reached" in mail.get_content()
     assert not list((tmp_path / "archives").glob("*"))
