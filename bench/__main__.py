@@ -110,10 +110,19 @@ def _embedded(args: argparse.Namespace, results: dict[str, Any]) -> None:
     from bench.references import run_baseline, run_limit
 
     smallest = args.sizes[0]
-    for size in args.sizes:
-        with work_dir(keep=args.keep) as work:
-            log(f"store of {size:,} synthetic records")
-            store = ingest_synthetic(work / "data", size, seed=args.seed, timeout=3600)
+    with work_dir(keep=args.keep) as work:
+        held = 0
+        for size in args.sizes:
+            # A larger store is the smaller one plus new recordsets: its data is reused.
+            log(f"store of {size:,} synthetic records ({size - held:,} to add)")
+            store = ingest_synthetic(
+                work / "data",
+                size - held,
+                seed=args.seed + len(results.get("ingest", [])),
+                timeout=3600,
+                recordset=None if held == 0 else f"bench-synthetic-{size}",
+            )
+            held = store.records
             results.setdefault("ingest", []).append(
                 {
                     "records": store.records,
@@ -260,6 +269,11 @@ def _skip(results: dict[str, Any], name: str, exc: BaseException) -> None:
     log(f"{name}: not measured: {text[:2000]}")
     if os.environ.get("BENCH_TRACEBACK"):
         traceback.print_exc()
+
+
+def _shown(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def main(argv: list[str] | None = None) -> int:

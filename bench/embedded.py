@@ -50,21 +50,28 @@ class Store:
         return self.data_dir / "records.duckdb"
 
 
-def ingest_synthetic(data_dir: Path, n: int, *, seed: int, timeout: float) -> Store:
-    """Fill a fresh ``data_dir`` with ``n`` synthetic records through ``downloader ingest``."""
+def ingest_synthetic(
+    data_dir: Path, n: int, *, seed: int, timeout: float, recordset: str | None = None
+) -> Store:
+    """Add ``n`` synthetic records to ``data_dir`` through ``downloader ingest`` (as a new
+    recordset when ``recordset`` is given, so a larger store reuses a smaller one)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     cli = [sys.executable, "-m", "downloader.cli", "ingest", "--data-dir", str(data_dir)]
     cli += ["--synthetic", str(n), "--seed", str(seed)]
+    if recordset:
+        cli += ["--recordset", recordset]
     by = "downloader ingest --synthetic"
     proc = _run(cli, timeout)
     if proc.returncode == 2:
         # The command line does not offer --synthetic yet: call the store's function.
         call = (
             "import sys; from downloader.ingest import ingest_synthetic; "
-            "ingest_synthetic(sys.argv[1], int(sys.argv[2]), seed=int(sys.argv[3]))"
+            "ingest_synthetic(sys.argv[1], int(sys.argv[2]), seed=int(sys.argv[3]), "
+            "recordset=sys.argv[4] or None)"
         )
-        proc = _run([sys.executable, "-c", call, str(data_dir), str(n), str(seed)], timeout)
+        args = [str(data_dir), str(n), str(seed), recordset or ""]
+        proc = _run([sys.executable, "-c", call, *args], timeout)
         by = "downloader.ingest.ingest_synthetic"
     if proc.returncode != 0:
         raise RuntimeError(f"ingest failed ({proc.returncode}): {proc.stderr[-3000:]}")
@@ -138,4 +145,8 @@ def run_ours(
     out = dict(run.result)
     out["peak_rss_bytes"] = run.peak_rss_bytes
     out["process_seconds"] = run.wall_seconds
+    archive = out.get("archive")
+    if archive and profile is None:
+        # Measured and counted; the bytes are not needed any more (a 5M archive is large).
+        Path(archive).unlink(missing_ok=True)
     return out

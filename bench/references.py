@@ -63,7 +63,9 @@ class ReferenceRun:
 
 
 def _connect(db_path: Path) -> duckdb.DuckDBPyConnection:
-    return duckdb.connect(str(db_path), read_only=True, config={"enable_progress_bar": False})
+    con = duckdb.connect(str(db_path), read_only=True)
+    con.execute("SET enable_progress_bar = false")
+    return con
 
 
 def _cell(value: Any) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bench.columns import Selection
-from bench.embedded import Store, run_ours
+from bench.embedded import Store, ingest_synthetic, run_ours
 from bench.harness import ROOT, bench_env, log
 
 
@@ -44,24 +44,27 @@ def es_env(url: str, prefix: str) -> dict[str, str]:
 def ingest_cluster(
     data_dir: Path, url: str, prefix: str, n: int, *, seed: int, timeout: float
 ) -> float:
-    """``downloader ingest --synthetic`` into the cluster's indices; the seconds it took."""
+    """``n`` synthetic records into the cluster's indices, the way ``downloader ingest`` does
+    for a cluster: derived in the embedded store first, then copied into the indices by
+    ``export_store``, so both sources hold the same values. The seconds it took."""
     start = time.perf_counter()
+    ingest_synthetic(data_dir, n, seed=seed, timeout=timeout)
+    call = (
+        "import sys; from downloader.sources.elasticsearch import ElasticsearchSource, "
+        "export_store; export_store(sys.argv[1], ElasticsearchSource(sys.argv[2], "
+        "index_prefix=sys.argv[3], timeout=120))"
+    )
     proc = subprocess.run(
-        [
-            *(sys.executable, "-m", "downloader.cli", "ingest", "--data-dir", str(data_dir)),
-            *("--synthetic", str(n), "--seed", str(seed)),
-        ],
+        [sys.executable, "-c", call, str(data_dir / "records.duckdb"), url, prefix],
         capture_output=True,
         text=True,
-        env=bench_env({**es_env(url, prefix), "DOWNLOADER_DATA_DIR": str(data_dir)}),
+        env=bench_env(),
         cwd=ROOT,
         timeout=timeout,
         check=False,
     )
     if proc.returncode != 0:
-        raise RuntimeError(
-            f"ingest into the cluster failed ({proc.returncode}): {proc.stderr[-3000:]}"
-        )
+        raise RuntimeError(f"copying into the cluster failed: {proc.stderr[-3000:]}")
     return time.perf_counter() - start
 
 
@@ -107,13 +110,56 @@ def bare_scroll(url: str, index: str, query: dict[str, Any], *, page: int) -> tu
     return docs, size
 
 
-def run_bare_read(url: str, prefix: str, *, page: int) -> dict[str, Any]:
-    """The bare read of everything (records, then media records)."""
+def bare_pit(url: str, index: str, query: dict[str, Any], *, page: int) -> int:
+    """Read every matching document in ``uuid`` order through a point in time and
+    ``search_after`` (OpenSearch's PIT API), as our source pages; the documents read."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=120)
+    docs = 0
+    try:
+        pit = _post(conn, f"/{index}/_search/point_in_time?keep_alive=2m", {})["pit_id"]
+        after: list[Any] | None = None
+        while True:
+            body: dict[str, Any] = {
+                "size": page,
+                "query": query,
+                "sort": [{"uuid": "asc"}],
+                "pit": {"id": pit, "keep_alive": "2m"},
+                "track_total_hits": False,
+            }
+            if after is not None:
+                body["search_after"] = after
+            hits = _post(conn, "/_search", body)["hits"]["hits"]
+            docs += len(hits)
+            if len(hits) < page:
+                break
+            after = hits[-1]["sort"]
+        conn.request(
+            "DELETE",
+            "/_search/point_in_time",
+            body=json.dumps({"pit_id": [pit]}),
+            headers={"Content-Type": "application/json"},
+        )
+        conn.getresponse().read()
+    finally:
+        conn.close()
+    return docs
+
+
+def run_bare_read(url: str, prefix: str, *, page: int, pit: bool = False) -> dict[str, Any]:
+    """The bare read of everything (records, then media records): scroll in index order, or
+    (``pit``) a point in time sorted by uuid."""
     start = time.perf_counter()
-    records, _ = bare_scroll(url, f"{prefix}records", {"match_all": {}}, page=page)
-    media, _ = bare_scroll(url, f"{prefix}mediarecords", {"match_all": {}}, page=page)
+    everything = {"match_all": {}}
+    if pit:
+        records = bare_pit(url, f"{prefix}records", everything, page=page)
+        media = bare_pit(url, f"{prefix}mediarecords", everything, page=page)
+    else:
+        records, _ = bare_scroll(url, f"{prefix}records", everything, page=page)
+        media, _ = bare_scroll(url, f"{prefix}mediarecords", everything, page=page)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "records": records, "media": media, "page": page}
+    kind = "point in time, sorted by uuid" if pit else "scroll, index order"
+    return {"seconds": seconds, "records": records, "media": media, "page": page, "kind": kind}
 
 
 def run_search(
@@ -132,6 +178,7 @@ def run_search(
             (run_bare_read(server.url, prefix, page=page) for _ in range(repeats)),
             key=lambda r: r["seconds"],
         )
+        bare_pit_read = run_bare_read(server.url, prefix, page=page, pit=True)
         log(
             f"search: bare read {bare['records']:,}+{bare['media']:,} docs "
             f"in {bare['seconds']:.1f} s; our build"
@@ -145,4 +192,10 @@ def run_search(
         )
     finally:
         server.close()
-    return {"records": n, "ingest_seconds": ingest_seconds, "bare": bare, "ours": ours}
+    return {
+        "records": n,
+        "ingest_seconds": ingest_seconds,
+        "bare": bare,
+        "bare_pit": bare_pit_read,
+        "ours": ours,
+    }
