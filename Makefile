@@ -42,8 +42,8 @@ serve: $(STAMP) ## Install, load the sample archives into an empty store, serve 
 	$(BIN)/downloader ingest --data-dir $(DATA_DIR) --if-empty --synthetic $(SYNTHETIC) $(SAMPLES)
 	$(BIN)/downloader serve --data-dir $(DATA_DIR) --port $(PORT)
 
-bench: $(STAMP) ## Run the benchmarks; results go to bench/results/
-	$(BIN)/python -m bench
+bench: $(STAMP) ## Run the benchmarks (BENCH_ARGS=--quick for a smoke run); results go to bench/results/
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean: ## Remove the virtual environment and local data
 	rm -rf $(VENV) $(DATA_DIR) .mypy_cache .pytest_cache .ruff_cache

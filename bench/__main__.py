@@ -46,6 +46,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--api-connections", type=int, default=8)
     p.add_argument(
+        "--build-timeout",
+        type=float,
+        default=900.0,
+        help="seconds one build may take before it counts as a miss (default 900)",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="skip a larger size when the smaller build, scaled up, would exceed this many "
+        "seconds (default 900; 0: never skip)",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="also profile one build at the smallest size with pyinstrument",
@@ -62,6 +75,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     args.name = args.name or ("quick" if args.quick else "latest")
+    args.budget = 900.0 if args.budget is None else args.budget
     return args
 
 
@@ -112,7 +126,18 @@ def _embedded(args: argparse.Namespace, results: dict[str, Any]) -> None:
     smallest = args.sizes[0]
     with work_dir(keep=args.keep) as work:
         held = 0
+        # Seconds per record of the last "all" build, to foresee the next size's build.
+        pace: float | None = None
         for size in args.sizes:
+            if pace is not None and args.budget and pace * size > args.budget:
+                why = (
+                    f"the {held:,}-record build ran at {1 / pace:,.0f} records/s, so this one "
+                    f"would take about {pace * size / 60:.0f} min (over the --budget of "
+                    f"{args.budget:.0f} s)"
+                )
+                results.setdefault("skipped", {})[f"store of {size:,}"] = why
+                log(f"skipping {size:,}: {why}")
+                continue
             # A larger store is the smaller one plus new recordsets: its data is reused.
             log(f"store of {size:,} synthetic records ({size - held:,} to add)")
             store = ingest_synthetic(
@@ -143,7 +168,9 @@ def _embedded(args: argparse.Namespace, results: dict[str, Any]) -> None:
                 if "build" in args.only:
                     log(f"ours: {sel.label} ({row['records']:,} records) of {size:,}")
                     try:
-                        ours = run_ours(store, sel, timeout=3600)
+                        ours = run_ours(store, sel, timeout=args.build_timeout)
+                        if sel.label == "all":
+                            pace = ours["seconds"] / max(row["records"], 1)
                         ours["records_per_second"] = row["records"] / ours["seconds"]
                         ours["output_mb_per_second"] = (
                             (ours.get("size") or 0) / MB / ours["seconds"]
@@ -156,6 +183,8 @@ def _embedded(args: argparse.Namespace, results: dict[str, Any]) -> None:
                         )
                     except Exception as exc:  # report and go on: other sections still count
                         _skip(results, f"build {sel.label} at {size:,}", exc)
+                        if sel.label == "all":
+                            pace = float("inf")
                 if "baseline" in args.only and size == smallest:
                     log(f"baseline: {sel.label}")
                     base = run_baseline(store.db_path, sel, work / "baseline.zip")
@@ -252,7 +281,13 @@ def _search(args: argparse.Namespace, results: dict[str, Any]) -> None:
 
     with work_dir(keep=args.keep) as work:
         try:
-            res = run_search(work, args.search_records, seed=args.seed, page=10_000, timeout=3600)
+            res = run_search(
+                work,
+                args.search_records,
+                seed=args.seed,
+                page=10_000,
+                timeout=args.build_timeout,
+            )
         except Exception as exc:
             _skip(results, "search", exc)
             return

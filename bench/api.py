@@ -81,6 +81,7 @@ def run_api(
             raise RuntimeError(f"submission answered {code}: {doc}")
         status_path = urlsplit(doc["status_url"]).path
         out["first_submission_ms"] = first_latency * 1000
+        out["status_path"] = status_path
         deadline = time.monotonic() + build_timeout
         while not doc.get("complete") and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -219,7 +219,8 @@ def markdown(results: dict[str, Any], verdicts: list[Verdict]) -> str:
             "",
             "| endpoint | requests | req/s | p50 ms | p99 ms | max ms | errors |",
             "|---|---|---|---|---|---|---|",
-            f"| `GET /status/<id>` | {s['requests']:,} | {s['requests_per_second']:,.0f} | "
+            f"| `GET {api.get('status_path', '/status/<id>')}` | {s['requests']:,} "
+            f"| {s['requests_per_second']:,.0f} | "
             f"{s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['max_ms']:.1f} | {s['errors']} |",
             f"| bare Tornado, same bytes (reference) | {bare['requests']:,} | "
             f"{bare['requests_per_second']:,.0f} | {bare['p50_ms']:.2f} | {bare['p99_ms']:.2f} | "
