@@ -35,6 +35,7 @@ from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from query.fields import Field, RecordType, fields
 
@@ -45,6 +46,8 @@ UUID_NAMESPACE = uuid.UUID("5b1e0d6e-5a8f-4c7e-9a55-2d0f2c6a9b11")
 #: NFC-normalised, lower-cased text. This is ``query.text.tokens`` (``[^\W_]+``) in RE2
 #: syntax, run inside DuckDB for speed; a unit test checks both agree on real archives.
 TOKEN_PATTERN = r"[\pL\pN]+"
+#: What separates tokens: the complement of :data:`TOKEN_PATTERN`.
+SEPARATOR_PATTERN = r"[^\pL\pN]+"
 
 #: Further verbatim terms a field falls back to, in order, when its own term is empty.
 ALTERNATES: dict[tuple[RecordType, str], tuple[str, ...]] = {
@@ -57,6 +60,9 @@ ALTERNATES: dict[tuple[RecordType, str], tuple[str, ...]] = {
     ("mediarecords", "rights"): ("dc:rights", "dcterms:license", "xmpRights:UsageTerms"),
     ("mediarecords", "modified"): ("xmp:MetadataDate",),
 }
+
+#: The row-position column of staged verbatim tables (see ``downloader.dwca_read``).
+ROW = "_row"
 
 #: Verbatim terms read by the computed fields.
 LAT, LON = "dwc:decimalLatitude", "dwc:decimalLongitude"
@@ -185,12 +191,72 @@ def json_object_sql(cols: Columns, terms: Sequence[str]) -> str:
     return "'{' || concat_ws(',', " + ", ".join(parts) + ") || '}'"
 
 
-def fulltext_sql(cols: Columns, terms: Sequence[str]) -> str:
-    """The distinct tokens of all verbatim values (in no particular order)."""
-    if not terms:
-        return "CAST([] AS VARCHAR[])"
-    joined = "concat_ws(' ', " + ", ".join(f"{cols.alias}.{quote_ident(t)}" for t in terms) + ")"
-    return f"list_distinct(regexp_extract_all(lower(nfc_normalize({joined})), '{TOKEN_PATTERN}'))"
+def fulltext_tokens(table: pa.Table) -> pa.ListArray:
+    """Per row of a verbatim table, the distinct ``fulltext`` tokens of all its term values.
+
+    Vectorised: each column's distinct values are tokenised once (Arrow's RE2 split on the
+    NFC-normalised, lower-cased text), then the token ids are gathered per row and
+    de-duplicated with numpy. Tokens of a row come out ordered by first appearance in the
+    table, which is stable for the same input.
+    """
+    n = table.num_rows
+    per_column: list[tuple[np.ndarray, np.ndarray, pa.ListArray]] = []
+    flat: list[pa.Array] = []
+    for name in table.column_names:
+        if name.startswith("_"):
+            continue
+        encoded = table[name].combine_chunks().dictionary_encode()
+        if len(encoded.dictionary) == 0:
+            continue
+        text = pc.utf8_lower(pc.utf8_normalize(encoded.dictionary, "NFC"))
+        split = pc.split_pattern_regex(text, SEPARATOR_PATTERN)
+        indices = encoded.indices
+        valid = np.asarray(indices.is_valid())
+        rows = np.flatnonzero(valid)
+        per_column.append((rows, np.asarray(indices.fill_null(0))[valid], split))
+        flat.append(split.flatten())
+    if not per_column:
+        return pa.array([None] * n, pa.list_(pa.string()))
+    vocab_encoded = pa.concat_arrays(flat).dictionary_encode()
+    vocabulary = vocab_encoded.dictionary
+    ids_all = np.asarray(vocab_encoded.indices).astype(np.int64)
+    row_parts: list[np.ndarray] = []
+    id_parts: list[np.ndarray] = []
+    position = 0
+    for rows, uniq_index, split in per_column:
+        offsets = np.asarray(split.offsets).astype(np.int64)
+        offsets -= offsets[0]
+        column_ids = ids_all[position : position + int(offsets[-1])]
+        position += int(offsets[-1])
+        starts = offsets[uniq_index]
+        lengths = offsets[uniq_index + 1] - starts
+        total = int(lengths.sum())
+        if total == 0:
+            continue
+        within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        row_parts.append(np.repeat(rows, lengths))
+        id_parts.append(column_ids[np.repeat(starts, lengths) + within])
+    empty = vocabulary.index("").as_py()
+    size = len(vocabulary)
+    if row_parts:
+        keys = np.concatenate(row_parts) * size + np.concatenate(id_parts)
+        if empty >= 0:
+            keys = keys[(keys % size) != empty]
+        # Sort, then drop repeats: numpy's np.unique hashes first, which is far slower here.
+        keys.sort()
+        if keys.size:
+            keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
+    else:
+        keys = np.zeros(0, dtype=np.int64)
+    row_of = keys // size
+    counts = np.bincount(row_of, minlength=n)
+    offsets_out = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets_out[1:])
+    values = vocabulary.take(pa.array(keys % size))
+    mask = pa.array(counts == 0)
+    return pa.LargeListArray.from_arrays(pa.array(offsets_out), values, mask=mask).cast(
+        pa.list_(pa.string())
+    )
 
 
 def generic_sql(f: Field, cols: Columns) -> tuple[str, str | None]:
@@ -279,12 +345,14 @@ def record_select(
     columns: Iterable[str],
     *,
     source: str,
+    computed: str,
     media_agg: str | None,
     datemap: str | None,
 ) -> str:
     """SQL selecting every ``records`` column (by name) from the staged verbatim table.
 
-    ``source`` holds the verbatim columns plus ``_key`` (the record key) and ``_uuid``;
+    ``source`` holds the verbatim columns plus ``_row``, ``_key`` (the record key) and
+    ``_uuid``; ``computed`` has ``_dqs`` and ``_fulltext`` by ``_row``;
     ``media_agg`` (optional) has ``_parent``, ``_media`` (uuids) and ``_has_image`` per
     parent uuid; ``datemap`` (optional) maps unusual ``_raw`` eventDate texts to ``_parsed``
     timestamps. Named parameters: ``$recordset``, ``$version``,
@@ -309,7 +377,7 @@ def record_select(
         "_data": json_object_sql(cols, terms),
         "_sci": cols.term(SCIENTIFIC_NAME),
     }
-    joins = []
+    joins = [f"JOIN {computed} AS x ON x.{ROW} = v.{ROW}"]
     if media_agg:
         joins.append(f"LEFT JOIN {media_agg} AS ma ON ma._parent = v._uuid")
     if datemap:
@@ -318,7 +386,7 @@ def record_select(
         "SELECT v._uuid, v._key, "
         + ", ".join(f"{sql} AS {name}" for name, sql in helpers.items())
         + (", ma._media, ma._has_image" if media_agg else ", NULL AS _media, NULL AS _has_image")
-        + f", {fulltext_sql(cols, terms)} AS _fulltext"
+        + ", x._fulltext AS _fulltext"
     )
     generic_cols: list[str] = []
     unparseable: list[tuple[str, str]] = []
@@ -334,7 +402,7 @@ def record_select(
         stage_a += ", " + _flags_sql(unparseable) + " AS _num_flags"
     else:
         stage_a += ", CAST(NULL AS VARCHAR[]) AS _num_flags"
-    stage_a += ", v._dqs AS _dqs"
+    stage_a += ", x._dqs AS _dqs"
     # genus and specificepithet fall back on the scientific name, so stage A keeps their
     # plain readings under their own names for stage B.
     stage_a += f", {text_sql(cols.term('dwc:genus'))} AS genus"
@@ -365,7 +433,7 @@ def record_select(
     )
     binomial = r"^([A-Za-z][a-z-]+)\s+([a-z][a-z-]+)\b"
     epithet = f"regexp_extract(_sci, '{binomial}', 2)"
-    computed = {
+    special = {
         "uuid": "_uuid",
         "etag": "sha1(_data)",
         "datemodified": "$now",
@@ -392,17 +460,18 @@ def record_select(
     }
     select = []
     for f in fields("records"):
-        expr = computed[f.name] if f.name in RECORD_SPECIAL else quote_ident(f.name)
+        expr = special[f.name] if f.name in RECORD_SPECIAL else quote_ident(f.name)
         select.append(f"{expr} AS {quote_ident(f.name)}")
     select += ["_data::JSON AS data", "_fulltext AS fulltext"]
     return f"SELECT {', '.join(select)} FROM ({stage_a}) AS a"
 
 
-def media_select(columns: Iterable[str], *, source: str) -> str:
+def media_select(columns: Iterable[str], *, source: str, computed: str) -> str:
     """SQL selecting every ``mediarecords`` column (by name) plus ``coreid``.
 
     ``source`` holds the verbatim media columns plus ``_key``, ``_uuid`` and ``_parent`` (the
-    parent record's uuid or NULL). Named parameters: ``$recordset``, ``$version``, ``$now``.
+    parent record's uuid or NULL); ``computed`` has ``_dqs`` and ``_fulltext`` by ``_row``.
+    Named parameters: ``$recordset``, ``$version``, ``$now``.
     """
     terms = sorted(c for c in columns if not c.startswith("_"))
     cols = Columns(terms, alias="v")
@@ -426,7 +495,7 @@ def media_select(columns: Iterable[str], *, source: str) -> str:
     )
     data = json_object_sql(cols, terms)
     flags = _flags_sql([*unparseable, ("mediarecord_no_record", "v._parent IS NULL")])
-    computed = {
+    special = {
         "uuid": "v._uuid",
         "datemodified": "$now",
         "etag": f"sha1({data})",
@@ -437,14 +506,16 @@ def media_select(columns: Iterable[str], *, source: str) -> str:
         "mediatype": mediatype,
         "hasSpecimen": "v._parent IS NOT NULL",
         "flags": flags,
-        "dqs": "v._dqs",
+        "dqs": "x._dqs",
     }
     select = ["v._parent AS coreid"]
     for f in fields("mediarecords"):
-        expr = computed[f.name] if f.name in MEDIA_SPECIAL else generic[f.name]
+        expr = special[f.name] if f.name in MEDIA_SPECIAL else generic[f.name]
         select.append(f"{expr} AS {quote_ident(f.name)}")
-    select += [f"({data})::JSON AS data", f"{fulltext_sql(cols, terms)} AS fulltext"]
-    return f"SELECT {', '.join(select)} FROM {source} AS v"
+    select += [f"({data})::JSON AS data", "x._fulltext AS fulltext"]
+    return (
+        f"SELECT {', '.join(select)} FROM {source} AS v JOIN {computed} AS x ON x.{ROW} = v.{ROW}"
+    )
 
 
 # --- dates python-dateutil has to read ------------------------------------------------------

@@ -41,6 +41,7 @@ from downloader.indexing import (
     Columns,
     date_sql,
     dqs_values,
+    fulltext_tokens,
     media_select,
     parse_loose_date,
     quote_ident,
@@ -114,9 +115,26 @@ def schema_sql(prefix: str = "") -> list[str]:
 # --- phase 1: derive --------------------------------------------------------------------------
 
 
+def _register_computed(
+    con: duckdb.DuckDBPyConnection, name: str, table: pa.Table, rtype: RecordType
+) -> None:
+    """Register the columns computed in Arrow rather than SQL (faster there) as ``name``:
+    ``_row``, ``_dqs`` and ``_fulltext``. They are joined in by ``_row`` at the end, so the
+    large token lists are copied into DuckDB only once."""
+    computed = pa.table(
+        {
+            ROW_COLUMN: table[ROW_COLUMN],
+            "_dqs": dqs_values(table, rtype),
+            "_fulltext": fulltext_tokens(table),
+        }
+    )
+    con.register(name, computed)
+
+
 def _stage_keys(con: duckdb.DuckDBPyConnection, archive: VerbatimArchive) -> None:
     """core_k / media_k: the verbatim tables with record keys, uuids and media parents."""
-    con.register("core_v", archive.core.append_column("_dqs", dqs_values(archive.core, "records")))
+    con.register("core_v", archive.core)
+    _register_computed(con, "core_x", archive.core, "records")
     core_cols = Columns(archive.core.column_names, alias="c")
     occ = core_cols.term("dwc:occurrenceID")
     record_hash = uuid5_hash_sql("$recordset || '\\' || _key")
@@ -141,9 +159,8 @@ def _stage_keys(con: duckdb.DuckDBPyConnection, archive: VerbatimArchive) -> Non
     )
     if archive.media is None:
         return
-    con.register(
-        "media_v", archive.media.append_column("_dqs", dqs_values(archive.media, "mediarecords"))
-    )
+    con.register("media_v", archive.media)
+    _register_computed(con, "media_x", archive.media, "mediarecords")
     media_cols = Columns(archive.media.column_names, alias="m")
     locator = media_cols.term("ac:accessURI", "dcterms:identifier", "dc:identifier")
     sep = "'\\'"
@@ -204,7 +221,7 @@ def derive(
         _run(
             con,
             "CREATE TEMP TABLE media_d AS "
-            + media_select(archive.media.column_names, source="media_k"),
+            + media_select(archive.media.column_names, source="media_k", computed="media_x"),
             params,
         )
         con.execute(
@@ -220,6 +237,7 @@ def derive(
         + record_select(
             archive.core.column_names,
             source="core_k",
+            computed="core_x",
             media_agg=media_agg,
             datemap=datemap,
         ),
@@ -299,14 +317,15 @@ def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _write(
+def write_recordset(
     con: duckdb.DuckDBPyConnection,
     archive: VerbatimArchive,
     *,
     now: datetime,
     counts: tuple[int, int],
 ) -> IngestResult:
-    """Replace the recordset in the attached store, in one transaction."""
+    """Replace the recordset in the attached store (see :func:`attached_store`) by the
+    ``records_d``/``media_d`` tables :func:`derive` made, in one transaction."""
     rs = archive.recordset_id
     con.execute("BEGIN TRANSACTION")
     try:
@@ -426,9 +445,12 @@ def ingest_verbatim(
     when = (now or datetime.now(UTC)).replace(tzinfo=None)
     con = duckdb.connect(":memory:")
     try:
+        # Rows need no particular order in the store (readers sort by uuid); letting DuckDB
+        # drop insertion order makes the bulk copies cheaper.
+        con.execute("SET preserve_insertion_order = false")
         counts = derive(con, archive, now=when)
         with attached_store(con, store_path(data_dir), lock_timeout=lock_timeout):
-            return _write(con, archive, now=when, counts=counts)
+            return write_recordset(con, archive, now=when, counts=counts)
     except duckdb.Error as exc:
         raise IngestError(f"{archive.source}: ingest failed: {exc}") from exc
     finally:
@@ -529,4 +551,5 @@ __all__ = [
     "schema_sql",
     "store_path",
     "stored_record_count",
+    "write_recordset",
 ]

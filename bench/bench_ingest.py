@@ -1,0 +1,79 @@
+"""Time ingest of synthetic records into the DuckDB record store, and counts over them.
+
+Usage: ``python -m bench.bench_ingest [N] [--seed S] [--keep DIR]`` (N defaults to
+1,000,000). Prints seconds for generating the records, deriving and writing them, and for a
+few counts; no pass/fail. Speed depends on what else the machine is doing, so compare runs
+made on the same machine at the same time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+
+from downloader.ingest import attached_store, derive, store_path, write_recordset
+from downloader.sources.duckdb import DuckDBSource
+from downloader.synthetic import synthetic_archive
+from query.validate import validate_query
+
+QUERIES = {
+    "everything": {},
+    "genus acer": {"genus": "acer"},
+    "acer with images": {"genus": "acer", "hasImage": True},
+    "fulltext 'red maple'": {"data": {"type": "fulltext", "value": "red maple"}},
+    "date range 1900-1950": {"datecollected": {"type": "range", "gte": "1900", "lte": "1950"}},
+    "bounding box (USA)": {
+        "geopoint": {
+            "type": "geo_bounding_box",
+            "top_left": {"lat": 50, "lon": -130},
+            "bottom_right": {"lat": 25, "lon": -60},
+        }
+    },
+}
+
+
+def main() -> None:
+    """Run the benchmark and print the timings."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("count", nargs="?", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", type=Path, help="write the store here and keep it")
+    args = parser.parse_args()
+
+    data_dir = args.keep or Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    try:
+        t0 = time.perf_counter()
+        archive = synthetic_archive(args.count, seed=args.seed)
+        t1 = time.perf_counter()
+        now = datetime.now(UTC).replace(tzinfo=None)
+        con = duckdb.connect(":memory:")
+        counts = derive(con, archive, now=now)
+        t2 = time.perf_counter()
+        with attached_store(con, store_path(data_dir), lock_timeout=60):
+            write_recordset(con, archive, now=now, counts=counts)
+        con.close()
+        t3 = time.perf_counter()
+        print(f"records: {counts[0]}, media records: {counts[1]}")
+        print(f"generate        {t1 - t0:8.2f} s")
+        print(f"derive          {t2 - t1:8.2f} s")
+        print(f"write           {t3 - t2:8.2f} s")
+        print(f"ingest total    {t3 - t0:8.2f} s  (generate + derive + write)")
+        source = DuckDBSource(store_path(data_dir))
+        for label, q in QUERIES.items():
+            rq = validate_query(q, "records")
+            start = time.perf_counter()
+            n = source.count("records", rq or None, None)
+            print(f"count {label:<24} {time.perf_counter() - start:8.3f} s  ({n} records)")
+    finally:
+        if args.keep is None:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
