@@ -83,6 +83,12 @@ def _register_ingest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="do nothing when the store already holds records",
     )
     p.add_argument(
+        "--skip-unsupported",
+        action="store_true",
+        help="report archives that cannot be ingested (such as Taxon cores) as warnings and "
+        "exit 0 if everything else loaded",
+    )
+    p.add_argument(
         "--lock-timeout",
         type=float,
         default=60.0,
@@ -99,6 +105,7 @@ def _register_ingest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def _run_ingest(args: argparse.Namespace) -> int:
+    from downloader.dwca_read import ArchiveRejected
     from downloader.ingest import (
         IngestError,
         describe,
@@ -129,7 +136,8 @@ def _run_ingest(args: argparse.Namespace) -> int:
             return 0
 
     def report_error(path: str, exc: Exception) -> None:
-        print(f"downloader ingest: {exc}", file=sys.stderr)
+        skipped = args.skip_unsupported and isinstance(exc, ArchiveRejected)
+        print(f"downloader ingest: {'skipped: ' if skipped else ''}{exc}", file=sys.stderr)
 
     queue_export = None if args.no_export else _export_hook(settings)
 
@@ -154,7 +162,11 @@ def _run_ingest(args: argparse.Namespace) -> int:
                 on_result=loaded,
                 on_error=report_error,
             )
-            failed = len(failures)
+            failed = sum(
+                1
+                for _, exc in failures
+                if not (args.skip_unsupported and isinstance(exc, ArchiveRejected))
+            )
         if args.synthetic:
             result = ingest_synthetic(
                 data_dir,

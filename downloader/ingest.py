@@ -214,6 +214,9 @@ def derive(
 ) -> tuple[int, int]:
     """Compute ``records_d`` and ``media_d`` temp tables (store columns, by name) in ``con``
     from an archive's verbatim tables. Returns (record count, media count)."""
+    # Rows need no particular order in the store (readers sort by uuid); letting DuckDB drop
+    # insertion order makes the bulk copies cheaper.
+    con.execute("SET preserve_insertion_order = false")
     _stage_keys(con, archive)
     params = {"recordset": archive.recordset_id, "version": 0, "now": now}
     media_agg = None
@@ -445,9 +448,6 @@ def ingest_verbatim(
     when = (now or datetime.now(UTC)).replace(tzinfo=None)
     con = duckdb.connect(":memory:")
     try:
-        # Rows need no particular order in the store (readers sort by uuid); letting DuckDB
-        # drop insertion order makes the bulk copies cheaper.
-        con.execute("SET preserve_insertion_order = false")
         counts = derive(con, archive, now=when)
         with attached_store(con, store_path(data_dir), lock_timeout=lock_timeout):
             return write_recordset(con, archive, now=when, counts=counts)

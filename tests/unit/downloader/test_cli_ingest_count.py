@@ -57,6 +57,18 @@ def test_taxon_core_fails_clearly_and_others_still_load(
     assert "60 records" in captured.out
 
 
+def test_skip_unsupported_warns_and_succeeds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["ingest", "--data-dir", str(tmp_path), "--skip-unsupported", TAXON, DEMO]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "skipped" in captured.err and "Taxon" in captured.err
+    assert "60 records" in captured.out
+    missing = str(tmp_path / "missing.zip")
+    assert main(["ingest", "--data-dir", str(tmp_path), "--skip-unsupported", missing]) == 0
+
+
 def test_if_empty_skips_a_filled_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ingest", "--data-dir", str(tmp_path), "--if-empty", DEMO]) == 0
     assert "60 records" in capsys.readouterr().out
