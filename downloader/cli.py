@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from downloader.errors import ConfigError
+from downloader.errors import BuildFailed, ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from downloader.config import Settings
@@ -59,9 +59,18 @@ def _register_ingest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "Each archive becomes a recordset with a new version; ingesting it again replaces its "
         "records. Each archive is loaded in its own transaction: an archive that cannot be "
         "loaded (for example a Taxon core) is reported, the others still load, and the exit "
-        "status is 1.",
+        "status is 1. With --target elasticsearch, each loaded recordset is then copied from "
+        "records.duckdb (the staging store) into the search indices (elasticsearch_url, "
+        "elasticsearch_index_prefix), creating them from the field catalogue if missing.",
     )
     _add_data_dir(p)
+    p.add_argument(
+        "--target",
+        choices=("duckdb", "elasticsearch"),
+        default=None,
+        help="where the records end up: the embedded store only, or also the search indices "
+        "(default: the record_source setting)",
+    )
     p.add_argument("paths", nargs="*", metavar="PATH", help="archive zip files or folders")
     p.add_argument(
         "--recordset",
@@ -106,6 +115,7 @@ def _register_ingest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def _run_ingest(args: argparse.Namespace) -> int:
     from downloader.dwca_read import ArchiveRejected
+    from downloader.errors import SourceUnavailable
     from downloader.ingest import (
         IngestError,
         describe,
@@ -129,8 +139,17 @@ def _run_ingest(args: argparse.Namespace) -> int:
         return 2
     settings = _settings(args)
     data_dir = settings.data_path
+    push = (
+        _IndexPusher(settings)
+        if (args.target or settings.record_source) == "elasticsearch"
+        else None
+    )
     if args.if_empty:
-        existing = stored_record_count(data_dir)
+        try:
+            existing = push.existing() if push is not None else stored_record_count(data_dir)
+        except SourceUnavailable as exc:
+            print(f"downloader ingest: {exc}", file=sys.stderr)
+            return 1
         if existing:
             print(f"the record store already holds {existing} records; nothing loaded")
             return 0
@@ -140,9 +159,19 @@ def _run_ingest(args: argparse.Namespace) -> int:
         print(f"downloader ingest: {'skipped: ' if skipped else ''}{exc}", file=sys.stderr)
 
     queue_export = None if args.no_export else _export_hook(settings)
+    not_pushed = 0
 
     def loaded(result: Any) -> None:
+        nonlocal not_pushed
         print(describe(result))
+        if push is not None:
+            try:
+                print(push(result.recordset))
+            except (SourceUnavailable, BuildFailed) as exc:
+                # The recordset is staged in records.duckdb; the next ingest of it pushes again.
+                print(f"downloader ingest: {exc}", file=sys.stderr)
+                not_pushed += 1
+                return  # an export now would read an index without this version
         if queue_export is None:
             return
         try:
@@ -181,8 +210,48 @@ def _run_ingest(args: argparse.Namespace) -> int:
         return 1
     if failed:
         print(f"downloader ingest: {failed} archive(s) not loaded", file=sys.stderr)
-        return 1
-    return 0
+    if not_pushed:
+        print(
+            f"downloader ingest: {not_pushed} recordset(s) not copied into the search index",
+            file=sys.stderr,
+        )
+    return 1 if failed or not_pushed else 0
+
+
+class _IndexPusher:
+    """Copies freshly ingested recordsets from the staging store into the search indices."""
+
+    def __init__(self, settings: Settings) -> None:
+        from downloader.ingest import store_path
+        from downloader.sources.elasticsearch import ElasticsearchSource
+
+        self.store = store_path(settings.data_path)
+        self.source = ElasticsearchSource.from_settings(settings)
+
+    def __call__(self, recordset: str) -> str:
+        """Push one recordset (its records replace the older version's, whose removed uuids
+        go to the deletion log); the line to print."""
+        from downloader.sources.elasticsearch import export_store
+
+        counts: list[tuple[int, int]] = []
+        version = export_store(
+            self.store,
+            self.source,
+            recordsets=[recordset],
+            on_recordset=lambda _rs, n_records, n_media: counts.append((n_records, n_media)),
+        )
+        n_records, n_media = counts[0] if counts else (0, 0)
+        return (
+            f"recordset {recordset} copied into the search index ({self.source.index_prefix}*): "
+            f"{n_records} records, {n_media} media records; data version {version}"
+        )
+
+    def existing(self) -> int:
+        """Records the index holds (0 before the first push created it)."""
+        try:
+            return self.source.total_records()
+        except BuildFailed:  # no index yet
+            return 0
 
 
 def _export_hook(settings: Settings) -> Callable[[Any], None]:
@@ -201,7 +270,8 @@ def _register_count(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="count records and media records matching a query",
         description="Count the records matching RQ (an iDigBio query, JSON) and their media "
         "records; with --mq, records having matching media and the matching media of matching "
-        "records. A bad query prints the reason and exits with status 2.",
+        "records, in the configured record source (record_source: the embedded store or the "
+        "search indices). A bad query prints the reason and exits with status 2.",
     )
     _add_data_dir(p)
     p.add_argument("rq", nargs="?", default="{}", help='record query, e.g. \'{"genus": "acer"}\'')
@@ -224,9 +294,8 @@ def _parse_query_arg(text: str, param: str) -> object:
 def _run_count(args: argparse.Namespace) -> int:
     import json
 
+    from downloader.backends import make_source
     from downloader.errors import SourceUnavailable
-    from downloader.ingest import store_path
-    from downloader.sources.duckdb import DuckDBSource
     from query.errors import QueryError
     from query.validate import validate_query
 
@@ -241,10 +310,11 @@ def _run_count(args: argparse.Namespace) -> int:
         else:
             print(f"downloader count: {exc.message}", file=sys.stderr)
         return 2
-    source = DuckDBSource(store_path(_settings(args).data_path))
+    source = make_source(_settings(args))
     try:
-        records, media = source.counts(rq or None, mq)
-    except SourceUnavailable as exc:
+        records = source.count("records", rq or None, mq)
+        media = source.count("mediarecords", rq or None, mq)
+    except (SourceUnavailable, BuildFailed) as exc:
         print(f"downloader count: {exc}", file=sys.stderr)
         return 1
     if args.json:

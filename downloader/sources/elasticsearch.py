@@ -16,6 +16,9 @@ Indices (``<p>`` is ``elasticsearch_index_prefix``):
 - ``<p>recordsets``: one document per recordset (name, version, EML, the verbatim terms its
   records and media use: the source of :meth:`ElasticsearchSource.raw_terms`).
 - ``<p>meta``: document ``store`` with ``data_version``, changed by every ingest.
+- ``<p>deleted``: the deletion log (:class:`~downloader.interfaces.DeletionLog`): one
+  document per record or media record that a push of its recordset removed (``uuid``,
+  ``rtype``, ``recordset``, ``deleted``), so incremental-sync downloads get ``deleted.csv``.
 
 Paging: ``search_after`` sorted on ``uuid`` (unique, so no further tiebreak is needed) inside
 a point-in-time when the cluster has one (Elasticsearch >= 7.10: ``_pit``; OpenSearch >= 2.4:
@@ -237,6 +240,24 @@ def hits_to_batch(
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
+@dataclasses.dataclass(frozen=True)
+class DeletedDocument:
+    """One entry of the deletion log (a :class:`~downloader.interfaces.Deletion`)."""
+
+    uuid: str
+    recordset: str
+    deleted_at: datetime
+    rtype: str
+
+
+def _log_time(when: datetime) -> datetime:
+    """``when`` as naive UTC cut to milliseconds: a ``date`` field keeps milliseconds, so the
+    stored text and the indexed value then agree exactly (range queries stay exact)."""
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC).replace(tzinfo=None)
+    return when.replace(microsecond=when.microsecond // 1000 * 1000)
+
+
 def document_from_row(row: dict[str, Any]) -> dict[str, Any]:
     """An index document from a row of the DuckDB store (the same derivation as the
     embedded store: this is how ``ingest --target elasticsearch`` fills the index)."""
@@ -291,6 +312,11 @@ class ElasticsearchSource:
     def meta_index(self) -> str:
         """The index holding the ``data_version`` document."""
         return f"{self.index_prefix}meta"
+
+    @property
+    def deleted_index(self) -> str:
+        """The deletion log: documents that pushes of their recordset removed."""
+        return f"{self.index_prefix}deleted"
 
     # --- cluster capabilities ------------------------------------------------------------
 
@@ -576,6 +602,54 @@ class ElasticsearchSource:
             names=["value", "count"],
         )
 
+    # --- DeletionLog ---------------------------------------------------------------------------
+
+    def deleted_records(self, *, since: datetime | None = None) -> list[DeletedDocument]:
+        """Records and media records removed by pushes of their recordset (after ``since``
+        when given, naive UTC), oldest first. An index filled before the log existed has
+        no log: nothing was recorded, so nothing is listed."""
+        query: dict[str, Any] = {"match_all": {}}
+        if since is not None:
+            # The field keeps milliseconds: ask from the millisecond and compare exactly below.
+            query = {"range": {"deleted": {"gte": _log_time(since).isoformat()}}}
+        found: list[DeletedDocument] = []
+        after: list[Any] | None = None
+        while True:
+            body: dict[str, Any] = {
+                "query": query,
+                "size": MAX_PAGE,
+                "sort": [{"deleted": "asc"}, {"uuid": "asc"}, {"rtype": "asc"}],
+                "_source": ["uuid", "rtype", "recordset", "deleted"],
+                "track_total_hits": False,
+            }
+            if after is not None:
+                body["search_after"] = after
+            try:
+                answer = self.es.search(index=self.deleted_index, body=body)
+            except ApiError as exc:
+                if exc.meta is not None and exc.meta.status == 404:
+                    return found
+                raise _translate(exc, "reading the deletion log") from exc
+            except TransportError as exc:
+                raise _translate(exc, "reading the deletion log") from exc
+            hits = answer["hits"]["hits"]
+            for hit in hits:
+                doc = hit["_source"]
+                deleted_at = _parse_date(doc.get("deleted"))
+                if deleted_at is None or (since is not None and deleted_at <= since):
+                    continue
+                found.append(
+                    DeletedDocument(
+                        uuid=str(doc["uuid"]),
+                        recordset=str(doc.get("recordset") or ""),
+                        deleted_at=deleted_at,
+                        rtype=str(doc.get("rtype") or ""),
+                    )
+                )
+            if len(hits) < MAX_PAGE:
+                return found
+            after = hits[-1]["sort"]
+
     # --- operations --------------------------------------------------------------------------
 
     def ping(self) -> bool:
@@ -622,6 +696,16 @@ META_MAPPING: dict[str, Any] = {
 }
 
 
+DELETED_MAPPING: dict[str, Any] = {
+    "properties": {
+        "uuid": {"type": "keyword"},
+        "rtype": {"type": "keyword"},
+        "recordset": {"type": "keyword"},
+        "deleted": {"type": "date"},
+    }
+}
+
+
 class ElasticsearchWriter:
     """Fills the indices from the embedded store's derivation (see :func:`export_store`)."""
 
@@ -637,6 +721,7 @@ class ElasticsearchWriter:
             (self.source.index("mediarecords"), _index_body("mediarecords")),
             (self.source.recordsets_index, {"mappings": RECORDSETS_MAPPING}),
             (self.source.meta_index, {"mappings": META_MAPPING}),
+            (self.source.deleted_index, {"mappings": DELETED_MAPPING}),
         ]
         for name, body in wanted:
             if _call(f"checking index {name}", self.es.indices.exists, index=name):
@@ -656,6 +741,10 @@ class ElasticsearchWriter:
         """Bulk-index documents (``_id`` = uuid); returns how many were written."""
         index = self.source.index(rtype)
         actions = ({"_index": index, "_id": d["uuid"], "_source": d} for d in docs)
+        return self._bulk(index, actions)
+
+    def _bulk(self, index: str, actions: Iterable[dict[str, Any]]) -> int:
+        """Send bulk ``actions`` (index or delete) to ``index``; how many succeeded."""
         written = 0
         try:
             for ok, item in helpers.streaming_bulk(
@@ -666,6 +755,8 @@ class ElasticsearchWriter:
                 raise_on_error=False,
             ):
                 if not ok:
+                    if item.get("delete", {}).get("status") == 404:
+                        continue  # already gone: what a delete wanted
                     raise BuildFailed(f"indexing into {index} failed: {item}")
                 written += 1
         except (ApiError, TransportError) as exc:
@@ -677,11 +768,25 @@ class ElasticsearchWriter:
         recordset: dict[str, Any],
         records: Iterable[dict[str, Any]],
         media: Iterable[dict[str, Any]],
+        *,
+        now: datetime | None = None,
     ) -> tuple[int, int]:
-        """Index a recordset's documents, then drop its documents of older versions."""
+        """Index a recordset's documents, then drop its documents of older versions, noting
+        each dropped uuid in the deletion log (``deleted`` = ``now``, default: the time of
+        the push, when the index stopped serving them)."""
         rs, version = recordset["recordset"], recordset["version"]
+        when = _log_time(now or datetime.now(UTC))
         n_records = self.index_documents("records", records)
         n_media = self.index_documents("mediarecords", media)
+        # Documents that were indexed again replaced their old copies under the same _id; a
+        # refresh makes searches see the new copies, so that only documents the new version
+        # lacks count as removed.
+        _call(
+            f"refreshing the indices of {rs}",
+            self.es.indices.refresh,
+            index=f"{self.source.index('records')},{self.source.index('mediarecords')}",
+        )
+        self._forget_restored(rs, version)
         for rtype in ("records", "mediarecords"):
             stale = {
                 "bool": {
@@ -689,6 +794,7 @@ class ElasticsearchWriter:
                     "must_not": [{"term": {"version": version}}],
                 }
             }
+            self._log_deletions(rtype, rs, stale, when)
             _call(
                 f"removing old {rtype} of {rs}",
                 self.es.delete_by_query,
@@ -709,6 +815,75 @@ class ElasticsearchWriter:
         )
         return n_records, n_media
 
+    def _uuids(self, index: str, query: dict[str, Any], what: str) -> Iterator[list[str]]:
+        """The ``uuid`` of every matching document in ``index``, a page at a time (sorted)."""
+        after: list[Any] | None = None
+        while True:
+            body: dict[str, Any] = {
+                "query": query,
+                "size": MAX_PAGE,
+                "sort": [{"uuid": "asc"}],
+                "_source": ["uuid"],
+                "track_total_hits": False,
+            }
+            if after is not None:
+                body["search_after"] = after
+            hits = _call(what, self.es.search, index=index, body=body)["hits"]["hits"]
+            if hits:
+                yield [str(h["_source"]["uuid"]) for h in hits]
+            if len(hits) < MAX_PAGE:
+                return
+            after = hits[-1]["sort"]
+
+    def _log_deletions(
+        self, rtype: RecordType, recordset: str, stale: dict[str, Any], when: datetime
+    ) -> None:
+        """Note the documents about to be dropped in the deletion log (``_id`` rtype:uuid, so
+        a repeated push writes each once)."""
+        index = self.source.deleted_index
+        stamp = when.isoformat(timespec="milliseconds")
+        for page in self._uuids(
+            self.source.index(rtype), stale, f"listing removed {rtype} of {recordset}"
+        ):
+            actions = (
+                {
+                    "_index": index,
+                    "_id": f"{rtype}:{uuid}",
+                    "_source": {
+                        "uuid": uuid,
+                        "rtype": rtype,
+                        "recordset": recordset,
+                        "deleted": stamp,
+                    },
+                }
+                for uuid in page
+            )
+            self._bulk(index, actions)
+
+    def _forget_restored(self, recordset: str, version: Any) -> None:
+        """Drop log entries of documents the new version holds again (as the embedded store
+        does): they were deleted once but exist now. The log of one recordset is usually
+        small, so it is read first and only its uuids are looked up."""
+        log_index = self.source.deleted_index
+        for rtype in ("records", "mediarecords"):
+            logged = {
+                "bool": {"filter": [{"term": {"recordset": recordset}}, {"term": {"rtype": rtype}}]}
+            }
+            for page in self._uuids(log_index, logged, f"reading the deletion log of {recordset}"):
+                present = {
+                    "bool": {"filter": [{"terms": {"uuid": page}}, {"term": {"version": version}}]}
+                }
+                for back in self._uuids(
+                    self.source.index(rtype), present, f"checking restored {rtype} of {recordset}"
+                ):
+                    self._bulk(
+                        log_index,
+                        (
+                            {"_op_type": "delete", "_index": log_index, "_id": f"{rtype}:{u}"}
+                            for u in back
+                        ),
+                    )
+
     def bump_data_version(self) -> str:
         """Give the data a new version token (after every ingest) and make it all visible."""
         token = f"{time.time_ns():x}"
@@ -720,6 +895,7 @@ class ElasticsearchWriter:
                     self.source.index("records"),
                     self.source.index("mediarecords"),
                     self.source.recordsets_index,
+                    self.source.deleted_index,
                 ]
             ),
         )
@@ -779,6 +955,7 @@ def export_store(
 
 
 __all__ = [
+    "DeletedDocument",
     "ElasticsearchSource",
     "ElasticsearchWriter",
     "PlainJsonNode",
