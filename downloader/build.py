@@ -37,7 +37,7 @@ from archive import (
 from downloader.backends import Context, make_context
 from downloader.config import Settings
 from downloader.errors import SourceUnavailable, StorageUnavailable
-from downloader.interfaces import RecordSource
+from downloader.interfaces import EXPORT_KEY_PREFIX, RecordSource
 from downloader.models import TERMINAL_STATES, Job
 from downloader.service import content_type, download_url, now_utc, status_url
 from downloader.sync import deleted_file
@@ -115,7 +115,9 @@ def _type_files(
     listed = request.get("record_fields" if rtype == "records" else "mediarecord_fields")
     index_fields, raw_terms = _split_fields(listed)
     if index_fields is None:
-        index_fields = catalogue.field_names(rtype)
+        # iDigBio orders the indexed columns by index field name; scripts written against its
+        # archives pick columns by position (idigbio:geoPoint is column 37), so we do too.
+        index_fields = sorted(catalogue.field_names(rtype))
     if raw_terms is None:
         raw_terms = src.raw_terms(rtype, rq, mq)
     row_type = dwca.OCCURRENCE if rtype == "records" else dwca.MULTIMEDIA
@@ -331,9 +333,12 @@ def archive_filename(job: Job) -> str:
 
 
 def archive_key(job: Job) -> str:
-    """The storage key: ``<job id>.zip`` (``.csv``/``.tsv`` for the bare forms)."""
+    """The storage key: ``<job id>.zip`` (``.csv``/``.tsv`` for the bare forms), under
+    :data:`~downloader.interfaces.EXPORT_KEY_PREFIX` for a recordset export, which must
+    outlive the expiry S3 applies to downloads."""
     form = job.request.get("form", "dwca-csv")
-    return f"{job.id}.{'zip' if form.startswith('dwca') else dwca.file_extension(form)}"
+    key = f"{job.id}.{'zip' if form.startswith('dwca') else dwca.file_extension(form)}"
+    return EXPORT_KEY_PREFIX + key if job.kind == "export" else key
 
 
 # --- the build ----------------------------------------------------------------------------

@@ -90,6 +90,54 @@ def test_default_archive_has_core_extensions_citations_and_eml(tmp_path: Path) -
     assert msg["To"] == "ana@example.org" and job.filename in msg.get_content()
 
 
+#: The header of iDigBio's occurrence.csv and multimedia.csv, as its worker writes them.
+IDIGBIO_OCCURRENCE_HEADER = (
+    "coreid,idigbio:associatedsequences,idigbio:barcodeValue,dwc:basisOfRecord,dwc:bed,"
+    "gbif:canonicalName,dwc:catalogNumber,dwc:class,dwc:collectionCode,dwc:collectionID,"
+    "idigbio:collectionName,dwc:recordedBy,dwc:vernacularName,idigbio:commonnames,"
+    "dwc:continent,dwc:coordinateUncertaintyInMeters,dwc:country,idigbio:isoCountryCode,"
+    "dwc:county,dwc:datasetID,idigbio:eventDate,idigbio:dateModified,"
+    "idigbio:dataQualityScore,dwc:earliestAgeOrLowestStage,dwc:earliestEonOrLowestEonothem,"
+    "dwc:earliestEpochOrLowestSeries,dwc:earliestEraOrLowestErathem,"
+    "dwc:earliestPeriodOrLowestSystem,idigbio:etag,dwc:eventDate,dwc:family,dwc:fieldNumber,"
+    "idigbio:flags,dwc:formation,dwc:genus,dwc:geologicalContextID,idigbio:geoPoint,"
+    "dwc:group,idigbio:hasImage,idigbio:hasMedia,dwc:higherClassification,"
+    "dwc:highestBiostratigraphicZone,dwc:individualCount,dwc:infraspecificEpithet,"
+    "dwc:institutionCode,dwc:institutionID,idigbio:institutionName,dwc:kingdom,"
+    "dwc:latestAgeOrHighestStage,dwc:latestEonOrHighestEonothem,"
+    "dwc:latestEpochOrHighestSeries,dwc:latestEraOrHighestErathem,"
+    "dwc:latestPeriodOrHighestSystem,dwc:lithostratigraphicTerms,dwc:locality,"
+    "dwc:lowestBiostratigraphicZone,dwc:maximumDepthInMeters,dwc:maximumElevationInMeters,"
+    "idigbio:mediarecords,dwc:member,dwc:minimumDepthInMeters,dwc:minimumElevationInMeters,"
+    "dwc:municipality,dwc:occurrenceID,dwc:order,dwc:phylum,idigbio:recordIds,"
+    "dwc:recordNumber,idigbio:recordset,dwc:scientificName,dwc:specificEpithet,"
+    "dwc:startDayOfYear,dwc:stateProvince,dwc:taxonID,dwc:taxonomicStatus,dwc:taxonRank,"
+    "dwc:typeStatus,idigbio:uuid,dwc:verbatimEventDate,dwc:verbatimLocality,idigbio:version,"
+    "dwc:waterBody"
+)
+IDIGBIO_MULTIMEDIA_HEADER = (
+    "coreid,ac:accessURI,idigbio:dateModified,idigbio:dataQualityScore,idigbio:etag,"
+    "idigbio:flags,dcterms:format,idigbio:hasSpecimen,ac:licenseLogoURL,idigbio:mediaType,"
+    "dcterms:modified,idigbio:recordIds,idigbio:records,idigbio:recordsets,dcterms:rights,"
+    "ac:tag,dc:type,idigbio:uuid,idigbio:version,xmpRights:WebStatement,"
+    "exif:PixelXDimension,exif:PixelYDimension"
+)
+
+
+def test_default_columns_are_in_idigbio_order(tmp_path: Path) -> None:
+    # Scripts written against iDigBio's archives address columns by position.
+    ctx = make_ctx(tmp_path)
+    job = build_archive(request(ctx), ctx)
+    assert job is not None and job.state == "SUCCESS"
+    with zipfile.ZipFile(archive_path(ctx, job.id)) as zf:
+        occurrence = zf.read("occurrence.csv").decode().split("\n", 1)[0]
+        multimedia = zf.read("multimedia.csv").decode().split("\n", 1)[0]
+    assert occurrence == IDIGBIO_OCCURRENCE_HEADER
+    assert multimedia == IDIGBIO_MULTIMEDIA_HEADER
+    with DwCAReader(str(archive_path(ctx, job.id))) as reader:
+        assert len(list(reader)) == job.counts["records"]
+
+
 def test_field_lists_raw_core_and_tsv(tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path)
     job = build_archive(
