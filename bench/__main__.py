@@ -22,7 +22,7 @@ from typing import Any
 from bench.harness import MB, RESULTS_DIR, ROOT, log, work_dir
 
 DEFAULT_SIZES = (1_000_000, 5_000_000)
-QUICK_SIZES = (50_000,)
+QUICK_SIZES = (20_000,)
 SECTIONS = ("build", "baseline", "limit", "search", "api")
 
 
@@ -33,10 +33,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--sizes",
         type=lambda s: tuple(int(x.replace("_", "")) for x in s.split(",")),
         default=None,
-        help="synthetic store sizes, comma-separated (default 1000000,5000000; quick 50000). "
+        help="synthetic store sizes, comma-separated (default 1000000,5000000; quick 20000). "
         "Baseline and limit run at the smallest; the larger ones check speed and memory at scale.",
     )
-    p.add_argument("--search-records", type=int, default=None, help="default 200000 (quick 20000)")
+    p.add_argument("--search-records", type=int, default=None, help="default 200000 (quick 2000)")
     p.add_argument("--seed", type=int, default=6)
     p.add_argument(
         "--only", default=",".join(SECTIONS), help=f"sections to run: {','.join(SECTIONS)}"
@@ -68,7 +68,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--name", default=None, help="results file stem (default latest, quick: quick)")
     args = p.parse_args(argv)
     args.sizes = tuple(sorted(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)))
-    args.search_records = args.search_records or (20_000 if args.quick else 200_000)
+    args.search_records = args.search_records or (2_000 if args.quick else 200_000)
     args.api_seconds = args.api_seconds or (3.0 if args.quick else 10.0)
     args.only = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = args.only - set(SECTIONS)

@@ -150,7 +150,7 @@ def run_bare_read(url: str, prefix: str, *, page: int, pit: bool = False) -> dic
     """The bare read of everything (records, then media records): scroll in index order, or
     (``pit``) a point in time sorted by uuid."""
     start = time.perf_counter()
-    everything = {"match_all": {}}
+    everything: dict[str, Any] = {"match_all": {}}
     if pit:
         records = bare_pit(url, f"{prefix}records", everything, page=page)
         media = bare_pit(url, f"{prefix}mediarecords", everything, page=page)
