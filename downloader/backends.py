@@ -48,6 +48,7 @@ def make_storage(settings: Settings) -> Storage:
             endpoint_url=settings.s3_endpoint_url,
             region=settings.s3_region,
             prefix=settings.s3_prefix,
+            exports_prefix=settings.s3_exports_prefix,
             public_base_url=settings.s3_public_base_url,
             presign_seconds=settings.s3_presign_seconds,
         )

@@ -103,6 +103,7 @@ def prepare_storage(settings: Settings) -> None:
         endpoint_url=settings.s3_endpoint_url,
         region=settings.s3_region,
         prefix=settings.s3_prefix,
+        exports_prefix=settings.s3_exports_prefix,
     )
     try:
         storage.apply_lifecycle(settings.retention_days)

@@ -74,6 +74,7 @@ class Settings:
     s3_endpoint_url: str
     s3_region: str
     s3_prefix: str
+    s3_exports_prefix: str
     s3_public_base_url: str
     s3_presign_seconds: int
     admin_tokens: str
@@ -175,6 +176,13 @@ def _build(raw: dict[str, Any], *, origin: str) -> Settings:
     for name in ("reuse_window_hours", "retention_days", "cleanup_interval_seconds"):
         if values[name] < 0:
             raise ConfigError(f"setting {name} must not be negative, got {values[name]}")
+    if values["storage"] == "s3" and values["s3_exports_prefix"].startswith(values["s3_prefix"]):
+        # The lifecycle rule expires everything under s3_prefix; exports must stay.
+        raise ConfigError(
+            f"setting s3_exports_prefix ({values['s3_exports_prefix']!r}) must lie outside "
+            f"s3_prefix ({values['s3_prefix']!r}): objects under s3_prefix expire after "
+            "retention_days, and recordset exports are kept until deleted"
+        )
     values["base_url"] = values["base_url"].rstrip("/")
     return Settings(**values)
 

@@ -174,8 +174,18 @@ class JobStore(Protocol):
         ...
 
 
+#: Key namespace of cached recordset exports (``exports/<job id>.zip``). Exports are kept
+#: until an admin deletes them, so a storage that expires archives by itself (S3's lifecycle
+#: rule) must keep these keys out of that expiry; local storage keeps them beside downloads.
+EXPORT_KEY_PREFIX = "exports/"
+
+
 class Storage(Protocol):
-    """Where finished archives live. Writes are atomic: a key appears only complete."""
+    """Where finished archives live. Writes are atomic: a key appears only complete.
+
+    Keys are ``<job id>.zip`` (``.csv``/``.tsv``) for downloads and
+    :data:`EXPORT_KEY_PREFIX` + ``<job id>.zip`` for recordset exports.
+    """
 
     def open_writer(self, key: str) -> IO[bytes]:
         """A binary file to write the archive into. Nothing is visible under ``key`` until

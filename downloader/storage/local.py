@@ -16,12 +16,17 @@ from typing import IO
 from urllib.parse import quote
 
 from downloader.errors import StorageUnavailable
+from downloader.interfaces import EXPORT_KEY_PREFIX
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 TMP_PREFIX = ".tmp-"
 
 
 def _check_key(key: str) -> str:
+    # An export's key namespace matters only to storages that expire archives by themselves;
+    # here exports stay plain files beside downloads (their names are job ids, never shared),
+    # so /archives/<job id>/ serves both alike.
+    key = key.removeprefix(EXPORT_KEY_PREFIX)
     # Keys become file names: refuse anything that could leave the directory.
     if not _KEY.match(key) or ".." in key:
         raise ValueError(f"invalid storage key {key!r}")

@@ -31,6 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from downloader.errors import StorageUnavailable
+from downloader.interfaces import EXPORT_KEY_PREFIX
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -286,7 +287,10 @@ class S3Storage:
     """Archives in an S3 bucket under ``prefix``; download URLs are presigned (or public).
 
     ``endpoint_url`` points at any S3-compatible store (empty: AWS). Keys handed to this
-    class are relative (``<job id>.zip``); the object key is ``prefix + key``.
+    class are relative (``<job id>.zip``); the object key is ``prefix + key``. Recordset
+    exports (keys under :data:`~downloader.interfaces.EXPORT_KEY_PREFIX`) go under
+    ``exports_prefix`` instead, outside ``prefix`` and so outside the lifecycle rule that
+    expires downloads: an export is kept until an admin deletes it.
     """
 
     def __init__(
@@ -296,6 +300,7 @@ class S3Storage:
         endpoint_url: str = "",
         region: str = "us-east-1",
         prefix: str = "",
+        exports_prefix: str = "exports/",
         public_base_url: str = "",
         presign_seconds: int = MAX_PRESIGN_SECONDS,
         part_size: int = DEFAULT_PART_SIZE,
@@ -306,6 +311,7 @@ class S3Storage:
             raise ValueError("S3 multipart parts must be at least 5 MiB")
         self.bucket = bucket
         self.prefix = prefix
+        self.exports_prefix = exports_prefix
         self.public_base_url = public_base_url.rstrip("/")
         self.presign_seconds = min(int(presign_seconds), MAX_PRESIGN_SECONDS)
         self.part_size = part_size
@@ -326,7 +332,9 @@ class S3Storage:
         self._client: S3Client = client
 
     def object_key(self, key: str) -> str:
-        """The bucket key of a relative archive key."""
+        """The bucket key of a relative archive key (an export's under ``exports_prefix``)."""
+        if key.startswith(EXPORT_KEY_PREFIX):
+            return f"{self.exports_prefix}{key.removeprefix(EXPORT_KEY_PREFIX)}"
         return f"{self.prefix}{key}"
 
     # -- the Storage port --------------------------------------------------------------
@@ -420,13 +428,22 @@ class S3Storage:
         _call(f"creating bucket {self.bucket}", self._client.create_bucket, **kwargs)
 
     def apply_lifecycle(self, retention_days: float) -> None:
-        """Make the bucket expire archives under ``prefix`` after ``retention_days``.
+        """Make the bucket expire archives under ``prefix`` after ``retention_days``
+        (downloads only: exports live under ``exports_prefix``, which the rule's filter does
+        not match; a ValueError if it would).
 
         Explicit deletion by ``cleanup`` stays the main mechanism (it also marks the job
         EXPIRED); this rule is the safety net for archives whose cleanup never ran. S3
         counts whole days, rounded up, so the rule never deletes an archive early. Other
         rules in the bucket's configuration are kept.
         """
+        if self.exports_prefix.startswith(self.prefix):
+            # The rule matches by key prefix: it would delete the exports it must keep.
+            raise ValueError(
+                f"the S3 lifecycle rule expires every key under s3_prefix {self.prefix!r}, "
+                f"which holds the recordset exports ({self.exports_prefix!r}); put the "
+                "exports prefix outside s3_prefix"
+            )
         days = max(1, math.ceil(retention_days)) + 1
         rule: dict[str, Any] = {
             "ID": LIFECYCLE_RULE_ID,

@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from downloader import exports
+from downloader.interfaces import EXPORT_KEY_PREFIX
 from downloader.jobs.sqlite import SQLiteJobStore
 from downloader.storage.s3 import S3Storage
 from tests.support.s3_server import running_s3
@@ -165,9 +166,15 @@ def test_s3_export_after_ingest_redirects_to_a_presigned_url(
     assert job["state"] == "ready"
     doc = svc.get(job["job"]).json()
     assert doc["result"]["size"] == len(fetched.content)
+    # Stored outside the prefix whose lifecycle rule expires downloads (t/).
+    storage = svc.ctx.storage
+    assert isinstance(storage, S3Storage)
+    key = f"{EXPORT_KEY_PREFIX}{doc['id']}.zip"
+    assert storage.exists(key)
+    assert storage.object_key(key) == f"exports/{doc['id']}.zip"
     # An admin deletes it: gone from the bucket, 204 afterwards.
     assert svc.request("DELETE", path, headers={"X-Admin-Token": ADMIN}).status_code == 204
     assert svc.get(path).status_code == 204
     # S3 answers 403 or 404 for a missing key, depending on the caller's list permission.
     assert requests.get(location, timeout=60).status_code in (403, 404)
-    assert not svc.ctx.storage.exists(f"{doc['id']}.zip")
+    assert not storage.exists(key)

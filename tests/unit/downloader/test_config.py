@@ -40,6 +40,11 @@ def test_other_file_via_downloader_config(tmp_path: Path) -> None:
         ({"DOWNLOADER_STORAGE": "ftp"}, "storage must be one of local, s3"),
         ({"DOWNLOADER_STALE_JOB_SECONDS": "-1"}, "stale_job_seconds"),
         ({"DOWNLOADER_CONFIG": "/nonexistent/x.yaml"}, "does not exist"),
+        (
+            {"DOWNLOADER_STORAGE": "s3", "DOWNLOADER_S3_EXPORTS_PREFIX": "downloads/exports/"},
+            "s3_exports_prefix",
+        ),
+        ({"DOWNLOADER_STORAGE": "s3", "DOWNLOADER_S3_PREFIX": ""}, "s3_exports_prefix"),
     ],
 )
 def test_bad_values_give_an_error_naming_the_setting(env: dict[str, str], message: str) -> None:

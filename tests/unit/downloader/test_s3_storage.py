@@ -13,6 +13,7 @@ import requests
 from dwca.read import DwCAReader
 
 from downloader.errors import StorageUnavailable
+from downloader.interfaces import EXPORT_KEY_PREFIX
 from downloader.storage.s3 import DEFAULT_PART_SIZE, LIFECYCLE_RULE_ID, S3Storage
 from tests.support.redis_server import free_port
 from tests.support.s3_server import running_s3
@@ -161,3 +162,46 @@ def test_writer_belongs_to_its_key(storage: S3Storage) -> None:
     storage.discard("one.zip", writer)
     with pytest.raises(ValueError):
         writer.write(b"more")
+
+
+def _rule_matches(rule: dict[str, object], object_key: str) -> bool:
+    """Whether a lifecycle rule's filter selects ``object_key`` (prefix filters, as ours)."""
+    flt = rule.get("Filter")
+    prefix = flt.get("Prefix", "") if isinstance(flt, dict) else rule.get("Prefix", "")
+    return object_key.startswith(str(prefix))
+
+
+def test_exports_live_outside_the_lifecycle_rule(endpoint: str) -> None:
+    storage = S3Storage(BUCKET, endpoint_url=endpoint, prefix="expiring/")
+    for key in ("download-job.zip", f"{EXPORT_KEY_PREFIX}export-job.zip"):
+        writer = storage.open_writer(key)
+        writer.write(b"PK archive")
+        storage.publish(key, writer, content_type="application/zip", filename="a.zip")
+        assert storage.exists(key)
+    storage.apply_lifecycle(30)
+    ours = {r["ID"]: r for r in storage.lifecycle_rules()}[LIFECYCLE_RULE_ID]
+    client = boto3.client("s3", endpoint_url=endpoint)
+    listed = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET)["Contents"]]
+    download_key = storage.object_key("download-job.zip")
+    export_key = storage.object_key(f"{EXPORT_KEY_PREFIX}export-job.zip")
+    assert {download_key, export_key} <= set(listed)
+    assert export_key == "exports/export-job.zip"
+    assert _rule_matches(ours, download_key)
+    assert not _rule_matches(ours, export_key)
+    # The export is reachable and removable through its key like any archive.
+    url = storage.url(f"{EXPORT_KEY_PREFIX}export-job.zip", base_url="", filename="rs_1.zip")
+    assert requests.get(url, timeout=30).content == b"PK archive"
+    storage.delete(f"{EXPORT_KEY_PREFIX}export-job.zip")
+    assert not storage.exists(f"{EXPORT_KEY_PREFIX}export-job.zip")
+    assert storage.exists("download-job.zip")
+
+
+@pytest.mark.parametrize(("prefix", "exports_prefix"), [("", "exports/"), ("a/", "a/exports/")])
+def test_a_rule_that_would_expire_exports_is_refused(
+    endpoint: str, prefix: str, exports_prefix: str
+) -> None:
+    storage = S3Storage(BUCKET, endpoint_url=endpoint, prefix=prefix, exports_prefix=exports_prefix)
+    before = storage.lifecycle_rules()
+    with pytest.raises(ValueError, match="exports"):
+        storage.apply_lifecycle(30)
+    assert storage.lifecycle_rules() == before

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from downloader.interfaces import EXPORT_KEY_PREFIX
 from downloader.storage.local import LocalStorage
 
 
@@ -55,3 +56,21 @@ def test_url_names_the_job_and_a_meaningful_file(tmp_path: Path) -> None:
         "0b9f.zip", base_url="http://h:1/", filename="dwca-acer-0b9f.zip"
     )
     assert url == "http://h:1/archives/0b9f/dwca-acer-0b9f.zip"
+
+
+def test_export_keys_are_plain_files_beside_downloads(tmp_path: Path) -> None:
+    # Only S3 keeps exports apart (its lifecycle rule); here they stay where they always were.
+    storage = LocalStorage(tmp_path / "archives")
+    key = f"{EXPORT_KEY_PREFIX}job3.zip"
+    writer = storage.open_writer(key)
+    writer.write(b"export")
+    storage.publish(key, writer, content_type="application/zip", filename="rs_1.zip")
+    assert storage.path(key) == tmp_path / "archives" / "job3.zip"
+    assert storage.exists(key) and storage.exists("job3.zip")
+    assert storage.url(key, base_url="http://svc", filename="rs_1.zip") == (
+        "http://svc/archives/job3/rs_1.zip"
+    )
+    with pytest.raises(ValueError):
+        storage.path(f"{EXPORT_KEY_PREFIX}../job3.zip")
+    storage.delete(key)
+    assert not storage.exists("job3.zip")
