@@ -345,14 +345,13 @@ def record_select(
     columns: Iterable[str],
     *,
     source: str,
-    computed: str,
     media_agg: str | None,
     datemap: str | None,
 ) -> str:
     """SQL selecting every ``records`` column (by name) from the staged verbatim table.
 
-    ``source`` holds the verbatim columns plus ``_row``, ``_key`` (the record key) and
-    ``_uuid``; ``computed`` has ``_dqs`` and ``_fulltext`` by ``_row``;
+    ``source`` holds the verbatim columns plus ``_row``, ``_key`` (the record key),
+    ``_uuid``, ``_dqs`` and ``_fulltext``;
     ``media_agg`` (optional) has ``_parent``, ``_media`` (uuids) and ``_has_image`` per
     parent uuid; ``datemap`` (optional) maps unusual ``_raw`` eventDate texts to ``_parsed``
     timestamps. Named parameters: ``$recordset``, ``$version``,
@@ -377,7 +376,7 @@ def record_select(
         "_data": json_object_sql(cols, terms),
         "_sci": cols.term(SCIENTIFIC_NAME),
     }
-    joins = [f"JOIN {computed} AS x ON x.{ROW} = v.{ROW}"]
+    joins: list[str] = []
     if media_agg:
         joins.append(f"LEFT JOIN {media_agg} AS ma ON ma._parent = v._uuid")
     if datemap:
@@ -386,7 +385,7 @@ def record_select(
         "SELECT v._uuid, v._key, "
         + ", ".join(f"{sql} AS {name}" for name, sql in helpers.items())
         + (", ma._media, ma._has_image" if media_agg else ", NULL AS _media, NULL AS _has_image")
-        + ", x._fulltext AS _fulltext"
+        + ", v._fulltext AS _fulltext"
     )
     generic_cols: list[str] = []
     unparseable: list[tuple[str, str]] = []
@@ -402,7 +401,7 @@ def record_select(
         stage_a += ", " + _flags_sql(unparseable) + " AS _num_flags"
     else:
         stage_a += ", CAST(NULL AS VARCHAR[]) AS _num_flags"
-    stage_a += ", x._dqs AS _dqs"
+    stage_a += ", v._dqs AS _dqs"
     # genus and specificepithet fall back on the scientific name, so stage A keeps their
     # plain readings under their own names for stage B.
     stage_a += f", {text_sql(cols.term('dwc:genus'))} AS genus"
@@ -466,11 +465,11 @@ def record_select(
     return f"SELECT {', '.join(select)} FROM ({stage_a}) AS a"
 
 
-def media_select(columns: Iterable[str], *, source: str, computed: str) -> str:
+def media_select(columns: Iterable[str], *, source: str) -> str:
     """SQL selecting every ``mediarecords`` column (by name) plus ``coreid``.
 
-    ``source`` holds the verbatim media columns plus ``_key``, ``_uuid`` and ``_parent`` (the
-    parent record's uuid or NULL); ``computed`` has ``_dqs`` and ``_fulltext`` by ``_row``.
+    ``source`` holds the verbatim media columns plus ``_key``, ``_uuid``, ``_parent`` (the
+    parent record's uuid or NULL), ``_dqs`` and ``_fulltext``.
     Named parameters: ``$recordset``, ``$version``, ``$now``.
     """
     terms = sorted(c for c in columns if not c.startswith("_"))
@@ -506,16 +505,14 @@ def media_select(columns: Iterable[str], *, source: str, computed: str) -> str:
         "mediatype": mediatype,
         "hasSpecimen": "v._parent IS NOT NULL",
         "flags": flags,
-        "dqs": "x._dqs",
+        "dqs": "v._dqs",
     }
     select = ["v._parent AS coreid"]
     for f in fields("mediarecords"):
         expr = special[f.name] if f.name in MEDIA_SPECIAL else generic[f.name]
         select.append(f"{expr} AS {quote_ident(f.name)}")
-    select += [f"({data})::JSON AS data", "x._fulltext AS fulltext"]
-    return (
-        f"SELECT {', '.join(select)} FROM {source} AS v JOIN {computed} AS x ON x.{ROW} = v.{ROW}"
-    )
+    select += [f"({data})::JSON AS data", "v._fulltext AS fulltext"]
+    return f"SELECT {', '.join(select)} FROM {source} AS v"
 
 
 # --- dates python-dateutil has to read ------------------------------------------------------

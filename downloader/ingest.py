@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from downloader.dwca_read import (
@@ -52,6 +54,8 @@ from downloader.indexing import (
 from query.fields import Kind, RecordType, fields
 
 STORE_FILENAME = "records.duckdb"
+#: Rows per Arrow record batch handed to DuckDB (one batch is one unit of parallel work).
+_SCAN_BATCH_ROWS = 65_536
 
 #: DuckDB column type of each catalogue kind (see docs/architecture.md).
 KIND_TYPES: dict[Kind, str] = {
@@ -115,79 +119,97 @@ def schema_sql(prefix: str = "") -> list[str]:
 # --- phase 1: derive --------------------------------------------------------------------------
 
 
-def _register_computed(
-    con: duckdb.DuckDBPyConnection, name: str, table: pa.Table, rtype: RecordType
+def _in_row_order(table: pa.Table) -> pa.Table:
+    """``table`` sorted by ``_row`` (readers and the generator already give that order)."""
+    rows = np.asarray(table[ROW_COLUMN])
+    if rows.size and bool(np.any(rows[1:] < rows[:-1])):
+        return table.sort_by(ROW_COLUMN)
+    return table
+
+
+def _computed(table: pa.Table, rtype: RecordType) -> dict[str, pa.Array]:
+    """The columns computed in Arrow rather than SQL (faster there): ``_dqs``, ``_fulltext``."""
+    return {"_dqs": dqs_values(table, rtype), "_fulltext": fulltext_tokens(table)}
+
+
+def _extend(table: pa.Table, columns: pa.Table, computed: dict[str, pa.Array]) -> pa.Table:
+    """``table`` with the row-aligned ``columns`` and ``computed`` arrays appended."""
+    for name, column in zip(columns.column_names, columns.columns, strict=True):
+        table = table.append_column(name, column)
+    for name, array in computed.items():
+        table = table.append_column(name, array)
+    # DuckDB scans a registered Arrow table one record batch per thread: a table made of
+    # one huge chunk would be derived on a single core.
+    return pa.Table.from_batches(table.to_batches(max_chunksize=_SCAN_BATCH_ROWS), table.schema)
+
+
+def _stage_keys(
+    con: duckdb.DuckDBPyConnection,
+    archive: VerbatimArchive,
+    core_computed: Future[dict[str, pa.Array]],
+    media_computed: Future[dict[str, pa.Array]] | None,
 ) -> None:
-    """Register the columns computed in Arrow rather than SQL (faster there) as ``name``:
-    ``_row``, ``_dqs`` and ``_fulltext``. They are joined in by ``_row`` at the end, so the
-    large token lists are copied into DuckDB only once."""
-    computed = pa.table(
-        {
-            ROW_COLUMN: table[ROW_COLUMN],
-            "_dqs": dqs_values(table, rtype),
-            "_fulltext": fulltext_tokens(table),
-        }
-    )
-    con.register(name, computed)
+    """Register core_k / media_k: the verbatim tables with record keys, uuids, media
+    parents and the Arrow-computed columns appended.
 
-
-def _stage_keys(con: duckdb.DuckDBPyConnection, archive: VerbatimArchive) -> None:
-    """core_k / media_k: the verbatim tables with record keys, uuids and media parents."""
-    con.register("core_v", archive.core)
-    _register_computed(con, "core_x", archive.core, "records")
-    core_cols = Columns(archive.core.column_names, alias="c")
+    Only the narrow key columns go through DuckDB (and back, in ``_row`` order); the wide
+    verbatim columns stay in Arrow and are scanned once, by the final SELECT. Copying them
+    into a temp table and dragging them through the key window cost more than the rest.
+    """
+    core = _in_row_order(archive.core)
+    con.register("core_v", core)
+    core_cols = Columns(core.column_names, alias="c")
     occ = core_cols.term("dwc:occurrenceID")
     record_hash = uuid5_hash_sql("$recordset || '\\' || _key")
-    con.execute(
+    keys = con.sql(
         f"""
-        CREATE TEMP TABLE core_k AS
         WITH k AS (
-            SELECT c.*, coalesce(nullif(trim(c.{ID_COLUMN}), ''), {occ},
-                                 'row:' || c.{ROW_COLUMN}) AS _k0
+            SELECT c.{ROW_COLUMN}, coalesce(nullif(trim(c.{ID_COLUMN}), ''), {occ},
+                                           'row:' || c.{ROW_COLUMN}) AS _k0
             FROM core_v AS c
         ), n AS (
             SELECT *, row_number() OVER (PARTITION BY _k0 ORDER BY {ROW_COLUMN}) AS _n FROM k
         ), keyed AS (
-            SELECT * EXCLUDE (_k0, _n),
-                   _k0 || CASE WHEN _n > 1 THEN '#' || _n ELSE '' END AS _key
+            SELECT {ROW_COLUMN}, _k0 || CASE WHEN _n > 1 THEN '#' || _n ELSE '' END AS _key
             FROM n
         )
-        SELECT * EXCLUDE (_h), {uuid_from_hash_sql("_h")} AS _uuid
-        FROM (SELECT *, {record_hash} AS _h FROM keyed)
+        SELECT _key, {uuid_from_hash_sql("_h")} AS _uuid
+        FROM (SELECT *, {record_hash} AS _h FROM keyed) ORDER BY {ROW_COLUMN}
         """,
-        {"recordset": archive.recordset_id},
-    )
-    if archive.media is None:
+        params={"recordset": archive.recordset_id},
+    ).to_arrow_table()
+    con.register("core_k", _extend(core, keys, core_computed.result()))
+    if archive.media is None or media_computed is None:
         return
-    con.register("media_v", archive.media)
-    _register_computed(con, "media_x", archive.media, "mediarecords")
-    media_cols = Columns(archive.media.column_names, alias="m")
+    media = _in_row_order(archive.media)
+    con.register("media_v", media)
+    media_cols = Columns(media.column_names, alias="m")
     locator = media_cols.term("ac:accessURI", "dcterms:identifier", "dc:identifier")
     sep = "'\\'"
     media_hash = uuid5_hash_sql("'media\\' || $recordset || '\\' || _key")
-    con.execute(
+    keys = con.sql(
         f"""
-        CREATE TEMP TABLE media_k AS
         WITH parents AS (
             SELECT {ID_COLUMN} AS _pid, min(_uuid) AS _parent FROM core_k
             WHERE {ID_COLUMN} IS NOT NULL GROUP BY {ID_COLUMN}
         ), k AS (
-            SELECT m.*, p._parent,
+            SELECT m.{ROW_COLUMN}, p._parent,
                    coalesce(m.{ID_COLUMN}, '') || {sep} ||
                    coalesce({locator}, 'row:' || m.{ROW_COLUMN}) AS _k0
             FROM media_v AS m LEFT JOIN parents AS p ON p._pid = m.{ID_COLUMN}
         ), n AS (
             SELECT *, row_number() OVER (PARTITION BY _k0 ORDER BY {ROW_COLUMN}) AS _n FROM k
         ), keyed AS (
-            SELECT * EXCLUDE (_k0, _n),
+            SELECT {ROW_COLUMN}, _parent,
                    _k0 || CASE WHEN _n > 1 THEN '#' || _n ELSE '' END AS _key
             FROM n
         )
-        SELECT * EXCLUDE (_h), {uuid_from_hash_sql("_h")} AS _uuid
-        FROM (SELECT *, {media_hash} AS _h FROM keyed)
+        SELECT _key, _parent, {uuid_from_hash_sql("_h")} AS _uuid
+        FROM (SELECT *, {media_hash} AS _h FROM keyed) ORDER BY {ROW_COLUMN}
         """,
-        {"recordset": archive.recordset_id},
-    )
+        params={"recordset": archive.recordset_id},
+    ).to_arrow_table()
+    con.register("media_k", _extend(media, keys, media_computed.result()))
 
 
 def _stage_datemap(con: duckdb.DuckDBPyConnection, columns: Sequence[str]) -> str | None:
@@ -217,14 +239,23 @@ def derive(
     # Rows need no particular order in the store (readers sort by uuid); letting DuckDB drop
     # insertion order makes the bulk copies cheaper.
     con.execute("SET preserve_insertion_order = false")
-    _stage_keys(con, archive)
+    # Tokenising runs in Arrow and numpy, which release the GIL: do it on a second thread
+    # while DuckDB computes the keys and uuids.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        core_computed = pool.submit(_computed, archive.core, "records")
+        media_computed = (
+            pool.submit(_computed, archive.media, "mediarecords")
+            if archive.media is not None
+            else None
+        )
+        _stage_keys(con, archive, core_computed, media_computed)
     params = {"recordset": archive.recordset_id, "version": 0, "now": now}
     media_agg = None
     if archive.media is not None:
         _run(
             con,
             "CREATE TEMP TABLE media_d AS "
-            + media_select(archive.media.column_names, source="media_k", computed="media_x"),
+            + media_select(archive.media.column_names, source="media_k"),
             params,
         )
         con.execute(
@@ -240,7 +271,6 @@ def derive(
         + record_select(
             archive.core.column_names,
             source="core_k",
-            computed="core_x",
             media_agg=media_agg,
             datemap=datemap,
         ),
