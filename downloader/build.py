@@ -239,11 +239,16 @@ def plan_archive(
     if not files:
         raise ArchiveError("the requested field lists leave no column to write")
     preferred_raw = request.get("core_source") == "raw"
+    # The core is a file of the core's own record type: when a field list leaves only the
+    # other file of that type (only data.* terms, or no data.* term with core_source=raw),
+    # that file is the core, never a media file of a records download.
+    core_kind = "mediarecords" if core_type == "mediarecords" else "records"
+    own = [f for f in files if f.kind in (core_kind, "other")] or files
     core = next(
         (f for f in files if f.core),
         next(
-            (f for f in files if f.filename.split(".")[0].endswith("_raw") == preferred_raw),
-            files[0],
+            (f for f in own if f.filename.split(".")[0].endswith("_raw") == preferred_raw),
+            own[0],
         ),
     )
     files = _with_core(files, core)

@@ -162,6 +162,32 @@ def test_field_lists_raw_core_and_tsv(tmp_path: Path) -> None:
         }
 
 
+@pytest.mark.parametrize(
+    ("params", "core_file"),
+    [
+        # Only verbatim terms: the records' verbatim file is the core, not multimedia.csv.
+        ({"record_fields": '["data.dwc:catalogNumber"]'}, "occurrence_raw.csv"),
+        # core_source=raw without a verbatim term: the records' indexed file is the core.
+        ({"record_fields": '["uuid", "scientificname"]', "core_source": "raw"}, "occurrence.csv"),
+    ],
+)
+def test_a_field_list_leaving_one_records_file_keeps_records_as_the_core(
+    tmp_path: Path, params: dict[str, str], core_file: str
+) -> None:
+    ctx = make_ctx(tmp_path)
+    job = build_archive(request(ctx, **params), ctx)
+    assert job is not None and job.state == "SUCCESS", job and job.error
+    assert job.counts["records"] == 10
+    with DwCAReader(str(archive_path(ctx, job.id))) as reader:
+        assert reader.descriptor.core.file_location == core_file
+        assert reader.descriptor.core.type == DWC + "Occurrence"
+        assert len(list(reader)) == 10
+    bare = build_archive(request(ctx, form="csv", **params), ctx)
+    assert bare is not None and bare.state == "SUCCESS", bare and bare.error
+    lines = archive_path(ctx, bare.id).read_text().splitlines()
+    assert len(lines) == 11 and "ac:accessURI" not in lines[0]
+
+
 def test_media_core_uses_the_media_uuid_as_id(tmp_path: Path) -> None:
     ctx = make_ctx(tmp_path)
     job = build_archive(request(ctx, core_type="mediarecords"), ctx)
