@@ -51,10 +51,16 @@ def make_server(app: tornado.web.Application, settings: Settings) -> tornado.htt
     """An HTTP server for ``app``.
 
     Its own body limit is far above ``max_body_bytes`` because the handlers enforce that one
-    themselves (with a 413 JSON answer); Tornado's limit would just drop the connection.
+    themselves (with a 413 JSON answer); Tornado's limit would just drop the connection. For
+    the same reason its header limit leaves room for an ``rq`` and an ``mq`` of
+    ``max_query_bytes`` each, percent-encoded (up to three bytes per byte), in a GET's URL:
+    such a query gets its answer (or its 400 naming the limit) instead of a closed connection.
     """
     return tornado.httpserver.HTTPServer(
-        app, max_body_size=max(settings.max_body_bytes * 4, 16 * 1024 * 1024), xheaders=False
+        app,
+        max_body_size=max(settings.max_body_bytes * 4, 16 * 1024 * 1024),
+        max_header_size=max(64 * 1024, 8 * settings.max_query_bytes),
+        xheaders=False,
     )
 
 

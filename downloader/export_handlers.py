@@ -43,7 +43,7 @@ class _WithDelete(handlers.BaseHandler):
         self.set_header("Access-Control-Allow-Methods", "GET, HEAD, POST, DELETE, OPTIONS")
         self.set_header(
             "Access-Control-Allow-Headers",
-            "Content-Type, Range, If-Range, Authorization, X-Admin-Token",
+            "Content-Type, Range, If-Range, If-None-Match, Authorization, X-Admin-Token",
         )
 
 

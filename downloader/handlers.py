@@ -75,7 +75,9 @@ class BaseHandler(RequestHandler):
         """CORS ``*`` as iDigBio sends it, so a portal on another origin can call us."""
         self.set_header("Access-Control-Allow-Origin", "*")
         self.set_header("Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS")
-        self.set_header("Access-Control-Allow-Headers", "Content-Type, Range, If-Range")
+        self.set_header(
+            "Access-Control-Allow-Headers", "Content-Type, Range, If-Range, If-None-Match"
+        )
         self.set_header(
             "Access-Control-Expose-Headers",
             "Content-Disposition, Content-Range, Content-Length, ETag, Accept-Ranges",
@@ -87,6 +89,24 @@ class BaseHandler(RequestHandler):
         """CORS preflight: the headers above and no body."""
         self.set_status(204)
         self.finish()
+
+    async def head(self, *args: str) -> None:
+        """HEAD is GET without the body (RFC 9110 9.3.2); Tornado drops the body itself."""
+        result = self.get(*args)
+        if result is not None:
+            await result
+
+    def allowed_methods(self) -> list[str]:
+        """The methods this resource implements, for the ``Allow`` header of a 405."""
+        unimplemented = getattr(RequestHandler, "_unimplemented_method", None)
+        allowed = [
+            m
+            for m in ("GET", "POST", "DELETE", "OPTIONS")
+            if getattr(type(self), m.lower()) is not unimplemented
+        ]
+        if "GET" in allowed:
+            allowed.insert(1, "HEAD")
+        return allowed
 
     @property
     def base_url(self) -> str:
@@ -111,6 +131,8 @@ class BaseHandler(RequestHandler):
         status, body = _error_body(exc, status_code, self._reason)
         body["status"] = status
         self.set_status(status)
+        if status == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.set_header("Content-Type", "application/json; charset=utf-8")
         if self.request.method == "HEAD":
             self.finish()
@@ -162,10 +184,12 @@ class ParamsHandler(BaseHandler):
         )
 
     def params(self) -> dict[str, Any]:
-        """Query-string parameters, overridden by body parameters; the first of repeats."""
-        params: dict[str, Any] = {
-            k: v[0].decode("utf-8", "replace") for k, v in self.request.query_arguments.items()
-        }
+        """Query-string parameters, overridden by body parameters.
+
+        A parameter given twice must have one value; ``rq[genus]``-style names (a form
+        serialised from an object) and text that is not UTF-8 are refused, naming the key.
+        """
+        params: dict[str, Any] = _single_values(self.request.query_arguments)
         if self.request.method != "POST":
             return params
         if self._too_large:
@@ -173,15 +197,25 @@ class ParamsHandler(BaseHandler):
         body = b"".join(self._chunks)
         if not body.strip():
             return params
-        ctype = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        header = self.request.headers.get("Content-Type", "")
+        ctype = header.split(";")[0].strip().lower()
         if ctype not in _FORM_TYPES:
             # Like iDigBio (get_json(force=True)), try JSON whatever the declared type.
             try:
                 data = json.loads(body)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 if ctype == "application/json":
                     raise RequestError(
                         f"the request body is not valid JSON: {exc}", key="body"
+                    ) from exc
+                if ctype:
+                    raise RequestError(
+                        f"the request body is neither JSON nor a form (Content-Type: {ctype}); "
+                        "send application/json, application/x-www-form-urlencoded or "
+                        "multipart/form-data",
+                        status=415,
+                        key="Content-Type",
+                        name="UnsupportedMediaType",
                     ) from exc
             else:
                 if not isinstance(data, dict):
@@ -194,11 +228,53 @@ class ParamsHandler(BaseHandler):
                 return params
         form: dict[str, list[bytes]] = {}
         files: dict[str, list[httputil.HTTPFile]] = {}
-        httputil.parse_body_arguments(
-            ctype or "application/x-www-form-urlencoded", body, form, files, self.request.headers
-        )
-        params.update({k: v[0].decode("utf-8", "replace") for k, v in form.items() if v})
+        try:
+            httputil.parse_body_arguments(
+                header if ctype else "application/x-www-form-urlencoded",
+                body,
+                form,
+                files,
+                self.request.headers,
+            )
+        except httputil.HTTPInputError as exc:
+            raise RequestError(f"the request body is not a valid form: {exc}", key="body") from exc
+        for name, uploads in files.items():
+            # ``curl -F rq=@query.json``: a file part holds the value.
+            form.setdefault(name, []).extend(f.body for f in uploads)
+        params.update(_single_values(form))
         return params
+
+
+#: Every parameter a download or count request understands.
+_KNOWN_PARAMS = frozenset((*service.REQUEST_KEYS, "email", "source", "force"))
+
+
+def _single_values(arguments: dict[str, list[bytes]]) -> dict[str, str]:
+    """One text value per parameter, or a :class:`RequestError` naming the parameter."""
+    values: dict[str, str] = {}
+    for name, raw in arguments.items():
+        base = name.split("[", 1)[0]
+        if base != name and base in _KNOWN_PARAMS:
+            raise RequestError(
+                f"{name} is not understood: send {base} once, holding its JSON as text",
+                key=base,
+            )
+        texts: list[str] = []
+        for item in raw:
+            try:
+                text = item.decode("utf-8")
+            except UnicodeDecodeError:
+                raise RequestError(f"{name} is not valid UTF-8 text", key=name) from None
+            if text not in texts:
+                texts.append(text)
+        if len(texts) > 1:
+            raise RequestError(
+                f"{name} is given {len(raw)} times with different values; give it once",
+                key=name,
+            )
+        if texts:
+            values[name] = texts[0]
+    return values
 
 
 class DownloadHandler(ParamsHandler):
@@ -408,7 +484,9 @@ class ArchiveHandler(BaseHandler):
 def _etag_matches(header: str | None, etag: str) -> bool:
     if not header:
         return False
-    return header.strip() == "*" or etag in [t.strip() for t in header.split(",")]
+    # If-None-Match compares weakly (RFC 9110 13.1.2): W/"x" matches "x".
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return header.strip() == "*" or etag in tags
 
 
 def _disposition(filename: str) -> str:

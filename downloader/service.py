@@ -270,10 +270,13 @@ def status_document(ctx: Context, job: Job, base_url: str) -> dict[str, Any]:
 
 
 def load_job(ctx: Context, job_id: str) -> Job:
-    """The job, or :class:`JobNotFound` for an unknown or malformed id."""
-    if not _UUID.match(job_id or ""):
+    """The job, or :class:`JobNotFound` for an unknown or malformed id.
+
+    Ids are UUIDs, which are case-insensitive: an upper-case copy finds the same job.
+    """
+    if not _UUID.match((job_id or "").lower()):
         raise JobNotFound(f"no download has the id {job_id!r}")
-    job = ctx.jobs.get(job_id)
+    job = ctx.jobs.get(job_id.lower())
     if job is None:
         raise JobNotFound(f"no download has the id {job_id!r}")
     return job

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -255,3 +256,108 @@ def test_unexpected_errors_are_500_json_without_traceback(api: Api) -> None:
 
 def test_health(api: Api) -> None:
     assert api.get("/healthz").json() == {"ok": True}
+
+
+# --- odd request shapes: always a 4xx naming the problem, never a 500 ----------------------
+
+
+def test_multipart_form_post_is_understood(api: Api) -> None:
+    fields = {"rq": (None, ACER), "email": (None, "ana@example.org")}
+    doc = api.post("/v2/download", files=fields).json()
+    _assert_acer_status(doc, api)
+    # curl -F rq=@query.json: the value comes as a file part.
+    upload = api.post("/v2/download", files={"rq": ("q.json", ACER.encode())}).json()
+    assert upload["id"] == doc["id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype", "status", "key"),
+    [
+        (b"garbage", "multipart/form-data; boundary=XX", 400, "body"),
+        (b"--XX\r\n", "multipart/form-data", 400, "body"),
+        (b'{"rq": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "application/json", 400, "body"),
+        (b"rq=%7B%7D", "text/plain", 415, "Content-Type"),
+        (b"rq=%ff", "application/x-www-form-urlencoded", 400, "rq"),
+        (b"rq[genus]=acer", "application/x-www-form-urlencoded", 400, "rq"),
+        (b"rq=%7B%7D&rq=%7B%22genus%22%3A1%7D", "application/x-www-form-urlencoded", 400, "rq"),
+    ],
+)
+def test_malformed_bodies_are_a_4xx_naming_the_problem(
+    api: Api, body: bytes, ctype: str, status: int, key: str
+) -> None:
+    api.ctx.settings = replace(api.ctx.settings, max_body_bytes=1_000_000)
+    r = api.post("/v2/download", data=body, headers={"Content-Type": ctype})
+    assert r.status_code == status, r.text
+    assert r.json()["key"] == key and r.json()["status"] == status
+    assert api.dispatcher.ids == []
+
+
+@pytest.mark.parametrize(
+    ("query", "key", "says"),
+    [
+        ("rq=%ff%fe", "rq", "UTF-8"),
+        ("rq=%7B%7D&email=%ff", "email", "UTF-8"),
+        ("rq=%7B%7D&rq=%7B%22genus%22%3A1%7D", "rq", "give it once"),
+        ("rq[]=a", "rq", "rq[]"),
+    ],
+)
+def test_odd_query_strings_are_a_400_naming_the_key(
+    api: Api, query: str, key: str, says: str
+) -> None:
+    r = api.get("/v2/download/?" + query)
+    assert r.status_code == 400, r.text
+    assert r.json()["key"] == key and says in r.json()["error"]
+    assert api.dispatcher.ids == []
+
+
+def test_a_repeated_parameter_with_one_value_is_fine(api: Api) -> None:
+    r = api.get("/v2/download/", params=[("rq", ACER), ("rq", ACER)])
+    assert r.status_code == 200
+    _assert_acer_status(r.json(), api)
+
+
+def test_a_long_query_in_the_url_gets_an_answer(api: Api) -> None:
+    # Longer than Tornado's default 64 KiB header limit, which would close the connection.
+    big = '{"genus": "' + "a" * 70_000 + '"}'
+    r = api.get("/v2/download/", params={"rq": big})
+    assert r.status_code == 400 and r.json()["key"] == "rq"
+    assert "limit" in r.json()["error"]
+
+
+def test_head_works_on_every_get_route(api: Api) -> None:
+    doc = api.finished()
+    for path in (
+        "/",
+        f"/v2/download/{doc['id']}",
+        f"/status/{doc['id']}",
+        f"/v1/jobs/{doc['id']}",
+        "/healthz",
+        f"/archives/{doc['id']}",
+    ):
+        head = requests.head(api.url + path, timeout=30)
+        assert head.status_code == 200, path
+        assert head.content == b""
+        assert head.headers["Content-Length"] == str(len(api.get(path).content)), path
+
+
+def test_405_says_which_methods_are_allowed(api: Api) -> None:
+    r = requests.put(api.url + "/v2/download", timeout=30)
+    assert r.status_code == 405 and r.json()["status"] == 405
+    assert r.headers["Allow"] == "GET, HEAD, POST, OPTIONS"
+
+
+def test_upper_case_ids_find_the_job(api: Api) -> None:
+    doc = api.finished()
+    upper = doc["id"].upper()
+    assert api.get(f"/v2/download/{upper}").json()["id"] == doc["id"]
+    assert api.get(f"/archives/{upper}").status_code == 200
+
+
+def test_if_none_match_compares_weakly(api: Api) -> None:
+    doc = api.finished()
+    path = doc["download_url"][len(api.url) :]
+    etag = api.get(path).headers["ETag"]
+    assert api.get(path, headers={"If-None-Match": f"W/{etag}"}).status_code == 304
+    # If-Range compares strongly: a weak tag sends the whole file.
+    weak = api.get(path, headers={"Range": "bytes=0-9", "If-Range": f"W/{etag}"})
+    assert weak.status_code == 200
