@@ -90,9 +90,9 @@ class BaseHandler(RequestHandler):
         self.set_status(204)
         self.finish()
 
-    async def head(self, *args: str) -> None:
+    async def head(self, *args: Any, **kwargs: Any) -> None:
         """HEAD is GET without the body (RFC 9110 9.3.2); Tornado drops the body itself."""
-        result = self.get(*args)
+        result = self.get(*args, **kwargs)
         if result is not None:
             await result
 
