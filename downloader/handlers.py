@@ -133,6 +133,9 @@ class BaseHandler(RequestHandler):
         self.set_status(status)
         if status == 405:
             self.set_header("Allow", ", ".join(self.allowed_methods()))
+        elif status == 401:
+            # RFC 9110 15.5.2: a 401 says how to authenticate.
+            self.set_header("WWW-Authenticate", 'Bearer realm="downloader"')
         self.set_header("Content-Type", "application/json; charset=utf-8")
         if self.request.method == "HEAD":
             self.finish()

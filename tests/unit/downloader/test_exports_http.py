@@ -122,7 +122,9 @@ def test_post_202_409_200_and_delete_204_404(svc: Service, tmp_path: Path) -> No
 def test_delete_needs_an_admin_token(svc: Service) -> None:
     svc.ingest(5, "rs-a")
     svc.build_all()
-    assert svc.request("DELETE", EXPORT).status_code == 401
+    anonymous = svc.request("DELETE", EXPORT)
+    assert anonymous.status_code == 401
+    assert anonymous.headers["WWW-Authenticate"].startswith("Bearer")  # RFC 9110 15.5.2
     assert svc.request("DELETE", EXPORT, headers={"X-Admin-Token": "guess"}).status_code == 403
     wrong = svc.request("DELETE", EXPORT, headers={"Authorization": "Bearer guess"})
     assert wrong.status_code == 403 and wrong.json()["status"] == 403
