@@ -3,12 +3,15 @@
 Usage: ``python -m bench.bench_ingest [N] [--seed S] [--keep DIR]`` (N defaults to
 1,000,000). Prints seconds for generating the records, deriving and writing them, and for a
 few counts; no pass/fail. Speed depends on what else the machine is doing, so compare runs
-made on the same machine at the same time.
+made on the same machine at the same time. Beside wall-clock seconds it prints the CPU seconds
+this process used (all threads) and the load average, which say more on a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import shutil
 import tempfile
 import time
@@ -38,6 +41,16 @@ QUERIES = {
 }
 
 
+def _cpu() -> float:
+    """CPU seconds used so far by this process, all threads, user plus system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     """Run the benchmark and print the timings."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -48,22 +61,26 @@ def main() -> None:
 
     data_dir = args.keep or Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     try:
-        t0 = time.perf_counter()
+        print(f"load average (1, 5, 15 min) before: {_load()}")
+        t0, c0 = time.perf_counter(), _cpu()
         archive = synthetic_archive(args.count, seed=args.seed)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), _cpu()
         now = datetime.now(UTC).replace(tzinfo=None)
         con = duckdb.connect(":memory:")
         counts = derive(con, archive, now=now)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), _cpu()
         with attached_store(con, store_path(data_dir), lock_timeout=60):
             write_recordset(con, archive, now=now, counts=counts)
         con.close()
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), _cpu()
         print(f"records: {counts[0]}, media records: {counts[1]}")
-        print(f"generate        {t1 - t0:8.2f} s")
-        print(f"derive          {t2 - t1:8.2f} s")
-        print(f"write           {t3 - t2:8.2f} s")
-        print(f"ingest total    {t3 - t0:8.2f} s  (generate + derive + write)")
+        print(f"generate        {t1 - t0:8.2f} s  (cpu {c1 - c0:7.2f} s)")
+        print(f"derive          {t2 - t1:8.2f} s  (cpu {c2 - c1:7.2f} s)")
+        print(f"write           {t3 - t2:8.2f} s  (cpu {c3 - c2:7.2f} s)")
+        print(
+            f"ingest total    {t3 - t0:8.2f} s  (cpu {c3 - c0:7.2f} s; generate + derive + write)"
+        )
+        print(f"load average (1, 5, 15 min) after ingest: {_load()}")
         source = DuckDBSource(store_path(data_dir))
         for label, q in QUERIES.items():
             rq = validate_query(q, "records")
