@@ -551,14 +551,23 @@ def build_archive(job_id: str, ctx: Context) -> Job | None:
         job.archive_key = key
         job.filename = filename
         job.counts = {"records": result.records, "mediarecords": result.mediarecords}
+        unique_key = _UNIQUE_COUNT_KEYS.get(job.request.get("core_type", "records"))
+        if unique_key:
+            # A uniquelocality/uniquenames core holds distinct values, not records; say how
+            # many, or the status would report an archive of rows as empty.
+            job.counts[unique_key] = result.rows.get(plan.spec.core.filename, 0)
         job.recordset_count = len(plan.recordsets)
-        job.total_records = result.records + result.mediarecords
+        job.total_records = sum(job.counts.values())
         job.records_written = job.total_records
         job.error = None
     ctx.jobs.save(job)
     log.info("job %s done: %d bytes, %s", job.id, job.size, job.counts)
     notify_ready(ctx, job)
     return job
+
+
+#: The ``counts`` key under which a unique-values core reports its rows.
+_UNIQUE_COUNT_KEYS = {"uniquelocality": "localities", "uniquenames": "names"}
 
 
 def _kinds(spec: ArchiveSpec) -> list[DataFile]:
