@@ -187,18 +187,24 @@ def _embedded(args: argparse.Namespace, results: dict[str, Any]) -> None:
                             pace = float("inf")
                 if "baseline" in args.only and size == smallest:
                     log(f"baseline: {sel.label}")
-                    base = run_baseline(store.db_path, sel, work / "baseline.zip")
-                    row["baseline"] = _reference_dict(base)
+                    try:
+                        base = run_baseline(store.db_path, sel, work / "baseline.zip")
+                        row["baseline"] = _reference_dict(base)
+                        log(f"baseline: {base.seconds:.1f} s")
+                    except Exception as exc:
+                        _skip(results, f"baseline {sel.label} at {size:,}", exc)
                     (work / "baseline.zip").unlink(missing_ok=True)
-                    log(f"baseline: {base.seconds:.1f} s")
                 if "limit" in args.only and (size == smallest or sel.label == "all"):
                     log(f"limit: {sel.label}")
-                    lim = run_limit(store.db_path, sel, work / "limit", level=_limit_level())
-                    row["limit"] = _reference_dict(lim)
-                    log(
-                        f"limit: {lim.seconds:.1f} s (copy {lim.phases['copy']:.1f} + deflate "
-                        f"{lim.phases['deflate']:.1f})"
-                    )
+                    try:
+                        lim = run_limit(store.db_path, sel, work / "limit", level=_limit_level())
+                        row["limit"] = _reference_dict(lim)
+                        log(
+                            f"limit: {lim.seconds:.1f} s (copy {lim.phases['copy']:.1f} + "
+                            f"deflate {lim.phases['deflate']:.1f})"
+                        )
+                    except Exception as exc:
+                        _skip(results, f"limit {sel.label} at {size:,}", exc)
                     for f in (work / "limit").glob("*"):
                         f.unlink()
                 _ratios(row)
@@ -330,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     for v in verdicts:
         print(f"{v.word:4}  {v.name}: {v.measured} (goal {v.target})")
     print(
-        f"results: {', '.join(str(p.relative_to(ROOT)) for p in paths)}; "
+        f"results: {', '.join(_shown(p) for p in paths)}; "
         f"{results['meta']['total_seconds']:.0f} s in all"
     )
     return 0
