@@ -51,23 +51,12 @@ from downloader.indexing import (
     uuid5_hash_sql,
     uuid_from_hash_sql,
 )
-from query.fields import Kind, RecordType, fields
+from query.fields import RecordType, fields
+from query.sql import DUCKDB_TYPES
 
 STORE_FILENAME = "records.duckdb"
 #: Rows per Arrow record batch handed to DuckDB (one batch is one unit of parallel work).
 _SCAN_BATCH_ROWS = 65_536
-
-#: DuckDB column type of each catalogue kind (see docs/architecture.md).
-KIND_TYPES: dict[Kind, str] = {
-    "text": "VARCHAR",
-    "longtext": "VARCHAR",
-    "list": "VARCHAR[]",
-    "integer": "BIGINT",
-    "float": "DOUBLE",
-    "boolean": "BOOLEAN",
-    "date": "TIMESTAMP",
-    "point": "STRUCT(lat DOUBLE, lon DOUBLE)",
-}
 
 
 class IngestError(DownloaderError):
@@ -100,7 +89,7 @@ def schema_sql(prefix: str = "") -> list[str]:
     """CREATE TABLE IF NOT EXISTS statements for the store's tables (catalogue-driven)."""
 
     def columns(rtype: RecordType) -> str:
-        return ", ".join(f"{quote_ident(f.name)} {KIND_TYPES[f.kind]}" for f in fields(rtype))
+        return ", ".join(f"{quote_ident(f.name)} {DUCKDB_TYPES[f.kind]}" for f in fields(rtype))
 
     return [
         f"CREATE TABLE IF NOT EXISTS {prefix}records ({columns('records')}, "

@@ -24,8 +24,21 @@ from collections.abc import Callable
 from typing import Any
 
 from query.dates import parse_instant, parse_period
-from query.fields import RecordType
+from query.fields import Kind, RecordType
 from query.validate import resolve_key
+
+#: DuckDB column type of each catalogue kind: the store schema these compilers target (see
+#: docs/architecture.md). Ingest creates its tables from it.
+DUCKDB_TYPES: dict[Kind, str] = {
+    "text": "VARCHAR",
+    "longtext": "VARCHAR",
+    "list": "VARCHAR[]",
+    "integer": "BIGINT",
+    "float": "DOUBLE",
+    "boolean": "BOOLEAN",
+    "date": "TIMESTAMP",
+    "point": "STRUCT(lat DOUBLE, lon DOUBLE)",
+}
 
 #: Mean earth radius in metres, the one Elasticsearch and Lucene use for arc distances.
 EARTH_RADIUS_M = 6371008.7714

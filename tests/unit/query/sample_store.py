@@ -17,18 +17,8 @@ from typing import Any
 import duckdb
 
 from query.fields import RecordType, fields
+from query.sql import DUCKDB_TYPES
 from query.text import tokens
-
-DUCKDB_TYPES = {
-    "text": "VARCHAR",
-    "longtext": "VARCHAR",
-    "list": "VARCHAR[]",
-    "integer": "BIGINT",
-    "float": "DOUBLE",
-    "boolean": "BOOLEAN",
-    "date": "TIMESTAMP",
-    "point": "STRUCT(lat DOUBLE, lon DOUBLE)",
-}
 
 
 def columns(rtype: RecordType) -> list[tuple[str, str]]:
