@@ -240,9 +240,25 @@ def _json_strings(arr: pa.Array, quote: str) -> pa.Array:
     if rows is None:
         return quoted
     selected = pa.array(rows)
-    values = arr.filter(selected).to_pylist()
-    fixed = [_requote(json.dumps(v, ensure_ascii=False), quote) for v in values]
-    return pc.replace_with_mask(quoted, selected, pa.array(fixed, pa.string()))
+    return pc.replace_with_mask(quoted, selected, _escaped(arr.filter(selected), quote))
+
+
+#: The short escapes :func:`json.dumps` writes; other control characters become ``\u00XX``.
+_SHORT_ESCAPES = {0x08: "\\b", 0x09: "\\t", 0x0A: "\\n", 0x0C: "\\f", 0x0D: "\\r"}
+
+
+def _escaped(arr: pa.Array, quote: str) -> pa.Array:
+    """JSON string literals of a non-null ``string`` array, escaped as :func:`json.dumps`
+    (``ensure_ascii=False``) escapes them: backslash, quote and control characters; every
+    other character, non-ASCII included, as it is. One replacement kernel per distinct
+    character to escape, over these values only."""
+    text = pc.replace_substring(arr, "\\", "\\\\")
+    text = pc.replace_substring(text, '"', "\\" + quote)
+    _, data = _string_parts(arr)
+    for code in np.unique(data[data < 0x20]).tolist():
+        escape = _SHORT_ESCAPES.get(code, f"\\u{code:04x}")
+        text = pc.replace_substring(text, chr(code), escape)
+    return _concat(quote, text, quote)
 
 
 def _json_floats(arr: pa.Array) -> pa.Array:

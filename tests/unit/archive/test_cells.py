@@ -184,6 +184,60 @@ def test_string_lists_match_json_dumps(values: list[list[str | None] | None]) ->
     ]
 
 
+ESCAPES = [
+    'say "hi"',
+    "back\\slash",
+    "tab\tnl\ncr\rbs\bff\f",
+    "ctl\x00\x01\x1f\x7f",
+    'mixed \\" \x1b',
+]
+
+
+@pytest.mark.parametrize("delimiter", [",", "\t"])
+def test_string_lists_with_escapes_empty_lists_null_items_and_unicode(delimiter: str) -> None:
+    values: list[list[str | None] | None] = [
+        ESCAPES,
+        [],
+        None,
+        [None, "a", None],
+        ["Ærø", "日本語", "emoji \U0001f600", "\u2028\u2029", 'é"ü'],
+        ["plain", "a,b", "a\tb"],
+        [""],
+    ]
+    arr = pa.array(values, pa.list_(pa.string()))
+    assert cell_list(arr, delimiter) == [
+        "" if v is None else json.dumps(v, ensure_ascii=False) for v in values
+    ]
+
+
+def test_escaped_strings_in_lists_and_structs_keep_their_row() -> None:
+    # Escaped values sit among plain ones: each stays in its own row.
+    values = [["x"], ESCAPES[:2], ["y"], [ESCAPES[2]], None, ["z", ESCAPES[3]]] * 50
+    arr = pa.array(values, pa.list_(pa.string()))
+    assert cell_list(arr) == [
+        "" if v is None else json.dumps(v, ensure_ascii=False) for v in values
+    ]
+    t = pa.struct([("name", pa.string()), ("n", pa.int64())])
+    objects = [{"name": s, "n": i} for i, s in enumerate(["ok", *ESCAPES, "日本"])]
+    assert cell_list(pa.array(objects, t)) == [json.dumps(o, ensure_ascii=False) for o in objects]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    values=st.lists(
+        st.lists(
+            st.text(alphabet=st.sampled_from(['"', "\\", "\n", "\x00", "\x1f", "a", "é", "日"])),
+            max_size=4,
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_string_lists_full_of_escapes_match_json_dumps(values: list[list[str]]) -> None:
+    arr = pa.array(values, pa.list_(pa.string()))
+    assert cell_list(arr) == [json.dumps(v, ensure_ascii=False) for v in values]
+
+
 def test_invalid_utf8_is_reported_with_its_row() -> None:
     arr = pa.array([b"fine", b"also fine", b"\xc3\x28 broken"], pa.binary())
     with pytest.raises(cells.RowsError) as caught:
