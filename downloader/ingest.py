@@ -225,8 +225,8 @@ def derive(
 ) -> tuple[int, int]:
     """Compute ``records_d`` and ``media_d`` temp tables (store columns, by name) in ``con``
     from an archive's verbatim tables. Returns (record count, media count)."""
-    # Rows need no particular order in the store (readers sort by uuid); letting DuckDB drop
-    # insertion order makes the bulk copies cheaper.
+    # Rows need no particular order in the store (readers keep whatever row order it has);
+    # letting DuckDB drop insertion order makes the bulk copies cheaper.
     con.execute("SET preserve_insertion_order = false")
     # Tokenising runs in Arrow and numpy, which release the GIL: do it on a second thread
     # while DuckDB computes the keys and uuids.

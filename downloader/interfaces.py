@@ -62,6 +62,11 @@ class RecordSource(Protocol):
     ) -> Iterator[pa.RecordBatch]:
         """Stream the matching documents as Arrow record batches, in a stable order.
 
+        Stable means: the same rows in the same order for the same ``data_version`` (so an
+        archive is reproducible), not any particular order across sources. The DuckDB
+        source gives the store's row order (no sort of the whole result); the Elasticsearch
+        source sorts by uuid. Consumers compare sources as sets of rows.
+
         Column 0 is ``coreid`` (string): the record uuid for records, the parent record's
         uuid for media. Then one column per name in ``fields`` (index fields, typed as the
         catalogue says: strings, lists of strings, int64, float64, bool, timestamps, and

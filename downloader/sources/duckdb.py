@@ -4,9 +4,10 @@ Written by ``downloader ingest`` (:mod:`downloader.ingest`), read here. The serv
 several worker processes that read while an ingest may be writing, and DuckDB lets one
 process write only when no other process has the file open. So every operation opens its
 own short-lived read-only connection and closes it, and a long stream of batches gives the
-file back every few seconds (it resumes after the last uuid it sent). A stream notices when
-the data changed in between and stops with :class:`SourceUnavailable` (the build is retried
-on the new data rather than mixing two versions). While an ingest holds the file, opening is
+file back every few seconds (it reads in row id order and resumes after the last row id it
+sent). A stream notices when the data (or the file) changed in between and stops with
+:class:`SourceUnavailable` (the build is retried on the new data rather than mixing two
+versions). While an ingest holds the file, opening is
 retried for ``lock_timeout`` seconds, then :class:`SourceUnavailable` is raised.
 
 A store file that does not exist yet is an empty store (``data_version`` "0"). All DuckDB
@@ -15,6 +16,8 @@ errors become :class:`SourceUnavailable` here, at the edge.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +35,17 @@ from query.sql import compile_request_where
 
 _TABLE = {"records": "records AS r", "mediarecords": "mediarecords AS m"}
 _ALIAS = {"records": "r", "mediarecords": "m"}
+
+# Row ids per query of a batch stream. DuckDB skips the data outside a row id range, so a
+# slice reads and sorts at most this many rows: small enough that a slice of wide rows (all
+# fields and all verbatim terms) stays well inside the read memory limit (the whole default
+# records query of 1M synthetic records peaked at 324 MB RSS with 10,240, 378 MB with
+# 30,720, and failed the 256 MB limit with 122,880), large enough that per-query costs stay
+# small (10,240 was the fastest of 4,096 / 10,240 / 30,720).
+_SLICE_ROWS = 10_240
+
+# Read connections of a batch stream: bounded memory, and scans that keep row order.
+_READ_CONFIG = {"memory_limit": "256MB", "preserve_insertion_order": True}
 
 
 @dataclass(frozen=True)
@@ -61,8 +75,8 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _json_path(term: str) -> str:
-    return '$."' + term.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _is_lock_error(exc: BaseException) -> bool:
@@ -83,17 +97,34 @@ class DuckDBSource:
         self.path = Path(path)
         self.lock_timeout = lock_timeout
         self.window_seconds = window_seconds
+        # (file signature, data_version) of the last read: data_version is asked for on
+        # every submission and opening the file costs far more than a stat.
+        self._version_cache: tuple[tuple[Any, ...], str] | None = None
 
     # --- connections --------------------------------------------------------------------
 
-    def _open(self) -> duckdb.DuckDBPyConnection:
+    def _signature(self) -> tuple[Any, ...]:
+        """What identifies the file's current contents: (mtime_ns, size, inode) of the file
+        and of its write-ahead log, if any. Any write changes it."""
+        parts: list[Any] = []
+        for p in (self.path, self.path.with_name(self.path.name + ".wal")):
+            try:
+                st = os.stat(p)
+            except FileNotFoundError:
+                parts.append(None)
+                continue
+            parts.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(parts)
+
+    def _open(self, *, read_config: bool = False) -> duckdb.DuckDBPyConnection:
         if not self.path.exists():
             raise _Missing()
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.02
+        config: dict[str, Any] = dict(_READ_CONFIG) if read_config else {}
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=True)
+                return duckdb.connect(str(self.path), read_only=True, config=config)
             except duckdb.Error as exc:
                 if not _is_lock_error(exc) or time.monotonic() >= deadline:
                     raise SourceUnavailable(
@@ -124,10 +155,25 @@ class DuckDBSource:
 
     # --- RecordSource -----------------------------------------------------------------------
 
-    def data_version(self) -> str:
-        """The store's ``data_version`` ("0" for an empty store)."""
-        rows = self._query("SELECT value FROM store_meta WHERE key = 'data_version'")
+    @staticmethod
+    def _read_version(con: duckdb.DuckDBPyConnection) -> str:
+        rows = con.execute("SELECT value FROM store_meta WHERE key = 'data_version'").fetchall()
         return str(rows[0][0]) if rows else "0"
+
+    def data_version(self) -> str:
+        """The store's ``data_version`` ("0" for an empty store).
+
+        Cached on the file's signature (mtime_ns, size, inode, and those of its WAL), taken
+        before the read, so a changed file is always read again."""
+        signature = self._signature()
+        cached = self._version_cache
+        if cached is not None and cached[0] == signature and signature[0] is not None:
+            return cached[1]
+        rows = self._query("SELECT value FROM store_meta WHERE key = 'data_version'")
+        version = str(rows[0][0]) if rows else "0"
+        if signature[0] is not None:
+            self._version_cache = (signature, version)
+        return version
 
     def count(self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None) -> int:
         """How many ``rtype`` documents match."""
@@ -182,18 +228,24 @@ class DuckDBSource:
 
     def _select(
         self, rtype: RecordType, fields: Sequence[str], raw_terms: Sequence[str]
-    ) -> tuple[str, list[Any]]:
+    ) -> tuple[str, str]:
+        """(outer select list, inner select list): the inner query reads the index columns
+        and turns ``data`` into one struct of the requested terms with a single
+        ``json_transform`` per row (one ``json_extract_string`` per term parses the JSON
+        once per term); the outer one unnests the struct into one column per term."""
         a = _ALIAS[rtype]
-        parts = [f'{a}."uuid" AS coreid' if rtype == "records" else f'{a}."coreid" AS coreid']
-        params: list[Any] = []
-        for name in fields:
+        inner = [f'{a}."uuid" AS coreid' if rtype == "records" else f'{a}."coreid" AS coreid']
+        outer = ["coreid"]
+        for i, name in enumerate(fields):
             if get_field(rtype, name) is None:
                 raise ValueError(f"{name!r} is not a {rtype} field")
-            parts.append(f"{a}.{_ident(name)} AS {_ident(name)}")
-        for term in raw_terms:
-            parts.append(f"json_extract_string({a}.data, ?) AS {_ident(term)}")
-            params.append(_json_path(term))
-        return ", ".join(parts), params
+            inner.append(f"{a}.{_ident(name)} AS _f{i}")
+            outer.append(f"_f{i} AS {_ident(name)}")
+        if raw_terms:
+            shape = json.dumps({term: "VARCHAR" for term in raw_terms})
+            inner.append(f"json_transform({a}.data, {_sql_string(shape)}) AS _raw")
+            outer.extend(f"_raw[{_sql_string(term)}] AS {_ident(term)}" for term in raw_terms)
+        return ", ".join(outer), ", ".join(inner)
 
     def batches(
         self,
@@ -205,63 +257,70 @@ class DuckDBSource:
         raw_terms: Sequence[str] = (),
         batch_size: int = 10_000,
     ) -> Iterator[pa.RecordBatch]:
-        """Matching documents as Arrow batches ordered by uuid (see ``RecordSource``).
+        """Matching documents as Arrow batches in the store's row order (see
+        ``RecordSource``): the same rows in the same order for the same data version.
 
-        The connection is released every ``window_seconds`` and the stream resumes after the
-        last uuid sent; :class:`SourceUnavailable` if the data changed in between.
+        Rows are read in slices of ``_SLICE_ROWS`` row ids (DuckDB skips the data outside a
+        slice), each slice sorted by row id on its own, so memory stays flat
+        whatever the result size and no query sorts the whole result. The connection is
+        released every ``window_seconds`` and the stream resumes at the next slice;
+        :class:`SourceUnavailable` if the store file changed in between (row ids are only
+        stable while the file is).
         """
-        columns, select_params = self._select(rtype, fields, raw_terms)
+        outer, inner = self._select(rtype, fields, raw_terms)
         where, where_params = compile_request_where(rtype, rq, mq)
+        table = _TABLE[rtype]
         a = _ALIAS[rtype]
-        key = f'{a}."uuid"'
-        # The uuid is the resume key; fetch it as a hidden last column when not requested.
-        hidden = "_resume_uuid"
-        sql_first = (
-            f"SELECT {columns}, {key} AS {hidden} FROM {_TABLE[rtype]} WHERE ({where}) "
-            f"ORDER BY {key}"
+        sql = (
+            f"SELECT {outer}, _rowid FROM (SELECT {inner}, {a}.rowid AS _rowid FROM {table} "
+            f"WHERE {a}.rowid >= ? AND {a}.rowid < ? AND ({where})) ORDER BY _rowid"
         )
-        sql_next = (
-            f"SELECT {columns}, {key} AS {hidden} FROM {_TABLE[rtype]} WHERE ({where}) "
-            f"AND {key} > ? ORDER BY {key}"
-        )
-        last: str | None = None
+        signature: tuple[Any, ...] | None = None
         version: str | None = None
-        while True:
+        start, end = 0, 0  # the row ids to read, [start, end); end is set by the first window
+        while version is None or start < end:
             try:
-                con = self._open()
+                con = self._open(read_config=True)
             except _Missing:
                 return
             reader: pa.RecordBatchReader | None = None
+            carry: pa.RecordBatch | None = None
             try:
-                current = con.execute(
-                    "SELECT value FROM store_meta WHERE key = 'data_version'"
-                ).fetchall()
-                current_version = str(current[0][0]) if current else "0"
+                current_signature = self._signature()
+                current_version = self._read_version(con)
                 if version is None:
-                    version = current_version
-                elif current_version != version:
+                    version, signature = current_version, current_signature
+                    top = con.execute(f"SELECT max(rowid) FROM {table}").fetchall()
+                    if not top or top[0][0] is None:
+                        return
+                    end = int(top[0][0]) + 1
+                elif current_version != version or current_signature != signature:
                     raise SourceUnavailable(
                         "the record store changed while the records were being read; "
                         "the build will be retried on the new data"
                     )
-                if last is None:
-                    rel = con.sql(sql_first, params=[*select_params, *where_params])
-                else:
-                    rel = con.sql(sql_next, params=[*select_params, *where_params, last])
-                reader = rel.to_arrow_reader(batch_size)
                 started = time.monotonic()
-                exhausted = True
-                carry: pa.RecordBatch | None = None
-                for batch in reader:
-                    if batch.num_rows == 0:
-                        continue
-                    last = str(batch.column(batch.num_columns - 1)[-1].as_py())
-                    if time.monotonic() - started > self.window_seconds:
-                        # The window is over: hand this batch out after the file is released.
-                        carry = batch.drop_columns([hidden])
-                        exhausted = False
+                while start < end:
+                    stop = min(start + _SLICE_ROWS, end)
+                    rel = con.sql(sql, params=[start, stop, *where_params])
+                    reader = rel.to_arrow_reader(batch_size)
+                    for batch in reader:
+                        if batch.num_rows == 0:
+                            continue
+                        out = batch.drop_columns(["_rowid"])
+                        if time.monotonic() - started > self.window_seconds:
+                            # The window is over: hand this batch out after the file is
+                            # released and resume after its last row.
+                            carry = out
+                            last = batch.column(batch.num_columns - 1)[-1].as_py()
+                            start = int(last) + 1
+                            break
+                        yield out
+                    reader.close()
+                    reader = None
+                    if carry is not None:
                         break
-                    yield batch.drop_columns([hidden])
+                    start = stop
             except duckdb.CatalogException:
                 return
             except duckdb.Error as exc:
@@ -274,8 +333,6 @@ class DuckDBSource:
                 con.close()
             if carry is not None:
                 yield carry
-            if exhausted:
-                return
 
     def unique_values(
         self,

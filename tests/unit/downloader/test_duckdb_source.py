@@ -126,7 +126,11 @@ def test_batches_schema_and_order(store: Path) -> None:
     assert schema.field("hasImage").type == pa.bool_()
     assert schema.field("version").type == pa.int64()
     uuids = table.column("coreid").to_pylist()
-    assert uuids == sorted(uuids) and len(set(uuids)) == 218
+    # The store's row order: the same order on every read of the same data version.
+    assert uuids == [r[0] for r in sql(store, "SELECT uuid FROM records ORDER BY rowid")]
+    assert len(set(uuids)) == 218
+    again = source.batches("records", None, None, fields=["uuid"], batch_size=7)
+    assert pa.Table.from_batches(list(again)).column("coreid").to_pylist() == uuids
     assert uuids == table.column("uuid").to_pylist()
     assert table.column("dwc:nosuchTerm").null_count == 218
     assert all(b.num_rows <= 25 for b in batches)
@@ -140,7 +144,8 @@ def test_media_batches_carry_parent_uuid_first(store: Path) -> None:
     assert table.num_rows == 38
     parents = set(sql(store, 'SELECT uuid FROM records WHERE "hasMedia"'))
     assert {(c,) for c in table.column("coreid").to_pylist()} <= parents
-    assert table.column("uuid").to_pylist() == sorted(table.column("uuid").to_pylist())
+    in_store_order = [r[0] for r in sql(store, "SELECT uuid FROM mediarecords ORDER BY rowid")]
+    assert table.column("uuid").to_pylist() == in_store_order
 
 
 def test_batches_stop_when_data_changes_between_windows(tmp_path: Path) -> None:
@@ -151,6 +156,28 @@ def test_batches_stop_when_data_changes_between_windows(tmp_path: Path) -> None:
     ingest_synthetic(tmp_path, 10, seed=2)
     with pytest.raises(SourceUnavailable, match="changed"):
         list(stream)
+
+
+def test_data_version_is_cached_until_the_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest_synthetic(tmp_path, 20, seed=1)
+    source = DuckDBSource(store_path(tmp_path))
+    opens = 0
+    real_open = source._open
+
+    def counting_open(**kwargs: Any) -> Any:
+        nonlocal opens
+        opens += 1
+        return real_open(**kwargs)
+
+    monkeypatch.setattr(source, "_open", counting_open)
+    first = source.data_version()
+    assert source.data_version() == first and opens == 1
+    ingest_synthetic(tmp_path, 5, seed=2)
+    second = source.data_version()
+    assert second != first and opens == 2
+    assert source.data_version() == second and opens == 2
 
 
 def test_unique_values(store: Path) -> None:
