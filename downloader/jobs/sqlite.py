@@ -1,19 +1,25 @@
 """The embedded job store: one SQLite file (``<data_dir>/jobs.sqlite3``) in WAL mode.
 
-Every call opens its own short-lived connection, so one store object can be shared by the
-HTTP server's executor threads and handed to worker processes. ``create_or_reuse`` and
-``claim`` run inside ``BEGIN IMMEDIATE`` transactions, which take SQLite's write lock before
-reading: two identical requests at the same instant, in threads or in processes, serialise
-there and only the first creates a job.
+Each thread keeps one connection open (opening one and setting its PRAGMAs cost about
+eight times a primary-key read), so one store object can be shared by the HTTP server's
+executor threads and handed to worker processes. A connection never crosses a process
+boundary: a forked child or an unpickled copy opens its own, and leaves the parent's alone
+(closing them in the child could checkpoint or delete the parent's WAL).
+:meth:`SQLiteJobStore.close` closes every connection this process opened.
+``create_or_reuse`` and ``claim`` run inside ``BEGIN IMMEDIATE`` transactions, which take
+SQLite's write lock before reading: two identical requests at the same instant, in threads
+or in processes, serialise there and only the first creates a job.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +56,10 @@ _DATETIME_FIELDS = frozenset({"created", "started", "completed", "expires"})
 #: Fields kept in their own columns because other writers change them without rewriting the
 #: whole job (progress from the worker, addresses from new requesters, the cancel flag).
 _OUT_OF_BAND = frozenset({"records_written", "total_records", "emails"})
+
+
+#: Connections a forked child inherited from its parent, kept alive and never used.
+_INHERITED: list[sqlite3.Connection] = []
 
 
 def _now() -> datetime:
@@ -95,10 +105,49 @@ class SQLiteJobStore:
         self.path = Path(path)
         self.stale_after_seconds = stale_after_seconds
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            # WAL lets status reads proceed while a worker writes progress.
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
+        self._reset_connections()
+        conn = self._conn()
+        # WAL lets status reads proceed while a worker writes progress.
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.executescript(_SCHEMA)
+
+    def _reset_connections(self) -> None:
+        # Called at construction, after unpickling and in a forked child: forget (without
+        # closing) whatever connections the object held, so each thread opens its own.
+        inherited = getattr(self, "_open", None)
+        if inherited and getattr(self, "_pid", None) != os.getpid():
+            # A forked child: keep the parent's connections referenced so that they are
+            # never closed here (SQLite must not touch a connection across fork()).
+            _INHERITED.extend(conn for _, conn in inherited)
+        self._local = threading.local()
+        self._pid = os.getpid()
+        self._open: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        self._open_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for name in ("_local", "_pid", "_open", "_open_lock"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset_connections()
+
+    def close(self) -> None:
+        """Close every connection this process opened (at shutdown, or between tests).
+
+        The store stays usable: a later call opens a new connection for its thread. Call it
+        when no other thread is using the store.
+        """
+        if self._pid != os.getpid():
+            self._reset_connections()
+            return
+        with self._open_lock:
+            conns, self._open = self._open, []
+            self._local = threading.local()
+        for _, conn in conns:
+            conn.close()
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -106,7 +155,11 @@ class SQLiteJobStore:
         # isolation_level=None: we issue BEGIN ourselves, so the transaction boundaries are
         # exactly the ones written below. The busy timeout makes concurrent writers wait for
         # the lock instead of failing with "database is locked".
-        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        # check_same_thread=False only so close() may close every thread's connection; each
+        # connection is otherwise used by the thread that opened it.
+        conn = sqlite3.connect(
+            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA busy_timeout = 30000")
         conn.execute("PRAGMA foreign_keys = ON")
@@ -115,27 +168,67 @@ class SQLiteJobStore:
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connect()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        finally:
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use (and again after a fork)."""
+        if self._pid != os.getpid():
+            self._reset_connections()
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            me = threading.current_thread()
+            with self._open_lock:
+                # Close the connections of threads that have ended (a pool that was shut
+                # down, a test's threads); a connection is only used by its own thread.
+                ended = [c for t, c in self._open if not t.is_alive()]
+                self._open = [(t, c) for t, c in self._open if t.is_alive()]
+                self._open.append((me, conn))
+                self._local.conn = conn
+            for old in ended:
+                old.close()
+        return conn
+
+    def _discard(self, conn: sqlite3.Connection) -> None:
+        """Drop a connection left in an unknown state; the thread's next call opens anew."""
+        with self._open_lock:
+            self._open = [(t, c) for t, c in self._open if c is not conn]
+            if getattr(self._local, "conn", None) is conn:
+                self._local.conn = None
+        with suppress(sqlite3.Error):
             conn.close()
 
     @contextmanager
-    def _reader(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connect()
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error:
+            if conn.in_transaction:
+                self._discard(conn)
+            raise
         try:
             yield conn
-        finally:
-            conn.close()
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                self._discard(conn)
+            raise
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            # A failed COMMIT may leave the transaction open on a connection we keep.
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                self._discard(conn)
+            raise
+
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        # Autocommit: each SELECT is its own read transaction, ended when its rows are
+        # consumed, so a kept connection never holds an old WAL snapshot between calls.
+        yield self._conn()
 
     @staticmethod
     def _emails(conn: sqlite3.Connection, job_id: str) -> list[str]:
