@@ -227,6 +227,10 @@ def _enclose_rows(text: pa.Array, rows: np.ndarray, *, double: bool) -> pa.Array
     if not double and int(rows.sum()) == len(text) - text.null_count:
         return _concat(_QUOTE, text, _QUOTE)
     selected = pa.array(rows)
+    if not double:
+        # One pass: each value between a per-row quote that is '"' or empty.
+        quotes = pc.if_else(selected, _QUOTE, _EMPTY)
+        return pc.binary_join_element_wise(quotes, text, quotes, _EMPTY)
     part = text.filter(selected)
     if double:
         part = pc.replace_substring(part, '"', '""')
@@ -423,8 +427,37 @@ def column_cells(arr: pa.Array, delimiter: str) -> pa.Array:
     text = json_texts(arr, quote='""')
     if pa.types.is_struct(t) and t.num_fields:
         return _enclose_rows(text, arr.is_valid().to_numpy(zero_copy_only=False), double=False)
-    rows = _rows_where(text, _json_csv_special(delimiter))
+    if (pa.types.is_list(t) or pa.types.is_large_list(t)) and _is_string_like(t.value_type):
+        rows = _string_list_rows_to_enclose(arr, text, delimiter)
+    else:
+        rows = _rows_where(text, _json_csv_special(delimiter))
     return text if rows is None else _enclose_rows(text, rows, double=False)
+
+
+def _string_list_rows_to_enclose(
+    arr: pa.Array, text: pa.Array, delimiter: str
+) -> np.ndarray | None:
+    """Which JSON texts of a list-of-strings column need enclosing in quotes.
+
+    A list holding a non-null string holds a quote in its JSON text, so it is enclosed
+    without looking at the text; only lists with no such item (``[]``, ``[null, null]``,
+    rare) have their text scanned for the delimiter.
+    """
+    flat = arr.flatten()
+    lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
+    offsets = np.zeros(len(arr) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    seen = np.zeros(len(flat) + 1, dtype=np.int64)
+    np.cumsum(flat.is_valid().to_numpy(zero_copy_only=False), out=seen[1:])
+    valid = arr.is_valid().to_numpy(zero_copy_only=False)
+    rows = valid & (seen[offsets[1:]] > seen[offsets[:-1]])
+    others = valid & ~rows
+    if others.any():
+        picked = pa.array(others)
+        found = _rows_where(text.filter(picked), _json_csv_special(delimiter))
+        if found is not None:
+            rows[np.flatnonzero(others)[found]] = True
+    return rows if rows.any() else None
 
 
 def quote_text(value: str, delimiter: str) -> str:

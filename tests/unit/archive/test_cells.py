@@ -238,6 +238,24 @@ def test_string_lists_full_of_escapes_match_json_dumps(values: list[list[str]]) 
     assert cell_list(arr) == [json.dumps(v, ensure_ascii=False) for v in values]
 
 
+@pytest.mark.parametrize(
+    ("delimiter", "expected"),
+    [
+        (",", ['"[null, null]"', "[null]", "[]", "", '"[""a"", null]"', '"[""x,y""]"']),
+        ("\t", ["[null, null]", "[null]", "[]", "", '"[""a"", null]"', '"[""x,y""]"']),
+        ("l", ['"[null, null]"', '"[null]"', "[]", "", '"[""a"", null]"', '"[""x,y""]"']),
+    ],
+)
+def test_string_list_cells_are_enclosed_exactly_when_needed(
+    delimiter: str, expected: list[str]
+) -> None:
+    values = [[None, None], [None], [], None, ["a", None], ["x,y"]]
+    arr = pa.array(values, pa.list_(pa.string()))
+    rows = cells.encode_rows([pa.array(["id"] * len(values)), arr], delimiter)
+    lines = bytes(cells.row_bytes(rows)).decode("utf-8").splitlines()
+    assert [line.split(delimiter, 1)[1] for line in lines] == expected
+
+
 def test_invalid_utf8_is_reported_with_its_row() -> None:
     arr = pa.array([b"fine", b"also fine", b"\xc3\x28 broken"], pa.binary())
     with pytest.raises(cells.RowsError) as caught:
