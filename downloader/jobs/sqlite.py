@@ -56,6 +56,8 @@ _DATETIME_FIELDS = frozenset({"created", "started", "completed", "expires"})
 #: Fields kept in their own columns because other writers change them without rewriting the
 #: whole job (progress from the worker, addresses from new requesters, the cancel flag).
 _OUT_OF_BAND = frozenset({"records_written", "total_records", "emails"})
+#: Job's field names; a stored document may hold fields an older or newer version wrote.
+_JOB_FIELDS = frozenset(f.name for f in fields(Job))
 
 
 #: Connections a forked child inherited from its parent, kept alive and never used.
@@ -85,8 +87,7 @@ def _from_row(row: sqlite3.Row, emails: list[str]) -> Job:
     for name in _DATETIME_FIELDS:
         if data.get(name) is not None:
             data[name] = datetime.fromisoformat(data[name])
-    known = {f.name for f in fields(Job)}
-    data = {k: v for k, v in data.items() if k in known}
+    data = {k: v for k, v in data.items() if k in _JOB_FIELDS}
     data["records_written"] = row["records_written"]
     data["total_records"] = row["total_records"]
     data["emails"] = emails
@@ -314,8 +315,8 @@ class SQLiteJobStore:
 
     def get(self, job_id: str) -> Job | None:
         """The job, or None when no such job exists."""
-        with self._reader() as conn:
-            return self._load(conn, job_id)
+        # The status endpoint's read: this thread's connection without a context manager.
+        return self._load(self._conn(), job_id)
 
     def save(self, job: Job) -> None:
         """Write every field of ``job``. Addresses are only ever added, never removed, so a
