@@ -20,7 +20,8 @@ import json
 import os
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -88,6 +89,12 @@ def _sql_string(text: str) -> str:
 def _is_lock_error(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "lock" in text and ("could not set" in text or "conflicting" in text)
+
+
+def _nonempty(table: pa.Table, batch_size: int) -> Iterator[pa.RecordBatch]:
+    for batch in table.to_batches(max_chunksize=batch_size):
+        if batch.num_rows:
+            yield batch
 
 
 class _Missing(Exception):
@@ -273,6 +280,19 @@ class DuckDBSource:
         :class:`SourceUnavailable` if the store file changed in between (row ids are only
         stable while the file is).
         """
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-read") as pool:
+            yield from self._batches(pool, rtype, rq, mq, fields, raw_terms, batch_size)
+
+    def _batches(
+        self,
+        pool: ThreadPoolExecutor,
+        rtype: RecordType,
+        rq: dict[str, Any] | None,
+        mq: dict[str, Any] | None,
+        fields: Sequence[str],
+        raw_terms: Sequence[str],
+        batch_size: int,
+    ) -> Iterator[pa.RecordBatch]:
         outer, inner = self._select(rtype, fields, raw_terms)
         where, where_params = compile_request_where(rtype, rq, mq)
         table = _TABLE[rtype]
@@ -281,6 +301,11 @@ class DuckDBSource:
             f"SELECT {outer}, _rowid FROM (SELECT {inner}, {a}.rowid AS _rowid FROM {table} "
             f"WHERE {a}.rowid >= ? AND {a}.rowid < ? AND ({where})) ORDER BY _rowid"
         )
+
+        def fetch(con: duckdb.DuckDBPyConnection, lo: int) -> pa.Table:
+            rel = con.sql(sql, params=[lo, lo + _SLICE_ROWS, *where_params])
+            return rel.to_arrow_table()
+
         signature: tuple[Any, ...] | None = None
         version: str | None = None
         start, end = 0, 0  # the row ids to read, [start, end); end is set by the first window
@@ -289,7 +314,7 @@ class DuckDBSource:
                 con = self._open(read_config=True)
             except _Missing:
                 return
-            reader: pa.RecordBatchReader | None = None
+            pending: Future[pa.Table] | None = None
             carry: pa.RecordBatch | None = None
             try:
                 current_signature = self._signature()
@@ -306,36 +331,38 @@ class DuckDBSource:
                         "the build will be retried on the new data"
                     )
                 started = time.monotonic()
-                while start < end:
-                    stop = min(start + _SLICE_ROWS, end)
-                    rel = con.sql(sql, params=[start, stop, *where_params])
-                    reader = rel.to_arrow_reader(batch_size)
-                    for batch in reader:
-                        if batch.num_rows == 0:
-                            continue
-                        out = batch.drop_columns(["_rowid"])
-                        if time.monotonic() - started > self.window_seconds:
-                            # The window is over: hand this batch out after the file is
-                            # released and resume after its last row.
-                            carry = out
-                            last = batch.column(batch.num_columns - 1)[-1].as_py()
-                            start = int(last) + 1
-                            break
-                        yield out
-                    reader.close()
-                    reader = None
-                    if carry is not None:
+                # The next slice is read on a helper thread (DuckDB releases the GIL) while
+                # the consumer turns this one into cells: reading and writing overlap.
+                pending = pool.submit(fetch, con, start)
+                while pending is not None:
+                    table = pending.result()
+                    pending = None
+                    if time.monotonic() - started > self.window_seconds:
+                        # The window is over: hand one batch out after the file is released
+                        # and resume after its last row.
+                        first = next(_nonempty(table, batch_size), None)
+                        if first is None:
+                            start += _SLICE_ROWS
+                        else:
+                            carry = first.drop_columns(["_rowid"])
+                            start = int(first.column(first.num_columns - 1)[-1].as_py()) + 1
                         break
-                    start = stop
+                    start += _SLICE_ROWS
+                    if start < end:
+                        pending = pool.submit(fetch, con, start)
+                    for batch in _nonempty(table, batch_size):
+                        yield batch.drop_columns(["_rowid"])
+                    if start >= end:
+                        break
             except duckdb.CatalogException:
                 return
             except duckdb.Error as exc:
                 raise SourceUnavailable(f"record store query failed: {exc}") from exc
             finally:
-                # Close the stream before its connection: closing a connection under a live
-                # Arrow stream blocks.
-                if reader is not None:
-                    reader.close()
+                if pending is not None:
+                    # The consumer stopped early: let the read in flight end before closing.
+                    with suppress(Exception):
+                        pending.result()
                 con.close()
             if carry is not None:
                 yield carry
