@@ -146,7 +146,10 @@ def run_ours(
     out["peak_rss_bytes"] = run.peak_rss_bytes
     out["process_seconds"] = run.wall_seconds
     archive = out.get("archive")
-    if archive and profile is None:
-        # Measured and counted; the bytes are not needed any more (a 5M archive is large).
-        Path(archive).unlink(missing_ok=True)
+    if archive:
+        if profile is None:
+            # Measured and counted; the bytes are not needed any more (a 5M archive is large).
+            Path(archive).unlink(missing_ok=True)
+        # The results are committed: keep the file name, not where this machine put it.
+        out["archive"] = Path(archive).name
     return out
