@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,7 +11,6 @@ from typing import Any
 import pytest
 import requests
 
-from downloader.app import make_app, make_server
 from downloader.backends import Context
 from downloader.build import build_archive
 from downloader.config import load_settings
@@ -20,7 +18,7 @@ from downloader.jobs.sqlite import SQLiteJobStore
 from downloader.models import Job
 from downloader.storage.local import LocalStorage
 from notify.smtp import LogMailer
-from tests.support.smtp import free_port
+from tests.support.http import api_server
 from tests.unit.downloader.fakes import FakeSource
 
 ACER = '{"genus": "acer"}'
@@ -85,21 +83,5 @@ def api(tmp_path: Path) -> Iterator[Api]:
         dispatcher=dispatcher,
         source_factory=lambda: source,
     )
-    port = free_port()
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        server = make_server(make_app(ctx), settings)
-        server.listen(port, address="127.0.0.1")
-        loop.call_soon(ready.set)
-        loop.run_forever()
-        server.stop()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    ready.wait(30)
-    yield Api(f"http://127.0.0.1:{port}", ctx, dispatcher, mailer)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(30)
+    with api_server(ctx) as url:
+        yield Api(url, ctx, dispatcher, mailer)

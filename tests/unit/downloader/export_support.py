@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import zipfile
 from collections.abc import Callable, Iterator
@@ -16,7 +15,6 @@ import requests
 from dwca.read import DwCAReader
 
 from downloader import exports
-from downloader.app import make_app, make_server
 from downloader.backends import Context, make_source
 from downloader.build import build_archive
 from downloader.config import load_settings
@@ -25,7 +23,7 @@ from downloader.interfaces import RecordSource, Storage
 from downloader.jobs.sqlite import SQLiteJobStore
 from downloader.storage.local import LocalStorage
 from notify.smtp import LogMailer
-from tests.support.smtp import free_port
+from tests.support.http import api_server
 
 ADMIN = "admin-secret"
 DWC = "http://rs.tdwg.org/dwc/terms/"
@@ -109,28 +107,12 @@ def running_service(
         source_factory=source_factory or (lambda: make_source(settings)),
     )
     dispatcher.ctx = ctx
-    port = free_port()
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-
-    def run() -> None:
-        asyncio.set_event_loop(loop)
-        server = make_server(make_app(ctx), settings)
-        server.listen(port, address="127.0.0.1")
-        loop.call_soon(ready.set)
-        loop.run_forever()
-        server.stop()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    assert ready.wait(30)
-    try:
-        yield Service(f"http://127.0.0.1:{port}", ctx, dispatcher, mailer, tmp_path)
-    finally:
-        for worker in dispatcher.threads:
-            worker.join(60)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
+    with api_server(ctx) as url:
+        try:
+            yield Service(url, ctx, dispatcher, mailer, tmp_path)
+        finally:
+            for worker in dispatcher.threads:
+                worker.join(60)
 
 
 @dataclass
