@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from downloader.errors import SourceUnavailable
@@ -44,6 +45,10 @@ _ALIAS = {"records": "r", "mediarecords": "m"}
 # 30,720, and failed the 256 MB limit with 122,880), large enough that per-query costs stay
 # small (10,240 was the fastest of 4,096 / 10,240 / 30,720).
 _SLICE_ROWS = 10_240
+
+# Row ids whose matches a filtered stream looks up in one query (see _SlicePlan): 8 MB of
+# matching row ids at most, and one join over the other table per million rows.
+_BLOCK_ROWS = 1_048_576
 
 # Read connections of a batch stream: bounded memory, and scans that keep row order. One
 # thread: the build's writer needs the other core, and reading all columns of 1M synthetic
@@ -95,6 +100,63 @@ def _nonempty(table: pa.Table, batch_size: int) -> Iterator[pa.RecordBatch]:
     for batch in table.to_batches(max_chunksize=batch_size):
         if batch.num_rows:
             yield batch
+
+
+#: Name under which a slice's matching row ids are registered for a semi join.
+_PICKED = "_picked_rowids"
+
+
+class _SlicePlan:
+    """Which row ids each query of a filtered batch stream reads.
+
+    Without a filter a slice is the next :data:`_SLICE_ROWS` row ids. With one, the row ids
+    of the matching rows are found first, a block of :data:`_BLOCK_ROWS` row ids at a time
+    with one query (8 bytes per match held), and each slice covers the next
+    :data:`_SLICE_ROWS` matches, so a selective query reads as few slices as a full one.
+    A slice's query then re-applies a filter on its own table (cheap, pushed into the
+    scan); a filter that refers to the other table (media of records matching ``rq``,
+    records with media matching ``mq``) would cost a join over that whole table per slice,
+    so those slices are read by a semi join with their row ids instead. The row ids stay
+    valid across windows because the stream stops when the store file changes.
+    """
+
+    def __init__(
+        self, rtype: RecordType, where: str, params: Sequence[Any], *, cross: bool
+    ) -> None:
+        self.end = 0  # one past the largest row id, set when the stream starts
+        self._filtered = where.strip() != "TRUE"
+        self._cross = cross
+        table, a = _TABLE[rtype], _ALIAS[rtype]
+        self._select = (
+            f"SELECT {a}.rowid AS rid FROM {table} "
+            f"WHERE {a}.rowid >= ? AND {a}.rowid < ? AND ({where}) ORDER BY rid"
+        )
+        self._params = list(params)
+        self._block: tuple[int, int, np.ndarray] = (0, 0, np.zeros(0, dtype=np.int64))
+
+    def next_slice(
+        self, con: duckdb.DuckDBPyConnection, pos: int
+    ) -> tuple[int, int, np.ndarray | None] | None:
+        """``(lo, hi, picked)``: the next slice's row ids ``[lo, hi)`` from ``pos``, with
+        the matching row ids to semi-join with when the filter refers to the other table
+        (else None); None when no row is left."""
+        if not self._filtered:
+            return (pos, min(pos + _SLICE_ROWS, self.end), None) if pos < self.end else None
+        while pos < self.end:
+            lo, hi, rids = self._block
+            if not lo <= pos < hi:
+                lo, hi = pos, min(pos + _BLOCK_ROWS, self.end)
+                found = con.sql(self._select, params=[lo, hi, *self._params]).fetchnumpy()
+                rids = np.asarray(found["rid"], dtype=np.int64)
+                self._block = (lo, hi, rids)
+            first = int(np.searchsorted(rids, pos))
+            part = rids[first : first + _SLICE_ROWS]
+            if part.size == 0:
+                pos = hi
+                continue
+            stop = hi if first + _SLICE_ROWS >= rids.size else int(part[-1]) + 1
+            return pos, stop, (part if self._cross else None)
+        return None
 
 
 class _Missing(Exception):
@@ -273,9 +335,10 @@ class DuckDBSource:
         """Matching documents as Arrow batches in the store's row order (see
         ``RecordSource``): the same rows in the same order for the same data version.
 
-        Rows are read in slices of ``_SLICE_ROWS`` row ids (DuckDB skips the data outside a
-        slice), each slice sorted by row id on its own, so memory stays flat
-        whatever the result size and no query sorts the whole result. The connection is
+        Rows are read in slices of at most ``_SLICE_ROWS`` rows (DuckDB skips the data
+        outside a slice's row id range; see :class:`_SlicePlan`), each slice sorted by row id
+        on its own, so memory stays flat whatever the result size and no query sorts the
+        whole result. The connection is
         released every ``window_seconds`` and the stream resumes at the next slice;
         :class:`SourceUnavailable` if the store file changed in between (row ids are only
         stable while the file is).
@@ -295,27 +358,42 @@ class DuckDBSource:
     ) -> Iterator[pa.RecordBatch]:
         outer, inner = self._select(rtype, fields, raw_terms)
         where, where_params = compile_request_where(rtype, rq, mq)
-        table = _TABLE[rtype]
-        a = _ALIAS[rtype]
-        sql = (
-            f"SELECT {outer}, _rowid FROM (SELECT {inner}, {a}.rowid AS _rowid FROM {table} "
-            f"WHERE {a}.rowid >= ? AND {a}.rowid < ? AND ({where})) ORDER BY _rowid"
+        # compile_request_where joins the other table exactly in these cases.
+        cross = mq is not None if rtype == "records" else rq is not None
+        plan = _SlicePlan(rtype, where, where_params, cross=cross)
+        table, a = _TABLE[rtype], _ALIAS[rtype]
+        head = f"SELECT {outer}, _rowid FROM (SELECT {inner}, {a}.rowid AS _rowid FROM {table}"
+        range_sql = f"{head} WHERE {a}.rowid >= ? AND {a}.rowid < ? AND ({where})) ORDER BY _rowid"
+        picked_sql = (
+            f"{head} SEMI JOIN {_PICKED} ON {a}.rowid = {_PICKED}.rid "
+            f"WHERE {a}.rowid >= ? AND {a}.rowid < ?) ORDER BY _rowid"
         )
 
-        def fetch(con: duckdb.DuckDBPyConnection, lo: int) -> pa.Table:
-            rel = con.sql(sql, params=[lo, lo + _SLICE_ROWS, *where_params])
-            return rel.to_arrow_table()
+        def fetch(con: duckdb.DuckDBPyConnection, pos: int) -> tuple[pa.Table | None, int]:
+            """The next slice's rows from row id ``pos`` and the row id after the slice
+            (``None`` and the end when no row is left)."""
+            planned = plan.next_slice(con, pos)
+            if planned is None:
+                return None, plan.end
+            lo, hi, picked = planned
+            if picked is None:
+                return con.sql(range_sql, params=[lo, hi, *where_params]).to_arrow_table(), hi
+            con.register(_PICKED, pa.table({"rid": picked}))
+            try:
+                return con.sql(picked_sql, params=[lo, hi]).to_arrow_table(), hi
+            finally:
+                con.unregister(_PICKED)
 
         signature: tuple[Any, ...] | None = None
         version: str | None = None
-        start, end = 0, 0  # the row ids to read, [start, end); end is set by the first window
-        while version is None or start < end:
+        pos = 0  # every row id below this has been handed out (or does not match)
+        while version is None or pos < plan.end:
             try:
                 con = self._open(read_config=True)
             except _Missing:
                 return
-            pending: Future[pa.Table] | None = None
-            carry: pa.RecordBatch | None = None
+            pending: Future[tuple[pa.Table | None, int]] | None = None
+            carry: pa.Table | None = None
             try:
                 current_signature = self._signature()
                 current_version = self._read_version(con)
@@ -324,7 +402,7 @@ class DuckDBSource:
                     top = con.execute(f"SELECT max(rowid) FROM {table}").fetchall()
                     if not top or top[0][0] is None:
                         return
-                    end = int(top[0][0]) + 1
+                    plan.end = int(top[0][0]) + 1
                 elif current_version != version or current_signature != signature:
                     raise SourceUnavailable(
                         "the record store changed while the records were being read; "
@@ -333,27 +411,21 @@ class DuckDBSource:
                 started = time.monotonic()
                 # The next slice is read on a helper thread (DuckDB releases the GIL) while
                 # the consumer turns this one into cells: reading and writing overlap.
-                pending = pool.submit(fetch, con, start)
+                pending = pool.submit(fetch, con, pos)
                 while pending is not None:
-                    table = pending.result()
+                    rows, pos = pending.result()
                     pending = None
+                    if rows is None:
+                        break
                     if time.monotonic() - started > self.window_seconds:
-                        # The window is over: hand one batch out after the file is released
-                        # and resume after its last row.
-                        first = next(_nonempty(table, batch_size), None)
-                        if first is None:
-                            start += _SLICE_ROWS
-                        else:
-                            carry = first.drop_columns(["_rowid"])
-                            start = int(first.column(first.num_columns - 1)[-1].as_py()) + 1
+                        # The window is over: hand this slice out after the file is
+                        # released; the next window resumes after it.
+                        carry = rows
                         break
-                    start += _SLICE_ROWS
-                    if start < end:
-                        pending = pool.submit(fetch, con, start)
-                    for batch in _nonempty(table, batch_size):
+                    if pos < plan.end:
+                        pending = pool.submit(fetch, con, pos)
+                    for batch in _nonempty(rows, batch_size):
                         yield batch.drop_columns(["_rowid"])
-                    if start >= end:
-                        break
             except duckdb.CatalogException:
                 return
             except duckdb.Error as exc:
@@ -365,7 +437,8 @@ class DuckDBSource:
                         pending.result()
                 con.close()
             if carry is not None:
-                yield carry
+                for batch in _nonempty(carry, batch_size):
+                    yield batch.drop_columns(["_rowid"])
 
     def unique_values(
         self,
