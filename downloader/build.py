@@ -11,12 +11,13 @@ truncated archive never becomes visible.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -101,6 +102,32 @@ class _Plan:
     recordsets: dict[str, int]
 
 
+def _readers(
+    src: RecordSource,
+    rtype: RecordType,
+    rq: dict[str, Any] | None,
+    mq: dict[str, Any] | None,
+    reads: Sequence[tuple[list[str], list[str]]],
+    batch_size: int,
+) -> list[Callable[[], Iterable[pa.RecordBatch]]]:
+    """One batches factory per ``(fields, raw_terms)`` read of the same documents. A source
+    that can serve several such reads from one pass (``shared_batches``: the search cluster,
+    where every pass sends each document over HTTP as JSON) does; otherwise each factory
+    reads on its own."""
+    shared = getattr(src, "shared_batches", None)
+    if shared is not None and len(reads) > 1:
+        factories: list[Callable[[], Iterable[pa.RecordBatch]]] = shared(
+            rtype, rq, mq, reads, batch_size=batch_size
+        )
+        return factories
+    return [
+        functools.partial(
+            src.batches, rtype, rq, mq, fields=fields, raw_terms=terms, batch_size=batch_size
+        )
+        for fields, terms in reads
+    ]
+
+
 def _type_files(
     src: RecordSource,
     rtype: RecordType,
@@ -123,50 +150,44 @@ def _type_files(
     row_type = dwca.OCCURRENCE if rtype == "records" else dwca.MULTIMEDIA
     batch_size = request.get("_batch_size", 10_000)
 
+    # What each file reads: (index fields, verbatim terms). Media records as the core need
+    # their own uuid for the id column: fetched at the end (and dropped) when the field list
+    # does not name it, copied from its own column when it does.
+    fields_ = list(index_fields)
+    listed_uuid = "uuid" in fields_
+    fetch = fields_ if listed_uuid or not own_id else [*fields_, "uuid"]
+    terms = list(raw_terms)
+    reads: list[tuple[list[str], list[str]]] = []
+    if fields_:
+        reads.append((fetch, []))
+    if terms:
+        reads.append((["uuid"] if own_id else [], terms))
+    readers = _readers(src, rtype, rq, mq, reads, batch_size)
+
     indexed: DataFile | None = None
-    if index_fields:
-        fields_ = list(index_fields)
+    if fields_:
+        read_indexed = readers[0]
         columns = dwca.index_columns(rtype, fields_)
-        if own_id:
-            # The media uuid becomes the id column: fetched at the end (and dropped) when the
-            # field list does not name it, copied from its own column when it does.
-            listed_uuid = "uuid" in fields_
-            fetch = fields_ if listed_uuid else [*fields_, "uuid"]
-            position = 1 + fetch.index("uuid")
+        position = 1 + fetch.index("uuid") if own_id else 0
 
-            def make_indexed() -> Iterable[pa.RecordBatch]:
-                return _media_ids(
-                    src.batches(rtype, rq, mq, fields=fetch, batch_size=batch_size),
-                    position,
-                    drop=not listed_uuid,
-                )
-        else:
-
-            def make_indexed() -> Iterable[pa.RecordBatch]:
-                return src.batches(rtype, rq, mq, fields=fields_, batch_size=batch_size)
+        def make_indexed() -> Iterable[pa.RecordBatch]:
+            if own_id:
+                return _media_ids(read_indexed(), position, drop=not listed_uuid)
+            return read_indexed()
 
         indexed = DataFile(
             dwca.data_file_name(rtype, form=form), row_type, columns, make_indexed, kind=rtype
         )
 
     raw: DataFile | None = None
-    if raw_terms:
-        terms = list(raw_terms)
+    if terms:
+        read_raw = readers[-1]
         raw_cols: list[Column] = dwca.raw_columns(terms)
-        if own_id:
 
-            def make_raw() -> Iterable[pa.RecordBatch]:
-                return _media_ids(
-                    src.batches(
-                        rtype, rq, mq, fields=["uuid"], raw_terms=terms, batch_size=batch_size
-                    ),
-                    1,
-                    drop=True,
-                )
-        else:
-
-            def make_raw() -> Iterable[pa.RecordBatch]:
-                return src.batches(rtype, rq, mq, raw_terms=terms, batch_size=batch_size)
+        def make_raw() -> Iterable[pa.RecordBatch]:
+            if own_id:
+                return _media_ids(read_raw(), 1, drop=True)
+            return read_raw()
 
         raw = DataFile(
             dwca.data_file_name(rtype, raw=True, form=form),

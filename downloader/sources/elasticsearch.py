@@ -20,24 +20,25 @@ Indices (``<p>`` is ``elasticsearch_index_prefix``):
   document per record or media record that a push of its recordset removed (``uuid``,
   ``rtype``, ``recordset``, ``deleted``), so incremental-sync downloads get ``deleted.csv``.
 
-Paging: ``search_after`` sorted on ``uuid`` (unique, so no further tiebreak is needed) inside
-a point-in-time when the cluster has one (Elasticsearch >= 7.10: ``_pit``; OpenSearch >= 2.4:
-``_search/point_in_time``), plain ``search_after`` otherwise. Unlike a scroll it keeps no
-server context between pages beyond the PIT (closed in ``finally``), is safe for any number
-of hits and gives a stable order. The next page is fetched on a second thread while the
-caller encodes the current one, which is where the second core pays off; sliced scrolls
-were not used because they give up the stable order the archive needs.
+Paging: a scroll sorted on ``uuid`` (unique, so no further tiebreak is needed; the order is
+the same for the same data, whichever copy of a shard answers). The scroll's search context
+keeps the snapshot and its place in the sorted hits, so each page continues where the last
+one stopped; ``search_after`` inside a point in time, used before, searches and sorts again
+for every page, which on osmem-server is a pass over the whole index per page (a read grew
+with the square of its size: at 200,000 records 3.6 times a scroll in index order). A scroll
+sorted by ``_doc`` was not used: that order is the index's internal order, which changes with
+merges, replicas and re-ingests, and is not uuid order. The scroll is cleared in ``finally``.
+The next page is fetched and converted on a second thread while the caller encodes the
+current one, which is where the second core pays off.
 
-A scroll sorted by ``_doc`` is cheaper for the cluster (no sort; on osmem-server a 20,000
-record read took 5.7 s against 8.4 s for the PIT read, 3.6x at 200,000 in the benchmark) and
-repeats its order for an unchanged index on one copy of each shard, but that order is the
-index's internal order: it changes with merges, with which replica answers and with every
-re-ingest, and it is not uuid order. The batch contract (``docs/architecture.md``) promises
-batches sorted by the link field then uuid, which the rq+mq chunking and the tests rely on,
-so the read stays ``search_after`` on ``uuid``.
+Reads ask for the whole ``_source`` unless they name only a few fields (see
+:data:`NARROW_SOURCE`): filtering ``_source`` makes the cluster rewrite every document. An
+archive's indexed and verbatim files of one record type are one pass over the cluster
+(:meth:`ElasticsearchSource.shared_batches`), the second file replayed from a temporary
+Arrow file.
 
 Converting a page (:func:`hits_to_batch`) is one Arrow conversion of the whole page plus
-one per list or point column, so the prefetched read, not the conversion, sets the pace.
+one per list or point column.
 
 rq + mq (``docs/architecture.md``): media documents carry ``coreid``. For media with an
 ``rq``, the uuids of matching records are enumerated in sorted chunks (a composite
@@ -50,15 +51,16 @@ is denormalised, so a record's re-ingest never has to touch its media.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 from elastic_transport import HttpHeaders, TransportError, Urllib3HttpNode
@@ -83,6 +85,8 @@ MAX_PAGE = 10_000
 #: Buckets per composite-aggregation page.
 COMPOSITE_PAGE = 1_000
 KEEP_ALIVE = "5m"
+#: recordset_counts answers a source keeps (for the data version they were counted in).
+KEPT_TALLIES = 16
 META_ID = "store"
 
 ARROW_TYPES: dict[str, pa.DataType] = {
@@ -373,6 +377,153 @@ def hits_to_batch(
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
+#: A read naming at most this many fields, and no verbatim terms, asks the cluster for just
+#: those fields; a wider read takes each document's whole ``_source``. Filtering ``_source``
+#: makes the cluster parse and write every document again (on osmem-server a read of all
+#: record fields took seven times as long as a read of whole documents), while a whole
+#: ``_source`` goes out as stored; the bytes not asked for (the ``fulltext`` tokens, fields
+#: another file wants) cost less than that. :func:`hits_to_batch` picks its columns from
+#: either.
+NARROW_SOURCE = 8
+
+
+def _source_filter(
+    rtype: RecordType, reads: Sequence[tuple[Sequence[str], Sequence[str]]]
+) -> list[str] | bool:
+    """The ``_source`` parameter for ``reads`` (``(fields, raw_terms)`` each) of ``rtype``."""
+    names = {"uuid", "coreid" if rtype == "mediarecords" else "uuid"}
+    for wanted, terms in reads:
+        names.update(wanted)
+        if terms:
+            names.add("data")
+    if "data" in names or len(names) > NARROW_SOURCE:
+        return True
+    return sorted(names)
+
+
+def _page_size(batch_size: int) -> int:
+    return max(1, min(batch_size, MAX_PAGE))
+
+
+def _ipc_options() -> pa.ipc.IpcWriteOptions:
+    return pa.ipc.IpcWriteOptions(compression="lz4" if pa.Codec.is_available("lz4") else None)
+
+
+class _Spool:
+    """Record batches kept in an unnamed temporary file (an Arrow IPC stream, lz4-compressed
+    when this pyarrow has lz4) until they are replayed once. A batch whose schema differs
+    from the first one's makes the spool unusable (:meth:`finish` gives False) rather than
+    failing the read: the caller then reads the cluster again."""
+
+    def __init__(self) -> None:
+        # Kept open across calls; closed by replay() or discard().
+        self.file: IO[bytes] | None = tempfile.TemporaryFile()  # noqa: SIM115
+        self.writer: pa.ipc.RecordBatchStreamWriter | None = None
+        self.usable = True
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if not self.usable or self.file is None:
+            return
+        try:
+            if self.writer is None:
+                self.writer = pa.ipc.new_stream(self.file, batch.schema, options=_ipc_options())
+            self.writer.write_batch(batch)
+        except ValueError:  # pa.ArrowInvalid: another schema
+            self.usable = False
+
+    def finish(self) -> bool:
+        """Close the writing side; whether the spool can be replayed."""
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except ValueError:
+                self.usable = False
+            self.writer = None
+        if not self.usable:
+            self.discard()
+        return self.usable
+
+    def discard(self) -> None:
+        self.usable = False
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def replay(self) -> Iterator[pa.RecordBatch]:
+        """The batches written, in order; the file is gone afterwards."""
+        file, self.file = self.file, None
+        if file is None:
+            return
+        with file:
+            if file.tell() == 0:  # nothing was written: no batches
+                return
+            file.seek(0)
+            yield from pa.ipc.open_stream(file)
+
+
+class _SharedRead:
+    """The reads of one :meth:`ElasticsearchSource.shared_batches` call."""
+
+    def __init__(
+        self,
+        source: ElasticsearchSource,
+        rtype: RecordType,
+        rq: dict[str, Any] | None,
+        mq: dict[str, Any] | None,
+        reads: Sequence[tuple[Sequence[str], Sequence[str]]],
+        batch_size: int,
+    ) -> None:
+        self.source, self.rtype, self.rq, self.mq = source, rtype, rq, mq
+        self.reads = [(list(fields), list(terms)) for fields, terms in reads]
+        self.batch_size = batch_size
+        self.spools: dict[int, _Spool] = {}
+        self.led = False
+
+    def read(self, i: int) -> Iterator[pa.RecordBatch]:
+        """The batches of read ``i``."""
+        spool = self.spools.pop(i, None)
+        if spool is not None:
+            yield from spool.replay()
+        elif i == 0 and not self.led:
+            self.led = True
+            yield from self._lead()
+        else:
+            fields, terms = self.reads[i]
+            yield from self.source.batches(
+                self.rtype,
+                self.rq,
+                self.mq,
+                fields=fields,
+                raw_terms=terms,
+                batch_size=self.batch_size,
+            )
+
+    def _lead(self) -> Iterator[pa.RecordBatch]:
+        """Read 0 from the cluster, spooling the other reads' batches of every page (both
+        on the page thread)."""
+        rtype, reads = self.rtype, self.reads
+        spools = {j: _Spool() for j in range(1, len(reads))}
+
+        def convert(page: list[dict[str, Any]]) -> pa.RecordBatch:
+            for j, spool in spools.items():
+                spool.write(hits_to_batch(rtype, page, *reads[j]))
+            return hits_to_batch(rtype, page, *reads[0])
+
+        finished = False
+        try:
+            source = _source_filter(rtype, reads)
+            size = _page_size(self.batch_size)
+            for plan in self.source._plans(rtype, self.rq, self.mq):
+                yield from self.source._pages(rtype, plan, source, size, convert)
+            finished = True
+        finally:
+            for j, spool in spools.items():
+                if finished and spool.finish():
+                    self.spools[j] = spool
+                else:
+                    spool.discard()
+
+
 @dataclasses.dataclass(frozen=True)
 class DeletedDocument:
     """One entry of the deletion log (a :class:`~downloader.interfaces.Deletion`)."""
@@ -422,6 +573,8 @@ class ElasticsearchSource:
         self.timeout = timeout
         self.id_chunk = id_chunk
         self.es = client if client is not None else make_client(urls, timeout=timeout)
+        #: recordset_counts answers: (rtype, rq and mq as JSON) -> (data version, counts).
+        self._tallies: dict[tuple[str, str], tuple[str, dict[str, int]]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ElasticsearchSource:
@@ -450,53 +603,6 @@ class ElasticsearchSource:
     def deleted_index(self) -> str:
         """The deletion log: documents that pushes of their recordset removed."""
         return f"{self.index_prefix}deleted"
-
-    # --- cluster capabilities ------------------------------------------------------------
-
-    @cached_property
-    def _flavour(self) -> tuple[str, tuple[int, ...]]:
-        info = _call("asking the cluster for its version", self.es.info)
-        version = info.get("version", {})
-        number = tuple(
-            int(p) for p in str(version.get("number", "0")).split(".")[:2] if p.isdigit()
-        )
-        return str(version.get("distribution") or "elasticsearch"), number
-
-    def _open_pit(self, index: str) -> str | None:
-        distribution, version = self._flavour
-        try:
-            if distribution == "opensearch":
-                if version < (2, 4):
-                    return None
-                answer = self.es.perform_request(
-                    "POST",
-                    f"/{index}/_search/point_in_time",
-                    params={"keep_alive": KEEP_ALIVE},
-                    headers={"accept": "application/json"},
-                )
-                return str(answer["pit_id"])
-            if version < (7, 10):
-                return None
-            return str(self.es.open_point_in_time(index=index, keep_alive=KEEP_ALIVE)["id"])
-        except (ApiError, TransportError) as exc:
-            raise _translate(exc, f"opening a point in time on {index}") from exc
-
-    def _close_pit(self, pit_id: str) -> None:
-        distribution, _ = self._flavour
-        try:
-            if distribution == "opensearch":
-                self.es.perform_request(
-                    "DELETE",
-                    "/_search/point_in_time",
-                    body={"pit_id": [pit_id]},
-                    headers={"accept": "application/json", "content-type": "application/json"},
-                )
-            else:
-                self.es.close_point_in_time(id=pit_id)
-        except (ApiError, TransportError):
-            # The PIT expires by itself after KEEP_ALIVE; failing to close it early must not
-            # fail a build that has already written its archive.
-            log.warning("could not close point in time", exc_info=True)
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -604,7 +710,28 @@ class ElasticsearchSource:
     def recordset_counts(
         self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
     ) -> dict[str, int]:
-        """Matching documents per recordset: a composite aggregation, no hits fetched."""
+        """Matching documents per recordset: a composite aggregation, no hits fetched.
+
+        A build asks twice for each record type (for :meth:`raw_terms` and for the
+        citations), and an aggregation visits every matching document, so the answer is
+        kept for the current data version (a few answers per source)."""
+        key = (rtype, json.dumps([rq, mq], sort_keys=True, default=str))
+        version = self.data_version()
+        kept = self._tallies.get(key)
+        if kept is not None and kept[0] == version:
+            return dict(kept[1])
+        counts = self._recordset_counts(rtype, rq, mq)
+        if version == "0":  # no meta document: nothing tells when the data changes
+            return counts
+        self._tallies.pop(key, None)
+        self._tallies[key] = (version, counts)
+        while len(self._tallies) > KEPT_TALLIES:
+            del self._tallies[next(iter(self._tallies))]
+        return dict(counts)
+
+    def _recordset_counts(
+        self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+    ) -> dict[str, int]:
         counts: dict[str, int] = {}
         for plan in self._plans(rtype, rq, mq):
             for value, n in self._composite_counts(rtype, plan, "recordset"):
@@ -642,55 +769,100 @@ class ElasticsearchSource:
         raw_terms: Sequence[str] = (),
         batch_size: int = 10_000,
     ) -> Iterator[pa.RecordBatch]:
-        """Matching documents as Arrow batches, sorted by the link field then uuid."""
-        size = max(1, min(batch_size, MAX_PAGE))
-        link = "coreid" if rtype == "mediarecords" else "uuid"
-        source = sorted({"uuid", link, *fields} | ({"data"} if raw_terms else set()))
+        """Matching documents as Arrow batches, sorted by uuid within each plan (see
+        :meth:`_plans`)."""
+        fields, raw_terms = list(fields), list(raw_terms)
+        source = _source_filter(rtype, [(fields, raw_terms)])
+
+        def convert(page: list[dict[str, Any]]) -> pa.RecordBatch:
+            return hits_to_batch(rtype, page, fields, raw_terms)
+
         for plan in self._plans(rtype, rq, mq):
-            for page in self._pages(rtype, plan, source, size):
-                yield hits_to_batch(rtype, page, fields, raw_terms)
+            yield from self._pages(rtype, plan, source, _page_size(batch_size), convert)
+
+    def shared_batches(
+        self,
+        rtype: RecordType,
+        rq: dict[str, Any] | None,
+        mq: dict[str, Any] | None,
+        reads: Sequence[tuple[Sequence[str], Sequence[str]]],
+        *,
+        batch_size: int = 10_000,
+    ) -> list[Callable[[], Iterator[pa.RecordBatch]]]:
+        """Several reads of the same documents from one pass over the cluster: one batches
+        factory per ``(fields, raw_terms)`` in ``reads``, each giving what :meth:`batches`
+        gives for them.
+
+        The first factory reads the cluster and yields its own batches while it writes the
+        others' to temporary Arrow files; the other factories replay those files. A factory
+        used before the first one finished its pass (or used a second time) reads the
+        cluster on its own, so any order of use gives the same batches. An archive's indexed
+        and verbatim files of one record type are two reads of the same documents: this
+        halves the documents the cluster sends and the JSON decoded here, and both files
+        come from the same snapshot.
+        """
+        shared = _SharedRead(self, rtype, rq, mq, reads, batch_size)
+        return [functools.partial(shared.read, i) for i in range(len(reads))]
 
     def _pages(
-        self, rtype: RecordType, query: dict[str, Any], source: list[str], size: int
-    ) -> Iterator[list[dict[str, Any]]]:
-        """``_source`` of matching documents, page by page, the next page fetched while the
-        caller works on the current one. The point in time is closed however this ends."""
-        index = self.index(rtype)
-        pit = self._open_pit(index)
-        state = {"pit": pit}
+        self,
+        rtype: RecordType,
+        query: dict[str, Any],
+        source: list[str] | bool,
+        size: int,
+        convert: Callable[[list[dict[str, Any]]], T],
+    ) -> Iterator[T]:
+        """``convert`` of the ``_source`` of matching documents, page by page in uuid order.
 
-        def fetch(after: list[Any] | None) -> list[dict[str, Any]]:
-            body: dict[str, Any] = {
-                "query": query,
-                "size": size,
-                "sort": [{"uuid": "asc"}],
-                "_source": source,
-                "track_total_hits": False,
-            }
-            if after is not None:
-                body["search_after"] = after
-            if state["pit"]:
-                body["pit"] = {"id": state["pit"], "keep_alive": KEEP_ALIVE}
-                answer = _call(f"reading {rtype}", self.es.search, body=body)
-                state["pit"] = answer.get("pit_id", state["pit"])
+        A scroll sorted on ``uuid``: the cluster sorts the matching documents once when the
+        scroll opens and keeps its place, where ``search_after`` searches and sorts again
+        for every page (on osmem-server that is a pass over the whole index per page, so a
+        read grew with the square of its size). The next page is fetched and converted on a
+        second thread while the caller works on the current one. The scroll is cleared
+        however this ends."""
+        index = self.index(rtype)
+        what = f"reading {rtype}"
+        body: dict[str, Any] = {
+            "query": query,
+            "size": size,
+            "sort": [{"uuid": "asc"}],
+            "_source": source,
+        }
+        state: dict[str, str | None] = {"scroll": None}
+
+        def fetch() -> tuple[int, T | None]:  # on the page thread, one call at a time
+            scroll_id = state["scroll"]
+            if scroll_id is None:
+                answer = _call(what, self.es.search, index=index, body=body, scroll=KEEP_ALIVE)
             else:
-                answer = _call(f"reading {rtype}", self.es.search, index=index, body=body)
-            return list(answer["hits"]["hits"])
+                answer = _call(what, self.es.scroll, scroll_id=scroll_id, scroll=KEEP_ALIVE)
+            state["scroll"] = answer.get("_scroll_id") or scroll_id
+            hits = answer["hits"]["hits"]
+            if not hits:
+                return 0, None
+            return len(hits), convert([h["_source"] for h in hits])
 
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="es-page")
         try:
-            pending: Future[list[dict[str, Any]]] | None = pool.submit(fetch, None)
+            pending: Future[tuple[int, T | None]] | None = pool.submit(fetch)
             while pending is not None:
-                hits = pending.result()
-                pending = None
-                if len(hits) == size:
-                    pending = pool.submit(fetch, hits[-1]["sort"])
-                if hits:
-                    yield [h["_source"] for h in hits]
+                n, converted = pending.result()
+                # A scroll ends with an empty page.
+                pending = pool.submit(fetch) if n else None
+                if converted is not None:
+                    yield converted
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-            if state["pit"]:
-                self._close_pit(str(state["pit"]))
+            if state["scroll"]:
+                self._clear_scroll(state["scroll"])
+
+    def _clear_scroll(self, scroll_id: str) -> None:
+        try:
+            self.es.clear_scroll(scroll_id=scroll_id)
+        except (ApiError, TransportError):
+            # The scroll expires by itself after KEEP_ALIVE; failing to clear it early must
+            # not fail a build that has already written its archive.
+            log.warning("could not clear a scroll", exc_info=True)
 
     def unique_values(
         self,

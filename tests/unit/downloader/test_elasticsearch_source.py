@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import pyarrow as pa
 import pytest
+from elasticsearch import NotFoundError
 
 from downloader.errors import SourceUnavailable
 from downloader.ingest import ingest_archive, ingest_synthetic, store_path
@@ -173,23 +174,76 @@ def test_unique_values_by_composite_aggregation(es_source: ElasticsearchSource) 
     )
 
 
-def test_points_in_time_are_closed_even_when_the_reader_stops_early(
-    es_source: ElasticsearchSource,
+def test_scrolls_are_cleared_even_when_the_reader_stops_early(
+    es_source: ElasticsearchSource, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def open_pits() -> list[Any]:
-        answer = es_source.es.perform_request(
-            "GET", "/_search/point_in_time/_all", headers={"accept": "application/json"}
-        )
-        return list(answer.body.get("pits", []))
+    client = es_source.es
+    opened: list[str] = []
+    real_search = client.search
 
+    def search(*args: Any, **kwargs: Any) -> Any:
+        answer = real_search(*args, **kwargs)
+        if "_scroll_id" in answer:
+            opened.append(answer["_scroll_id"])
+        return answer
+
+    monkeypatch.setattr(client, "search", search)
     batches = cast(
         Generator[pa.RecordBatch, None, None],
         es_source.batches("records", None, None, fields=["uuid"], batch_size=10),
     )
     next(batches)
-    assert len(open_pits()) == 1
-    batches.close()  # runs the generator's finally: the PIT is released
-    assert open_pits() == []
+    assert len(opened) == 1
+    client.scroll(scroll_id=opened[0], scroll="1m")  # still open
+    batches.close()  # runs the generator's finally: the scroll is released
+    with pytest.raises(NotFoundError):
+        client.scroll(scroll_id=opened[0], scroll="1m")
+
+
+@pytest.mark.parametrize(
+    ("rtype", "rq", "mq"),
+    [
+        ("records", None, None),
+        ("records", {"genus": "acer"}, {"format": "image/jpeg"}),
+        ("mediarecords", {"genus": "acer"}, None),
+    ],
+)
+def test_shared_reads_give_what_separate_reads_give(
+    es_source: ElasticsearchSource,
+    monkeypatch: pytest.MonkeyPatch,
+    rtype: RecordType,
+    rq: dict[str, Any] | None,
+    mq: dict[str, Any] | None,
+) -> None:
+    rqn = q("records", rq) if rq else None
+    mqn = q("mediarecords", mq) if mq else None
+    terms = es_source.raw_terms(rtype, rqn, mqn)
+    index_fields = ["uuid", "recordset", "datecollected", "geopoint"]
+    if rtype == "mediarecords":
+        index_fields = ["uuid", "format", "accessuri"]
+    reads: list[tuple[list[str], list[str]]] = [(index_fields, []), (["uuid"], terms)]
+
+    def table(batches: Iterator[pa.RecordBatch]) -> pa.Table:
+        return pa.Table.from_batches(list(batches))
+
+    separate = [
+        table(es_source.batches(rtype, rqn, mqn, fields=f, raw_terms=t, batch_size=70))
+        for f, t in reads
+    ]
+    assert separate[0].num_rows == es_source.count(rtype, rqn, mqn) > 0
+    # In order: the second read replays what the first one spooled.
+    first, second = es_source.shared_batches(rtype, rqn, mqn, reads, batch_size=70)
+    assert table(first()).equals(separate[0])
+    with monkeypatch.context() as patch:
+        patch.setattr(es_source, "_pages", None)  # the replay does not read the cluster
+        assert table(second()).equals(separate[1])
+    # The first abandoned, or out of order: each read goes to the cluster itself.
+    first, second = es_source.shared_batches(rtype, rqn, mqn, reads, batch_size=70)
+    started = cast(Generator[pa.RecordBatch, None, None], first())
+    next(started)
+    started.close()
+    assert table(second()).equals(separate[1])
+    assert table(first()).equals(separate[0])
 
 
 def test_unreachable_cluster_is_transient() -> None:
