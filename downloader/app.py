@@ -56,6 +56,7 @@ def make_app(ctx: Context, *, executor: Executor | None = None) -> tornado.web.A
     args: dict[str, Any] = {
         "ctx": ctx,
         "executor": executor or ThreadPoolExecutor(16, thread_name_prefix="downloader-http"),
+        "status_cache": service.StatusCache(),
     }
     routes: list[Any] = [
         *export_handlers.routes(args),  # recordset exports, /v1/jobs, cancel

@@ -8,11 +8,14 @@ HTTP codes in one place.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
 import secrets
+import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -285,6 +288,112 @@ def load_job(ctx: Context, job_id: str) -> Job:
 def get_status(ctx: Context, job_id: str, *, base_url: str) -> dict[str, Any]:
     """The status JSON of one job."""
     return status_document(ctx, load_job(ctx, job_id), base_url)
+
+
+#: ``json.dumps(doc, sort_keys=True, default=str)`` without building an encoder per call
+#: (the handlers' ``write_json`` encodes the same way).
+_JSON = json.JSONEncoder(sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class RenderedStatus:
+    """A status response as sent: the UTF-8 body (JSON and a newline) and its ETag, the
+    one Tornado would compute from those bytes (``"<sha1 hex>"``)."""
+
+    body: bytes
+    etag: str
+
+
+def render_status(doc: Mapping[str, Any]) -> RenderedStatus:
+    """``doc`` as the status endpoint sends it."""
+    body = (_JSON.encode(doc) + "\n").encode("utf-8")
+    return RenderedStatus(body, f'"{hashlib.sha1(body).hexdigest()}"')
+
+
+class StatusCache:
+    """Rendered status responses, one per job id and base URL, each kept with the version
+    of the stored job it was rendered from (see ``get_if_changed`` on the job stores).
+
+    An entry is only ever used after the store has confirmed, in the same request, that the
+    job's stored version is still the one it was rendered from: a status is never staler
+    than the store. The cache only saves rebuilding the ``Job``, the status document and
+    its JSON while a job does not change (which is most polls). Bounded: the oldest entries
+    are dropped first.
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._entries: dict[tuple[str, str], tuple[Hashable, RenderedStatus]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, job_id: str, base_url: str) -> tuple[Hashable, RenderedStatus] | None:
+        """The version and response kept for this job and base URL, if any."""
+        return self._entries.get((job_id, base_url))
+
+    def put(self, job_id: str, base_url: str, version: Hashable, rendered: RenderedStatus) -> None:
+        """Keep ``rendered`` as the response for ``version`` of this job."""
+        with self._lock:
+            entries = self._entries
+            entries.pop((job_id, base_url), None)
+            while len(entries) >= self.max_entries > 0:
+                del entries[next(iter(entries))]
+            if self.max_entries > 0:
+                entries[(job_id, base_url)] = (version, rendered)
+
+    def discard(self, job_id: str, base_url: str) -> None:
+        """Forget this job's response (it no longer exists, or cannot be cached)."""
+        with self._lock:
+            self._entries.pop((job_id, base_url), None)
+
+
+def _stable_links(ctx: Context, job: Job) -> bool:
+    # A presigned S3 URL is signed when it is made and expires: a status holding one is
+    # rendered afresh every time. Other links depend only on the job and the base URL.
+    if job.state != "SUCCESS":
+        return True
+    from downloader.storage.local import LocalStorage
+
+    storage = ctx.storage
+    return isinstance(storage, LocalStorage) or bool(getattr(storage, "public_base_url", None))
+
+
+def status_response(
+    ctx: Context, job_id: str, *, base_url: str, cache: StatusCache | None = None
+) -> RenderedStatus:
+    """The status of one job as sent by ``GET /v2/download/{id}`` (the bytes of
+    :func:`get_status`'s document), or :class:`JobNotFound`.
+
+    With a job store that offers ``get_if_changed`` and a ``cache``, the job's version is
+    read on every call and a kept response is reused only while that version is unchanged.
+    """
+    if not _UUID.match((job_id or "").lower()):
+        raise JobNotFound(f"no download has the id {job_id!r}")
+    key = job_id.lower()
+    base = ctx.settings.base_url or base_url
+    reader = getattr(ctx.jobs, "get_if_changed", None)
+    if cache is None or reader is None:
+        return render_status(status_document(ctx, load_job(ctx, job_id), base))
+    kept = cache.get(key, base)
+    found = reader(key, kept[0] if kept is not None else None)
+    if found is None:
+        if kept is not None:
+            cache.discard(key, base)
+        raise JobNotFound(f"no download has the id {job_id!r}")
+    version, job = found
+    if job is None:
+        if kept is not None and kept[0] == version:
+            return kept[1]
+        # "Unchanged" from a version we do not hold (a store bug): read it, keep nothing.
+        return render_status(status_document(ctx, load_job(ctx, key), base))
+    rendered = render_status(status_document(ctx, job, base))
+    if _stable_links(ctx, job):
+        cache.put(key, base, version, rendered)
+    elif kept is not None:
+        cache.discard(key, base)
+    return rendered
 
 
 def count(ctx: Context, params: Mapping[str, Any]) -> dict[str, Any]:

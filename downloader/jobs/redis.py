@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
@@ -286,6 +286,26 @@ class RedisJobStore:
         """The job, or None when no such job exists."""
         jobs = self._load_many([job_id])
         return jobs[0] if jobs else None
+
+    @_edge
+    def get_if_changed(
+        self, job_id: str, version: Hashable | None
+    ) -> tuple[Hashable, Job | None] | None:
+        """The job's current version and, unless that equals ``version``, the job itself;
+        None when no such job exists.
+
+        The version is the job's whole hash (every writer changes at least one field of it:
+        ``save``, ``claim``, progress with its heartbeat, the cancel flag), read in one
+        round trip; the addresses are read only when it changed.
+        """
+        h = self.redis.hgetall(self._job_key(job_id))
+        if not h:
+            return None
+        current = tuple(sorted(h.items()))
+        if current == version:
+            return current, None
+        emails = self.redis.zrange(self._emails_key(job_id), 0, -1)
+        return current, self._from_hash(h, list(emails))
 
     @_edge
     def save(self, job: Job) -> None:

@@ -18,7 +18,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
@@ -59,6 +59,9 @@ _OUT_OF_BAND = frozenset({"records_written", "total_records", "emails"})
 #: Job's field names; a stored document may hold fields an older or newer version wrote.
 _JOB_FIELDS = frozenset(f.name for f in fields(Job))
 
+
+#: What :meth:`SQLiteJobStore.get_if_changed` reads: everything the status JSON is made of.
+_VERSION_SQL = "SELECT doc, records_written, total_records FROM jobs WHERE id = ?"
 
 #: Connections a forked child inherited from its parent, kept alive and never used.
 _INHERITED: list[sqlite3.Connection] = []
@@ -101,6 +104,10 @@ class SQLiteJobStore:
     long is considered interrupted and may be claimed again (a worker reports at least every
     few seconds while it builds, see :func:`downloader.build.build_archive`).
     """
+
+    #: Reads are primary-key lookups in a local WAL file (readers do not wait for writers),
+    #: cheap enough for the HTTP server to make on its IOLoop instead of a thread pool.
+    inline_reads = True
 
     def __init__(self, path: str | Path, *, stale_after_seconds: float = 120.0) -> None:
         self.path = Path(path)
@@ -317,6 +324,27 @@ class SQLiteJobStore:
         """The job, or None when no such job exists."""
         # The status endpoint's read: this thread's connection without a context manager.
         return self._load(self._conn(), job_id)
+
+    def get_if_changed(
+        self, job_id: str, version: Hashable | None
+    ) -> tuple[Hashable, Job | None] | None:
+        """The job's current version and, unless that equals ``version``, the job itself;
+        None when no such job exists.
+
+        The version is what the status JSON is made of, read in one statement: the stored
+        document (rewritten by every :meth:`save` and :meth:`claim`) and the progress
+        columns (:meth:`update_progress`). Addresses and the cancel flag are not part of it.
+        A primary-key read of three columns on the thread's kept connection, about as cheap
+        as a read can be, so the status endpoint can afford it on every request (and, with
+        ``inline_reads``, on the IOLoop).
+        """
+        row = self._conn().execute(_VERSION_SQL, (job_id,)).fetchone()
+        if row is None:
+            return None
+        current = (row[0], row[1], row[2])
+        if current == version:
+            return current, None
+        return current, _from_row(row, self._emails(self._conn(), job_id))
 
     def save(self, job: Job) -> None:
         """Write every field of ``job``. Addresses are only ever added, never removed, so a

@@ -166,3 +166,23 @@ def test_store_is_picklable_and_reports_an_unreachable_redis(store: RedisJobStor
     dead = RedisJobStore(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=1)
     with pytest.raises(ConnectionError, match="Redis"):
         dead.get("x")
+
+
+def test_get_if_changed_follows_every_writer(store: RedisJobStore) -> None:
+    job = make_job(emails=["a@example.org"])
+    store.create_or_reuse(job, reuse_after=None)
+    assert store.get_if_changed(str(uuid.uuid4()), None) is None
+    version, loaded = store.get_if_changed(job.id, None) or (None, None)
+    assert loaded == store.get(job.id)
+    assert store.get_if_changed(job.id, version) == (version, None)
+    store.update_progress(job.id, 4, 8)
+    newer, changed = store.get_if_changed(job.id, version) or (None, None)
+    assert newer != version and changed is not None and changed.records_written == 4
+    claimed = store.claim(job.id, max_attempts=3)
+    assert claimed is not None
+    latest, changed = store.get_if_changed(job.id, newer) or (None, None)
+    assert latest != newer and changed is not None and changed.state == "STARTED"
+    claimed.state = "SUCCESS"
+    store.save(claimed)
+    _, changed = store.get_if_changed(job.id, latest) or (None, None)
+    assert changed is not None and changed.state == "SUCCESS"
