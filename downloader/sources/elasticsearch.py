@@ -85,6 +85,9 @@ MAX_PAGE = 10_000
 #: Buckets per composite-aggregation page.
 COMPOSITE_PAGE = 1_000
 KEEP_ALIVE = "5m"
+#: Recordsets up to which a recordset tally is one ``_count`` per recordset rather than an
+#: aggregation (see :meth:`ElasticsearchSource._counted_by_recordset`).
+COUNTED_RECORDSETS = 32
 #: recordset_counts answers a source keeps (for the data version they were counted in).
 KEPT_TALLIES = 16
 META_ID = "store"
@@ -573,6 +576,8 @@ class ElasticsearchSource:
         self.timeout = timeout
         self.id_chunk = id_chunk
         self.es = client if client is not None else make_client(urls, timeout=timeout)
+        #: Up to this many recordsets, recordset tallies are counts per recordset.
+        self.counted_recordsets = COUNTED_RECORDSETS
         #: recordset_counts answers: (rtype, rq and mq as JSON) -> (data version, counts).
         self._tallies: dict[tuple[str, str], tuple[str, dict[str, int]]] = {}
 
@@ -732,10 +737,56 @@ class ElasticsearchSource:
     def _recordset_counts(
         self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
     ) -> dict[str, int]:
+        counted = self._counted_by_recordset(rtype, rq, mq)
+        if counted is not None:
+            return counted
         counts: dict[str, int] = {}
         for plan in self._plans(rtype, rq, mq):
             for value, n in self._composite_counts(rtype, plan, "recordset"):
                 counts[str(value)] = counts.get(str(value), 0) + n
+        return dict(sorted(counts.items()))
+
+    def _counted_by_recordset(
+        self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+    ) -> dict[str, int] | None:
+        """Matching documents per recordset as one ``_count`` per recordset, when the
+        recordsets index lists at most ``counted_recordsets`` and the query has no other
+        side (else None: the caller aggregates).
+
+        A count is answered from the index, where an aggregation visits every matching
+        document (on osmem-server it reads each document: 0.9 s for 30,000 records, against
+        0.05 s for a count). The counts are kept only when they add up to the count of the
+        whole query, so a document whose recordset the recordsets index does not list
+        sends the caller back to the aggregation, and the answer is exactly the
+        aggregation's."""
+        own, other = (rq, mq) if rtype == "records" else (mq, rq)
+        if other or self.counted_recordsets <= 0:
+            return None
+        try:
+            listed = self.es.search(
+                index=self.recordsets_index,
+                size=self.counted_recordsets + 1,
+                source=False,
+                sort=[{"recordset": "asc"}],
+            )["hits"]["hits"]
+        except ApiError:
+            return None  # no recordsets index: the aggregation says what is wrong
+        except TransportError as exc:
+            raise _translate(exc, "listing recordsets") from exc
+        if len(listed) > self.counted_recordsets:
+            return None
+        clause = self._clause(rtype, own)
+        what = f"counting {rtype}"
+        total = int(_call(what, self.es.count, index=self.index(rtype), query=clause)["count"])
+        counts: dict[str, int] = {}
+        for hit in listed:
+            rs = str(hit["_id"])
+            query = {"bool": {"filter": [clause, {"term": {"recordset": rs}}]}}
+            n = int(_call(what, self.es.count, index=self.index(rtype), query=query)["count"])
+            if n:
+                counts[rs] = n
+        if sum(counts.values()) != total:
+            return None
         return dict(sorted(counts.items()))
 
     def raw_terms(

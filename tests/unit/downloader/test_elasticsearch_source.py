@@ -111,6 +111,50 @@ def test_recordset_counts_add_up_without_hits(es_source: ElasticsearchSource) ->
     assert "dwc:scientificName" in terms and terms == sorted(terms)
 
 
+@pytest.mark.parametrize(
+    ("rtype", "rq", "mq"),
+    [
+        ("records", None, None),
+        ("records", {"genus": "acer"}, None),
+        ("records", {"genus": "nosuchgenus"}, None),
+        ("mediarecords", None, {"format": "image/jpeg"}),
+        ("records", {"genus": "acer"}, {"format": "image/jpeg"}),
+    ],
+)
+def test_recordset_counts_by_count_agree_with_the_aggregation(
+    es_source: ElasticsearchSource,
+    monkeypatch: pytest.MonkeyPatch,
+    rtype: RecordType,
+    rq: dict[str, Any] | None,
+    mq: dict[str, Any] | None,
+) -> None:
+    rqn = q("records", rq) if rq else None
+    mqn = q("mediarecords", mq) if mq else None
+    counted = es_source._recordset_counts(rtype, rqn, mqn)
+    monkeypatch.setattr(es_source, "counted_recordsets", 0)
+    assert es_source._recordset_counts(rtype, rqn, mqn) == counted
+    # More recordsets than counted_recordsets: the aggregation answers.
+    monkeypatch.setattr(es_source, "counted_recordsets", 1)
+    assert es_source._counted_by_recordset(rtype, rqn, mqn) is None
+    monkeypatch.setattr(es_source, "counted_recordsets", 32)
+    if rtype == "records" and mq is None and sum(counted.values()):
+        # A recordset missing from the recordsets index: the counts do not add up to the
+        # query's count, and the aggregation answers.
+        client = es_source.es
+        real_search = client.search
+
+        def search(*args: Any, **kwargs: Any) -> Any:
+            answer = real_search(*args, **kwargs)
+            if kwargs.get("index") == es_source.recordsets_index:
+                hits = answer["hits"]["hits"]
+                answer["hits"]["hits"] = [h for h in hits if h["_id"] != max(counted)]
+            return answer
+
+        monkeypatch.setattr(client, "search", search)
+        assert es_source._counted_by_recordset(rtype, rqn, mqn) is None
+        assert es_source._recordset_counts(rtype, rqn, mqn) == counted
+
+
 def test_rq_and_mq_compose_across_indices(es_source: ElasticsearchSource, duck: Any) -> None:
     rq = q("records", {"genus": "acer"})
     mq = q("mediarecords", {"format": "image/jpeg"})
