@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -38,12 +38,11 @@ from query.sql import compile_request_where
 _TABLE = {"records": "records AS r", "mediarecords": "mediarecords AS m"}
 _ALIAS = {"records": "r", "mediarecords": "m"}
 
-# Row ids per query of a batch stream. DuckDB skips the data outside a row id range, so a
-# slice reads and sorts at most this many rows: small enough that a slice of wide rows (all
-# fields and all verbatim terms) stays well inside the read memory limit (the whole default
-# records query of 1M synthetic records peaked at 324 MB RSS with 10,240, 378 MB with
-# 30,720, and failed the 256 MB limit with 122,880), large enough that per-query costs stay
-# small (10,240 was the fastest of 4,096 / 10,240 / 30,720).
+# Row ids per query when a stream is read in sorted slices (the fallback, see _Reads).
+# DuckDB skips the data outside a row id range, so a slice reads and sorts at most this many
+# rows: small enough that a slice of wide rows (all fields and all verbatim terms) stays
+# well inside the read memory limit, large enough that per-query costs stay small (10,240
+# was the fastest of 4,096 / 10,240 / 30,720).
 _SLICE_ROWS = 10_240
 
 # Row ids whose matches a filtered stream looks up in one query (see _SlicePlan): 8 MB of
@@ -51,10 +50,11 @@ _SLICE_ROWS = 10_240
 _BLOCK_ROWS = 1_048_576
 
 # Read connections of a batch stream: bounded memory, and scans that keep row order. One
-# thread: the build's writer needs the other core, and reading all columns of 1M synthetic
-# records took the same time with one thread as with two (23-27 s) at 30 MB less peak RSS.
+# thread: the build's encoder and writer need the other core. The memory limit is most of a
+# build's peak RSS beyond the libraries: a 1M-record default build peaked at 415 MB with
+# 128MB, 380 MB with 96MB and 359 MB with 64MB, where block re-reads cost 20-30% more CPU.
 _READ_CONFIG: dict[str, Any] = {
-    "memory_limit": "256MB",
+    "memory_limit": "96MB",
     "threads": 1,
     "preserve_insertion_order": True,
 }
@@ -107,8 +107,15 @@ _PICKED = "_picked_rowids"
 
 
 class _SlicePlan:
-    """Which row ids each query of a filtered batch stream reads.
+    """Which row ids each query of a batch stream reads.
 
+    Streamed reads (:meth:`segments`) read the rest of the table in one query, applying the
+    filter there, except when the filter refers to the other table (media of records
+    matching ``rq``, records with media matching ``mq``): such a filter is a join over that
+    whole table, so the matching row ids are found once per block of :data:`_BLOCK_ROWS`
+    row ids (8 bytes per match held) and each block is read by a semi join with them.
+
+    Sorted slices (:meth:`next_slice`, the fallback) work the same way with smaller pieces.
     Without a filter a slice is the next :data:`_SLICE_ROWS` row ids. With one, the row ids
     of the matching rows are found first, a block of :data:`_BLOCK_ROWS` row ids at a time
     with one query (8 bytes per match held), and each slice covers the next
@@ -132,7 +139,17 @@ class _SlicePlan:
             f"WHERE {a}.rowid >= ? AND {a}.rowid < ? AND ({where}) ORDER BY rid"
         )
         self._params = list(params)
-        self._block: tuple[int, int, np.ndarray] = (0, 0, np.zeros(0, dtype=np.int64))
+        self._current: tuple[int, int, np.ndarray] = (0, 0, np.zeros(0, dtype=np.int64))
+
+    def _block(self, con: duckdb.DuckDBPyConnection, pos: int) -> tuple[int, np.ndarray]:
+        """(end, matching row ids) of the block of row ids holding ``pos``."""
+        lo, hi, rids = self._current
+        if not lo <= pos < hi:
+            lo, hi = pos, min(pos + _BLOCK_ROWS, self.end)
+            found = con.sql(self._select, params=[lo, hi, *self._params]).fetchnumpy()
+            rids = np.asarray(found["rid"], dtype=np.int64)
+            self._current = (lo, hi, rids)
+        return hi, rids
 
     def next_slice(
         self, con: duckdb.DuckDBPyConnection, pos: int
@@ -143,12 +160,7 @@ class _SlicePlan:
         if not self._filtered:
             return (pos, min(pos + _SLICE_ROWS, self.end), None) if pos < self.end else None
         while pos < self.end:
-            lo, hi, rids = self._block
-            if not lo <= pos < hi:
-                lo, hi = pos, min(pos + _BLOCK_ROWS, self.end)
-                found = con.sql(self._select, params=[lo, hi, *self._params]).fetchnumpy()
-                rids = np.asarray(found["rid"], dtype=np.int64)
-                self._block = (lo, hi, rids)
+            hi, rids = self._block(con, pos)
             first = int(np.searchsorted(rids, pos))
             part = rids[first : first + _SLICE_ROWS]
             if part.size == 0:
@@ -157,6 +169,126 @@ class _SlicePlan:
             stop = hi if first + _SLICE_ROWS >= rids.size else int(part[-1]) + 1
             return pos, stop, (part if self._cross else None)
         return None
+
+    def segments(
+        self, con: duckdb.DuckDBPyConnection, pos: int
+    ) -> Iterator[tuple[int, int, np.ndarray | None]]:
+        """``(lo, hi, picked)`` for streamed reads from ``pos``: the rest of the table in
+        one piece, or with a filter on the other table, one piece per block with its
+        matching row ids from ``pos`` on."""
+        if not self._cross:
+            if pos < self.end:
+                yield pos, self.end, None
+            return
+        while pos < self.end:
+            hi, rids = self._block(con, pos)
+            first = int(np.searchsorted(rids, pos))
+            if first < rids.size:
+                yield pos, hi, rids[first:]
+            pos = hi
+
+
+def _without_rowid(rows: pa.Table | pa.RecordBatch, batch_size: int) -> Iterator[pa.RecordBatch]:
+    table = pa.Table.from_batches([rows]) if isinstance(rows, pa.RecordBatch) else rows
+    for batch in _nonempty(table, batch_size):
+        yield batch.drop_columns(["_rowid"])
+
+
+def _in_order(rowids: np.ndarray, after: int) -> bool:
+    """Whether row ids are strictly increasing and all above ``after``."""
+    return bool(rowids[0] > after and (rowids.size == 1 or np.all(rowids[1:] > rowids[:-1])))
+
+
+class _Reads:
+    """The queries of one batch stream and how a window of it reads rows.
+
+    A window streams the rows with one query and no ORDER BY: with one thread and
+    ``preserve_insertion_order`` DuckDB hands a scan's rows out in row id order, and a
+    stream costs a fraction of a sorted query per slice (no sort, no per-query planning of
+    a hundred columns). Each batch's row ids are checked; if DuckDB ever returns rows out of
+    order (joins do not promise order) the rows not yet handed out are read again in
+    slices of :data:`_SLICE_ROWS` sorted by row id, for the rest of the stream.
+    """
+
+    def __init__(
+        self,
+        rtype: RecordType,
+        outer: str,
+        inner: str,
+        where: str,
+        params: Sequence[Any],
+        plan: _SlicePlan,
+        batch_size: int,
+    ) -> None:
+        table, a = _TABLE[rtype], _ALIAS[rtype]
+        head = f"SELECT {outer}, _rowid FROM (SELECT {inner}, {a}.rowid AS _rowid FROM {table}"
+        self._range = f"{head} WHERE {a}.rowid >= ? AND {a}.rowid < ? AND ({where}))"
+        self._picked = (
+            f"{head} SEMI JOIN {_PICKED} ON {a}.rowid = {_PICKED}.rid "
+            f"WHERE {a}.rowid >= ? AND {a}.rowid < ?)"
+        )
+        self._params = list(params)
+        self._plan = plan
+        self._batch_size = max(1, batch_size)
+        self.streamed = True
+
+    def window(
+        self, con: duckdb.DuckDBPyConnection, pos: int
+    ) -> Generator[tuple[pa.Table | pa.RecordBatch, int], None, None]:
+        """Rows from row id ``pos`` on, each time with the row id to resume after them."""
+        if self.streamed:
+            yield from self._streamed(con, pos)
+        else:
+            yield from self._sliced(con, pos)
+
+    def _query(
+        self, con: duckdb.DuckDBPyConnection, lo: int, hi: int, picked: np.ndarray | None, tail: str
+    ) -> duckdb.DuckDBPyRelation:
+        if picked is None:
+            return con.sql(self._range + tail, params=[lo, hi, *self._params])
+        return con.sql(self._picked + tail, params=[lo, hi])
+
+    def _streamed(
+        self, con: duckdb.DuckDBPyConnection, pos: int
+    ) -> Generator[tuple[pa.Table | pa.RecordBatch, int], None, None]:
+        for lo, hi, picked in self._plan.segments(con, pos):
+            if picked is not None:
+                con.register(_PICKED, pa.table({"rid": picked}))
+            last = lo - 1
+            # DuckDB takes no new query on the connection while a result is open.
+            reader = self._query(con, lo, hi, picked, "").to_arrow_reader(self._batch_size)
+            try:
+                for batch in reader:
+                    if batch.num_rows == 0:
+                        continue
+                    rowids = batch.column(batch.num_columns - 1).to_numpy()
+                    if not _in_order(rowids, last):
+                        self.streamed = False
+                        break
+                    last = int(rowids[-1])
+                    yield batch, last + 1
+            finally:
+                reader.close()
+                if picked is not None:
+                    con.unregister(_PICKED)
+            if not self.streamed:
+                yield from self._sliced(con, last + 1)
+                return
+
+    def _sliced(
+        self, con: duckdb.DuckDBPyConnection, pos: int
+    ) -> Generator[tuple[pa.Table | pa.RecordBatch, int], None, None]:
+        while (planned := self._plan.next_slice(con, pos)) is not None:
+            lo, hi, picked = planned
+            if picked is not None:
+                con.register(_PICKED, pa.table({"rid": picked}))
+            try:
+                rows = self._query(con, lo, hi, picked, " ORDER BY _rowid").to_arrow_table()
+            finally:
+                if picked is not None:
+                    con.unregister(_PICKED)
+            pos = hi
+            yield rows, hi
 
 
 class _Missing(Exception):
@@ -361,28 +493,7 @@ class DuckDBSource:
         # compile_request_where joins the other table exactly in these cases.
         cross = mq is not None if rtype == "records" else rq is not None
         plan = _SlicePlan(rtype, where, where_params, cross=cross)
-        table, a = _TABLE[rtype], _ALIAS[rtype]
-        head = f"SELECT {outer}, _rowid FROM (SELECT {inner}, {a}.rowid AS _rowid FROM {table}"
-        range_sql = f"{head} WHERE {a}.rowid >= ? AND {a}.rowid < ? AND ({where})) ORDER BY _rowid"
-        picked_sql = (
-            f"{head} SEMI JOIN {_PICKED} ON {a}.rowid = {_PICKED}.rid "
-            f"WHERE {a}.rowid >= ? AND {a}.rowid < ?) ORDER BY _rowid"
-        )
-
-        def fetch(con: duckdb.DuckDBPyConnection, pos: int) -> tuple[pa.Table | None, int]:
-            """The next slice's rows from row id ``pos`` and the row id after the slice
-            (``None`` and the end when no row is left)."""
-            planned = plan.next_slice(con, pos)
-            if planned is None:
-                return None, plan.end
-            lo, hi, picked = planned
-            if picked is None:
-                return con.sql(range_sql, params=[lo, hi, *where_params]).to_arrow_table(), hi
-            con.register(_PICKED, pa.table({"rid": picked}))
-            try:
-                return con.sql(picked_sql, params=[lo, hi]).to_arrow_table(), hi
-            finally:
-                con.unregister(_PICKED)
+        reads = _Reads(rtype, outer, inner, where, where_params, plan, batch_size)
 
         signature: tuple[Any, ...] | None = None
         version: str | None = None
@@ -392,14 +503,15 @@ class DuckDBSource:
                 con = self._open(read_config=True)
             except _Missing:
                 return
-            pending: Future[tuple[pa.Table | None, int]] | None = None
-            carry: pa.Table | None = None
+            rows = reads.window(con, pos)
+            pending: Future[tuple[pa.Table | pa.RecordBatch, int] | None] | None = None
+            carry: pa.Table | pa.RecordBatch | None = None
             try:
                 current_signature = self._signature()
                 current_version = self._read_version(con)
                 if version is None:
                     version, signature = current_version, current_signature
-                    top = con.execute(f"SELECT max(rowid) FROM {table}").fetchall()
+                    top = con.execute(f"SELECT max(rowid) FROM {_TABLE[rtype]}").fetchall()
                     if not top or top[0][0] is None:
                         return
                     plan.end = int(top[0][0]) + 1
@@ -409,23 +521,23 @@ class DuckDBSource:
                         "the build will be retried on the new data"
                     )
                 started = time.monotonic()
-                # The next slice is read on a helper thread (DuckDB releases the GIL) while
-                # the consumer turns this one into cells: reading and writing overlap.
-                pending = pool.submit(fetch, con, pos)
+                # The next rows are read on a helper thread (DuckDB releases the GIL) while
+                # the consumer turns these into cells: reading and writing overlap.
+                pending = pool.submit(next, rows, None)
                 while pending is not None:
-                    rows, pos = pending.result()
+                    item = pending.result()
                     pending = None
-                    if rows is None:
+                    if item is None:
+                        pos = plan.end
                         break
+                    got, pos = item
                     if time.monotonic() - started > self.window_seconds:
-                        # The window is over: hand this slice out after the file is
-                        # released; the next window resumes after it.
-                        carry = rows
+                        # The window is over: hand these rows out after the file is
+                        # released; the next window resumes after them.
+                        carry = got
                         break
-                    if pos < plan.end:
-                        pending = pool.submit(fetch, con, pos)
-                    for batch in _nonempty(rows, batch_size):
-                        yield batch.drop_columns(["_rowid"])
+                    pending = pool.submit(next, rows, None)
+                    yield from _without_rowid(got, batch_size)
             except duckdb.CatalogException:
                 return
             except duckdb.Error as exc:
@@ -435,10 +547,10 @@ class DuckDBSource:
                     # The consumer stopped early: let the read in flight end before closing.
                     with suppress(Exception):
                         pending.result()
+                rows.close()
                 con.close()
             if carry is not None:
-                for batch in _nonempty(carry, batch_size):
-                    yield batch.drop_columns(["_rowid"])
+                yield from _without_rowid(carry, batch_size)
 
     def unique_values(
         self,

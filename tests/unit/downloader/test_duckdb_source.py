@@ -162,6 +162,7 @@ def test_batches_stop_when_data_changes_between_windows(
         list(stream)
 
 
+@pytest.mark.parametrize("disorder", [False, True], ids=["streamed", "falls-back-to-slices"])
 @pytest.mark.parametrize(("slice_rows", "block_rows"), [(10_240, 1_048_576), (7, 50), (2, 5)])
 @pytest.mark.parametrize(
     ("rtype", "r", "m", "where"),
@@ -206,10 +207,22 @@ def test_filtered_streams_read_exactly_the_matching_rows_in_store_order(
     r: dict[str, Any] | None,
     m: dict[str, Any] | None,
     where: str,
+    disorder: bool,
 ) -> None:
-    """Dense slices over matching row ids (and semi joins when the filter refers to the
-    other table) give the rows plain SQL gives, in row id order, across slices, blocks
-    and windows."""
+    """Streamed reads, and the sorted slices they fall back to when DuckDB returns rows out
+    of row id order (simulated here after the first batch), give the rows plain SQL gives,
+    in row id order, across slices, blocks and windows; a filter on the other table is
+    applied through the matching row ids of each block."""
+    if disorder:
+        checks = 0
+        real_in_order = duckdb_source._in_order
+
+        def in_order_once(rowids: Any, after: int) -> bool:
+            nonlocal checks
+            checks += 1
+            return checks == 1 and real_in_order(rowids, after)
+
+        monkeypatch.setattr(duckdb_source, "_in_order", in_order_once)
     monkeypatch.setattr(duckdb_source, "_SLICE_ROWS", slice_rows)
     monkeypatch.setattr(duckdb_source, "_BLOCK_ROWS", block_rows)
     source = DuckDBSource(store, window_seconds=0.0)
