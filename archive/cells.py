@@ -186,6 +186,14 @@ def _json_special(data: np.ndarray) -> np.ndarray:
     return (data < 0x20) | (data == 0x22) | (data == 0x5C)
 
 
+def _quote_or_control(data: np.ndarray) -> np.ndarray:
+    return (data < 0x20) | (data == 0x22)
+
+
+def _is_backslash(data: np.ndarray) -> np.ndarray:
+    return data == 0x5C
+
+
 def _is_exponent(data: np.ndarray) -> np.ndarray:
     return data == 0x65  # "e"
 
@@ -422,6 +430,10 @@ def column_cells(arr: pa.Array, delimiter: str) -> pa.Array:
         return text if rows is None else _enclose_rows(text, rows, double=True)
     if _is_plain(t):
         return text_values(arr)
+    if pa.types.is_list(t) and pa.types.is_string(t.value_type):
+        fast = _plain_string_list_cells(arr, delimiter)
+        if fast is not None:
+            return fast
     # Lists and structs: JSON written with doubled quotes, enclosed where needed. An object
     # with a field always holds a quoted key, so every one is enclosed without looking.
     text = json_texts(arr, quote='""')
@@ -432,6 +444,43 @@ def column_cells(arr: pa.Array, delimiter: str) -> pa.Array:
     else:
         rows = _rows_where(text, _json_csv_special(delimiter))
     return text if rows is None else _enclose_rows(text, rows, double=False)
+
+
+#: Between the items of a non-empty list of strings in its CSV cell: ``", "`` with its
+#: quotes doubled; the cell starts with ``"["`` and ends with ``"]"``, quotes doubled.
+_ITEM_SEPARATOR = pa.scalar('"", ""', pa.string())
+_EMPTY_LIST = pa.scalar("[]", pa.string())
+
+
+def _plain_string_list_cells(arr: pa.ListArray, delimiter: str) -> pa.Array | None:
+    """The cells of a list-of-strings column whose items hold no null, quote or control
+    character (the usual case: record ids, media ids, flags), in a few kernel calls over
+    the whole column; None when any item needs more (the general path handles it).
+
+    A non-empty list's JSON text holds quotes, so its cell is always enclosed, and within it
+    every quote is doubled: ``"[""a"", ""b""]"``. An empty list is ``[]``. Backslashes (in
+    every iDigBio record id) are the one escape done here: the separator and brackets hold
+    none, so doubling them in the joined text escapes exactly the items' backslashes.
+    """
+    if delimiter in "[]":
+        return None
+    flat = arr.flatten()
+    if flat.null_count:
+        return None
+    try:
+        flat = utf8(flat)
+    except CellError:
+        return None  # the general path names the row
+    if _rows_where(flat, _quote_or_control) is not None:
+        return None
+    joined = pc.binary_join(arr, _ITEM_SEPARATOR)
+    if _rows_where(flat, _is_backslash) is not None:
+        joined = pc.replace_substring(joined, "\\", "\\\\")
+    text = _concat('"[""', joined, '""]"')
+    empty = pc.equal(pc.list_value_length(arr), 0)
+    if pc.any(empty).as_py():
+        text = pc.if_else(empty, _EMPTY_LIST, text)
+    return text
 
 
 def _string_list_rows_to_enclose(

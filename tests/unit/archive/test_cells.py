@@ -340,3 +340,23 @@ def test_any_sparse_table_round_trips(table: list[list[str | None]]) -> None:
     expected = [[v or "" for v in row] for row in table]
     # A one-column row of an empty cell is written as "" (not a blank line): same reading.
     assert rows_of_columns(columns) == expected
+
+
+@pytest.mark.parametrize("delimiter", [",", "\t"])
+def test_plain_string_lists_take_the_short_path_with_the_same_cells(delimiter: str) -> None:
+    values: list[list[str] | None] = [
+        ["a"],
+        [],
+        None,
+        ["x,y", "日本", "tab\u00e9"],
+        [""],
+        ["rs\\urn:catalog:1", "\\"],
+    ]
+    arr = pa.array(values * 3, pa.list_(pa.string())).slice(2, 13)
+    assert cells._plain_string_list_cells(arr, delimiter) is not None
+    expected = ["" if v is None else json.dumps(v, ensure_ascii=False) for v in (values * 3)[2:15]]
+    assert cell_list(arr, delimiter) == expected
+    # Items that need escaping, or null items, go the general way.
+    assert cells._plain_string_list_cells(pa.array([['a"b']]), delimiter) is None
+    assert cells._plain_string_list_cells(pa.array([["a", None]]), delimiter) is None
+    assert cells._plain_string_list_cells(pa.array([["a\nb"]]), delimiter) is None
