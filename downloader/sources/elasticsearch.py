@@ -37,8 +37,13 @@ archive's indexed and verbatim files of one record type are one pass over the cl
 (:meth:`ElasticsearchSource.shared_batches`), the second file replayed from a temporary
 Arrow file.
 
-Converting a page (:func:`hits_to_batch`) is one Arrow conversion of the whole page plus
-one per list or point column.
+A page is decoded by Arrow's JSON reader straight into the columns the reads need
+(:func:`_arrow_sources`, :func:`_arrow_batch`): in C++, without the GIL, and faster than
+``json`` alone. The client hands the answer's bytes back undecoded for this (see
+:data:`JSON_BYTES`; only clients made by :func:`make_client`). Arrow is strict about JSON
+types, so a page holding a value of an unusual shape is decoded by ``json`` and converted by
+:func:`hits_to_batch` (one Arrow conversion of the whole page plus one per list or point
+column, value by value only for an odd column); both give the same batches.
 
 rq + mq (``docs/architecture.md``): media documents carry ``coreid``. For media with an
 ``rq``, the uuids of matching records are enumerated in sorted chunks (a composite
@@ -61,9 +66,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
 
 import pyarrow as pa
-from elastic_transport import HttpHeaders, TransportError, Urllib3HttpNode
+import pyarrow.json as pa_json
+from elastic_transport import HttpHeaders, Serializer, TransportError, Urllib3HttpNode
 from elastic_transport._node import NodeApiResponse  # not re-exported at the top level
 from elasticsearch import ApiError, Elasticsearch, helpers
 
@@ -120,19 +127,59 @@ class PlainJsonNode(Urllib3HttpNode):
     def perform_request(  # type: ignore[override]  # same parameters, passed through by keyword
         self, method: str, target: str, body: bytes | None = None, headers: Any = None, **kw: Any
     ) -> NodeApiResponse:
+        as_bytes = False
         if headers is not None:
             headers = HttpHeaders(headers)
+            if headers.get("accept") == JSON_BYTES:
+                headers["accept"] = "application/json"
+                as_bytes = True
             for name in ("accept", "content-type"):
                 value = headers.get(name)
                 if value and "vnd.elasticsearch+" in value:
                     headers[name] = value.replace("vnd.elasticsearch+", "").split(";")[0]
         response = super().perform_request(method, target, body=body, headers=headers, **kw)
         meta = response.meta
+        patched: HttpHeaders | None = None
         if "x-elastic-product" not in meta.headers:
             patched = HttpHeaders(meta.headers)
             patched["x-elastic-product"] = "Elasticsearch"
+        if as_bytes and 200 <= meta.status < 300:
+            patched = patched if patched is not None else HttpHeaders(meta.headers)
+            patched["content-type"] = JSON_BYTES
+        if patched is not None:
             response = NodeApiResponse(dataclasses.replace(meta, headers=patched), response.body)
         return response
+
+
+#: A media type used only between :class:`ElasticsearchSource` and :class:`PlainJsonNode`,
+#: never sent to a cluster: asked for as ``accept``, the node asks for plain JSON and labels a
+#: 2xx answer with it, and the client (see :func:`make_client`) then hands back the answer's
+#: bytes undecoded, for Arrow to decode (:func:`_arrow_sources`).
+JSON_BYTES = "application/x-downloader-json-bytes"
+
+
+class _BytesSerializer(Serializer):
+    """Leaves an answer labelled :data:`JSON_BYTES` as the bytes that came."""
+
+    mimetype = JSON_BYTES
+
+    def loads(self, data: bytes) -> bytes:
+        return data
+
+    def dumps(self, data: Any) -> bytes:
+        return data if isinstance(data, bytes) else json.dumps(data).encode()
+
+
+def _reads_bytes(es: Elasticsearch) -> bool:
+    """Whether ``es`` can hand back undecoded answers: made by :func:`make_client` (every node
+    a :class:`PlainJsonNode`, :data:`JSON_BYTES` left undecoded)."""
+    try:
+        transport = es.transport
+        if not isinstance(transport.serializers.get_serializer(JSON_BYTES), _BytesSerializer):
+            return False
+        return all(isinstance(node, PlainJsonNode) for node in transport.node_pool.all())
+    except Exception:  # another client or transport: the decoded path is always right
+        return False
 
 
 def make_client(urls: str | Sequence[str], *, timeout: float = 30.0) -> Elasticsearch:
@@ -146,6 +193,7 @@ def make_client(urls: str | Sequence[str], *, timeout: float = 30.0) -> Elastics
         retry_on_timeout=True,
         max_retries=3,
         retry_on_status=(429, 502, 503, 504),
+        serializers={JSON_BYTES: _BytesSerializer()},
     )
 
 
@@ -327,6 +375,21 @@ def _whole_sources(
     return columns
 
 
+def _link(rtype: RecordType) -> str:
+    """The ``_source`` key of column 0 (``coreid``)."""
+    return "coreid" if rtype == "mediarecords" else "uuid"
+
+
+def _chosen(rtype: RecordType, field_names: Sequence[str]) -> list[Field]:
+    chosen: list[Field] = []
+    for name in field_names:
+        f = get_field(rtype, name)
+        if f is None:
+            raise BuildFailed(f"{name} is not a {rtype} field")
+        chosen.append(f)
+    return chosen
+
+
 def hits_to_batch(
     rtype: RecordType,
     sources: Sequence[dict[str, Any]],
@@ -340,13 +403,8 @@ def hits_to_batch(
     dates and the verbatim terms come from one Arrow conversion of the whole page
     (:func:`_whole_sources`), lists and points from one per column (:func:`_column`); only
     a column holding an unusual value goes through :func:`_cell` / :func:`_raw_value`."""
-    link = "coreid" if rtype == "mediarecords" else "uuid"
-    chosen: list[Field] = []
-    for name in field_names:
-        f = get_field(rtype, name)
-        if f is None:
-            raise BuildFailed(f"{name} is not a {rtype} field")
-        chosen.append(f)
+    link = _link(rtype)
+    chosen = _chosen(rtype, field_names)
     strict = list({f.name: f for f in chosen if f.kind in _STRICT_KINDS}.values())
     whole = _whole_sources(sources, link, strict, raw_terms)
     if whole is None:
@@ -507,17 +565,16 @@ class _SharedRead:
         rtype, reads = self.rtype, self.reads
         spools = {j: _Spool() for j in range(1, len(reads))}
 
-        def convert(page: list[dict[str, Any]]) -> pa.RecordBatch:
+        def convert(page: _Page) -> pa.RecordBatch:
             for j, spool in spools.items():
-                spool.write(hits_to_batch(rtype, page, *reads[j]))
-            return hits_to_batch(rtype, page, *reads[0])
+                spool.write(page.batch(*reads[j]))
+            return page.batch(*reads[0])
 
         finished = False
         try:
-            source = _source_filter(rtype, reads)
             size = _page_size(self.batch_size)
             for plan in self.source._plans(rtype, self.rq, self.mq):
-                yield from self.source._pages(rtype, plan, source, size, convert)
+                yield from self.source._pages(rtype, plan, reads, size, convert)
             finished = True
         finally:
             for j, spool in spools.items():
@@ -525,6 +582,137 @@ class _SharedRead:
                     self.spools[j] = spool
                 else:
                     spool.discard()
+
+
+# --- a page decoded by Arrow -----------------------------------------------------------------
+
+
+def _arrow_members(
+    rtype: RecordType, reads: Sequence[tuple[Sequence[str], Sequence[str]]]
+) -> list[pa.Field] | None:
+    """The ``_source`` members Arrow reads for ``reads``: the link, every field as it is
+    held (dates as text, cast afterwards as :func:`hits_to_batch` casts them) and
+    ``data`` with every verbatim term as text. Unknown field names are left out (the
+    conversion then raises as :func:`hits_to_batch` does). None for a field named ``data``:
+    such reads are left to :func:`hits_to_batch`."""
+    link = _link(rtype)
+    members: dict[str, pa.DataType] = {link: pa.string()}
+    terms: dict[str, None] = {}
+    for field_names, raw_terms in reads:
+        for name in field_names:
+            f = get_field(rtype, name)
+            if f is not None and f.name not in members:
+                members[f.name] = _read_type(f)
+        terms.update(dict.fromkeys(raw_terms))
+    if "data" in members:
+        return None
+    out = [pa.field(name, typ) for name, typ in members.items()]
+    if terms:
+        out.append(pa.field("data", pa.struct([(t, pa.string()) for t in terms])))
+    return out
+
+
+def _arrow_sources(raw: bytes, members: list[pa.Field]) -> tuple[str | None, pa.StructArray] | None:
+    """A search or scroll answer (JSON text) decoded by Arrow: the scroll id and the
+    ``_source`` of every hit as a struct of ``members``. Arrow decodes in C++ without the
+    GIL, and it is strict: a value of another JSON type than its member's (a number for
+    text, a list for a number, text for a point, a duplicate key) fails the page, which
+    is then decoded by ``json`` and converted by :func:`hits_to_batch`. None then."""
+    if len(raw) >= 2**31 - 1:  # Arrow's block size is an int32
+        return None
+    hit = pa.struct([pa.field("_source", pa.struct(members))])
+    schema = pa.schema(
+        [
+            pa.field("_scroll_id", pa.string()),
+            pa.field("hits", pa.struct([pa.field("hits", pa.list_(hit))])),
+        ]
+    )
+    try:
+        table = pa_json.read_json(
+            pa.BufferReader(raw),
+            read_options=pa_json.ReadOptions(use_threads=False, block_size=len(raw) + 1),
+            parse_options=pa_json.ParseOptions(
+                explicit_schema=schema, unexpected_field_behavior="ignore"
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if table.num_rows != 1:
+        return None
+    scroll_id = table.column("_scroll_id")[0].as_py()
+    (hits,) = table.column("hits").combine_chunks().flatten()
+    if hits.null_count:
+        return None
+    (sources,) = hits.flatten().flatten()
+    if sources.null_count:  # a hit without _source
+        return None
+    return scroll_id, sources
+
+
+def _arrow_batch(
+    rtype: RecordType,
+    sources: pa.StructArray,
+    field_names: Sequence[str],
+    raw_terms: Sequence[str],
+) -> pa.RecordBatch | None:
+    """What :func:`hits_to_batch` makes of the same documents, from their Arrow-decoded
+    ``_source``; None when a column holds what :func:`hits_to_batch` converts value by value
+    (a null list item, a point without lat or lon, a date Arrow cannot cast), so the
+    caller converts the decoded JSON instead."""
+    link = _link(rtype)
+    chosen = _chosen(rtype, field_names)
+    columns = dict(zip([m.name for m in sources.type], sources.flatten(), strict=True))
+    arrays: list[pa.Array] = [columns[link]]
+    for f in chosen:
+        column = columns[f.name]
+        if f.name == link and f.kind not in ("text", "longtext"):
+            return None
+        if f.kind == "date":
+            try:
+                column = column.cast(ARROW_TYPES["date"])
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                return None
+        elif f.kind == "list":
+            if column.flatten().null_count:
+                return None
+        elif f.kind == "point":
+            lat, lon = column.flatten()
+            if lat.null_count != column.null_count or lon.null_count != column.null_count:
+                return None
+        arrays.append(column)
+    names = ["coreid", *(f.name for f in chosen)]
+    if raw_terms:
+        data = columns["data"]
+        by_term = dict(zip([m.name for m in data.type], data.flatten(), strict=True))
+        arrays.extend(by_term[t] for t in raw_terms)
+        names.extend(raw_terms)
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+class _Page:
+    """One page of hits, converted per read (``batch``): from Arrow's decoding of the answer
+    when it had one, else (or when a read's values have unusual shapes) from the answer
+    decoded by ``json``, through :func:`hits_to_batch`. Both give the same batches."""
+
+    def __init__(
+        self,
+        rtype: RecordType,
+        *,
+        arrow: pa.StructArray | None = None,
+        raw: bytes | None = None,
+        sources: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.rtype, self.arrow, self.raw, self.sources = rtype, arrow, raw, sources
+
+    def batch(self, field_names: Sequence[str], raw_terms: Sequence[str]) -> pa.RecordBatch:
+        if self.arrow is not None:
+            converted = _arrow_batch(self.rtype, self.arrow, field_names, raw_terms)
+            if converted is not None:
+                return converted
+        if self.sources is None:
+            hits = json.loads(self.raw or b"{}")["hits"]["hits"]
+            self.sources = [h["_source"] for h in hits]
+        return hits_to_batch(self.rtype, self.sources, field_names, raw_terms)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -823,13 +1011,14 @@ class ElasticsearchSource:
         """Matching documents as Arrow batches, sorted by uuid within each plan (see
         :meth:`_plans`)."""
         fields, raw_terms = list(fields), list(raw_terms)
-        source = _source_filter(rtype, [(fields, raw_terms)])
 
-        def convert(page: list[dict[str, Any]]) -> pa.RecordBatch:
-            return hits_to_batch(rtype, page, fields, raw_terms)
+        def convert(page: _Page) -> pa.RecordBatch:
+            return page.batch(fields, raw_terms)
 
         for plan in self._plans(rtype, rq, mq):
-            yield from self._pages(rtype, plan, source, _page_size(batch_size), convert)
+            yield from self._pages(
+                rtype, plan, [(fields, raw_terms)], _page_size(batch_size), convert
+            )
 
     def shared_batches(
         self,
@@ -859,39 +1048,76 @@ class ElasticsearchSource:
         self,
         rtype: RecordType,
         query: dict[str, Any],
-        source: list[str] | bool,
+        reads: Sequence[tuple[Sequence[str], Sequence[str]]],
         size: int,
-        convert: Callable[[list[dict[str, Any]]], T],
+        convert: Callable[[_Page], T],
     ) -> Iterator[T]:
-        """``convert`` of the ``_source`` of matching documents, page by page in uuid order.
+        """``convert`` of each page of matching documents (holding what ``reads`` need), in
+        uuid order.
 
         A scroll sorted on ``uuid``: the cluster sorts the matching documents once when the
         scroll opens and keeps its place, where ``search_after`` searches and sorts again
         for every page (on osmem-server that is a pass over the whole index per page, so a
-        read grew with the square of its size). The next page is fetched and converted on a
-        second thread while the caller works on the current one. The scroll is cleared
-        however this ends."""
+        read grew with the square of its size). Each page is fetched, decoded (by Arrow
+        when the client hands back the answer's bytes, see :data:`JSON_BYTES`) and
+        converted on a second thread while the caller works on the previous one. The
+        scroll is cleared however this ends."""
         index = self.index(rtype)
         what = f"reading {rtype}"
         body: dict[str, Any] = {
             "query": query,
             "size": size,
             "sort": [{"uuid": "asc"}],
-            "_source": source,
+            "_source": _source_filter(rtype, reads),
         }
+        members = _arrow_members(rtype, reads) if _reads_bytes(self.es) else None
         state: dict[str, str | None] = {"scroll": None}
 
-        def fetch() -> tuple[int, T | None]:  # on the page thread, one call at a time
+        def request() -> Any:
             scroll_id = state["scroll"]
+            if members is None:
+                if scroll_id is None:
+                    return _call(what, self.es.search, index=index, body=body, scroll=KEEP_ALIVE)
+                return _call(what, self.es.scroll, scroll_id=scroll_id, scroll=KEEP_ALIVE)
             if scroll_id is None:
-                answer = _call(what, self.es.search, index=index, body=body, scroll=KEEP_ALIVE)
+                path, params, payload = (
+                    f"/{quote(index, safe='')}/_search",
+                    {"scroll": KEEP_ALIVE},
+                    body,
+                )
             else:
-                answer = _call(what, self.es.scroll, scroll_id=scroll_id, scroll=KEEP_ALIVE)
-            state["scroll"] = answer.get("_scroll_id") or scroll_id
-            hits = answer["hits"]["hits"]
-            if not hits:
-                return 0, None
-            return len(hits), convert([h["_source"] for h in hits])
+                path, params, payload = (
+                    "/_search/scroll",
+                    {},
+                    {"scroll": KEEP_ALIVE, "scroll_id": scroll_id},
+                )
+            return _call(
+                what,
+                self.es.perform_request,
+                "POST",
+                path,
+                params=params,
+                headers={"accept": JSON_BYTES, "content-type": "application/json"},
+                body=payload,
+            ).body
+
+        def fetch() -> tuple[int, T | None]:  # on the page thread, one call at a time
+            answer = request()
+            decoded = None
+            if isinstance(answer, bytes):
+                decoded = _arrow_sources(answer, members) if members is not None else None
+                if decoded is None:
+                    answer = json.loads(answer)
+            scroll_id: str | None
+            if decoded is not None:
+                scroll_id, sources = decoded
+                n, page = len(sources), _Page(rtype, arrow=sources, raw=answer)
+            else:
+                scroll_id = answer.get("_scroll_id")
+                hits = answer["hits"]["hits"]
+                n, page = len(hits), _Page(rtype, sources=[h["_source"] for h in hits])
+            state["scroll"] = scroll_id or state["scroll"]
+            return (n, convert(page)) if n else (0, None)
 
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="es-page")
         try:

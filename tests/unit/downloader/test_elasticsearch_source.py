@@ -19,6 +19,7 @@ from elasticsearch import NotFoundError
 from downloader.errors import SourceUnavailable
 from downloader.ingest import ingest_archive, ingest_synthetic, store_path
 from downloader.sources.elasticsearch import ElasticsearchSource, export_store, make_client
+from query import fields as catalogue
 from query.fields import RecordType
 from query.validate import validate_query
 from tests.support.osmem import running_osmem
@@ -209,6 +210,26 @@ def test_same_rows_as_duckdb(
     assert norm(es_rows) == norm(duck_rows)
 
 
+def test_pages_decoded_by_arrow_and_by_json_agree(
+    es_source: ElasticsearchSource, duck: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import downloader.sources.elasticsearch as es_module
+
+    assert es_module._reads_bytes(es_source.es)  # the production client hands back bytes
+    fields = sorted(catalogue.field_names("records"))
+    terms = duck.raw_terms("records", None, None)
+
+    def read() -> pa.Table:
+        batches = es_source.batches("records", None, None, fields=fields, raw_terms=terms)
+        return pa.Table.from_batches(list(batches))
+
+    by_arrow = read()
+    monkeypatch.setattr(es_module, "_reads_bytes", lambda es: False)
+    by_json = read()
+    assert by_arrow.num_rows == N_SYNTHETIC + 158
+    assert by_arrow.equals(by_json)
+
+
 def test_unique_values_by_composite_aggregation(es_source: ElasticsearchSource) -> None:
     got = rows(es_source.unique_values("genus", q("records", {"kingdom": "plantae"}), None))
     values = [r["value"] for r in got]
@@ -222,26 +243,24 @@ def test_scrolls_are_cleared_even_when_the_reader_stops_early(
     es_source: ElasticsearchSource, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = es_source.es
-    opened: list[str] = []
-    real_search = client.search
+    cleared: list[str] = []
+    real_clear = client.clear_scroll
 
-    def search(*args: Any, **kwargs: Any) -> Any:
-        answer = real_search(*args, **kwargs)
-        if "_scroll_id" in answer:
-            opened.append(answer["_scroll_id"])
-        return answer
+    def clear_scroll(*args: Any, **kwargs: Any) -> Any:
+        cleared.append(kwargs["scroll_id"])
+        return real_clear(*args, **kwargs)
 
-    monkeypatch.setattr(client, "search", search)
+    monkeypatch.setattr(client, "clear_scroll", clear_scroll)
     batches = cast(
         Generator[pa.RecordBatch, None, None],
         es_source.batches("records", None, None, fields=["uuid"], batch_size=10),
     )
     next(batches)
-    assert len(opened) == 1
-    client.scroll(scroll_id=opened[0], scroll="1m")  # still open
+    assert cleared == []
     batches.close()  # runs the generator's finally: the scroll is released
+    assert len(cleared) == 1
     with pytest.raises(NotFoundError):
-        client.scroll(scroll_id=opened[0], scroll="1m")
+        client.scroll(scroll_id=cleared[0], scroll="1m")
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,12 @@
 """hits_to_batch converts whole columns with Arrow; every shape of ``_source`` value gives
 the same batch as converting value by value with ``_cell`` / ``_raw_value`` (the reference
-below), the usual shapes and the odd ones alike."""
+below), the usual shapes and the odd ones alike. So does a page whose answer Arrow decodes
+(``_arrow_sources``), which hands pages with odd values back to hits_to_batch."""
 
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pyarrow as pa
@@ -12,13 +14,26 @@ import pytest
 
 from downloader.sources.elasticsearch import (
     ARROW_TYPES,
+    _arrow_batch,
+    _arrow_members,
+    _arrow_sources,
     _cell,
+    _Page,
     _raw_value,
     get_field,
     hits_to_batch,
 )
 
-FIELDS = ["uuid", "genus", "datemodified", "geopoint", "recordids", "hasImage"]
+FIELDS = [
+    "uuid",
+    "genus",
+    "datemodified",
+    "geopoint",
+    "recordids",
+    "hasImage",
+    "startdayofyear",
+    "coordinateuncertainty",
+]
 TERMS = ["dwc:genus", "dwc:country"]
 
 
@@ -43,6 +58,8 @@ def usual(i: int) -> dict[str, Any]:
         "geopoint": {"lat": 1.5 + i, "lon": -2} if i % 4 else None,
         "recordids": [f"r{i}", "日本"] if i % 5 else [],
         "hasImage": bool(i % 2),
+        "startdayofyear": i % 366 if i % 7 else None,
+        "coordinateuncertainty": 10.5 * i if i % 3 else i,
         "data": {"dwc:genus": "Acer", "dwc:country": "Ærø"} if i % 6 else None,
     }
 
@@ -65,7 +82,32 @@ ODD: list[tuple[str, Any]] = [
     ("hasImage", [False]),
     ("data", {"dwc:genus": 5, "dwc:country": ["x"]}),
     ("data", {"dwc:genus": True}),
+    ("data", {"dwc:genus": None, "other": 5}),
+    ("geopoint", {"lat": 1, "lon": 2, "alt": 3}),
+    ("startdayofyear", 1.0),
+    ("startdayofyear", "5"),
+    ("startdayofyear", True),
+    ("coordinateuncertainty", "5.5"),
+    ("coordinateuncertainty", 2**70),
+    ("genus", 'quote " backslash \\ newline \n nul \u0000 emoji 😀'),
+    ("fulltext", {"not": ["asked", "for"]}),
 ]
+
+
+def answer(sources: list[dict[str, Any]], scroll_id: str | None = "scroll-1") -> bytes:
+    """A scroll answer as a cluster sends it (one line of JSON)."""
+    hits = [
+        {"_index": "x", "_id": s.get("uuid"), "_score": None, "_source": s, "sort": [i]}
+        for i, s in enumerate(sources)
+    ]
+    doc = {"_scroll_id": scroll_id, "took": 3, "hits": {"total": {"value": 1}, "hits": hits}}
+    return json.dumps(doc, ensure_ascii=False).encode()
+
+
+def decoded(sources: list[dict[str, Any]]) -> Any:
+    members = _arrow_members("records", [(FIELDS, TERMS), ([], TERMS)])
+    assert members is not None
+    return _arrow_sources(answer(sources), members)
 
 
 def test_usual_documents_match_the_value_by_value_conversion() -> None:
@@ -87,3 +129,47 @@ def test_no_fields_and_no_documents() -> None:
     assert hits_to_batch("records", [], FIELDS, TERMS).equals(reference([], FIELDS, TERMS))
     sources = [usual(i) for i in range(3)]
     assert hits_to_batch("records", sources, [], []).equals(reference(sources, [], []))
+
+
+def test_an_answer_decoded_by_arrow_gives_the_same_batches() -> None:
+    sources = [usual(i) for i in range(200)]
+    got = decoded(sources)
+    assert got is not None
+    scroll_id, arrow = got
+    assert scroll_id == "scroll-1" and len(arrow) == 200
+    for names, terms in ((FIELDS, TERMS), ([], TERMS), (["uuid"], []), (FIELDS[::-1], TERMS[:1])):
+        batch = _arrow_batch("records", arrow, names, terms)
+        assert batch is not None  # the usual shapes take the Arrow path
+        assert batch.equals(reference(sources, names, terms))
+        assert _Page("records", arrow=arrow, raw=answer(sources)).batch(names, terms).equals(batch)
+
+
+@pytest.mark.parametrize(("name", "value"), [*ODD, ("geopoint", {"lat": None, "lon": 2.5})])
+def test_odd_values_in_an_answer_give_the_same_batches(name: str, value: Any) -> None:
+    sources = [usual(i) for i in range(50)]
+    for i in (0, 7, 49):
+        sources[i][name] = copy.deepcopy(value)
+    got = decoded(sources)
+    page = (
+        _Page("records", raw=answer(sources))
+        if got is None
+        else _Page("records", arrow=got[1], raw=answer(sources))
+    )
+    assert page.batch(FIELDS, TERMS).equals(hits_to_batch("records", sources, FIELDS, TERMS))
+
+
+def test_answers_arrow_does_not_decode() -> None:
+    members = _arrow_members("records", [(FIELDS, TERMS)])
+    assert members is not None
+    duplicate = answer([usual(1)]).replace(b'"genus": "acer"', b'"genus": "acer", "genus": "x"')
+    assert b'"genus": "x"' in duplicate
+    assert _arrow_sources(duplicate, members) is None
+    assert _arrow_sources(b"not json", members) is None
+    pretty = json.dumps(json.loads(answer([usual(1)])), indent=1).encode()
+    compact = _arrow_sources(answer([usual(1)]), members)
+    assert compact is not None and _arrow_sources(pretty, members) == compact
+    no_source = b'{"_scroll_id": "s", "hits": {"hits": [{"_id": "a"}]}}'
+    assert _arrow_sources(no_source, members) is None
+    empty = _arrow_sources(answer([], scroll_id=None), members)
+    assert empty is not None and empty[0] is None and len(empty[1]) == 0
+    assert _arrow_members("records", [(["uuid"], []), (["genus"], ["dwc:genus"])]) is not None
