@@ -826,30 +826,50 @@ class ElasticsearchSource:
     def _distinct(
         self, rtype: RecordType, clause: dict[str, Any], field: str
     ) -> Iterator[list[str]]:
-        """Distinct values of ``field`` among matching documents, sorted, in chunks."""
-        after: dict[str, Any] | None = None
-        while True:
-            composite: dict[str, Any] = {
-                "size": self.id_chunk,
-                "sources": [{"v": {"terms": {"field": field}}}],
-            }
-            if after:
-                composite["after"] = after
+        """Distinct values of ``field`` (a link field: one value per document) among
+        matching documents, sorted, in chunks of ``id_chunk``.
+
+        A scroll sorted on the field that fetches no ``_source``: the values are the hits'
+        sort values, repeats are adjacent and dropped, documents without a value are left
+        out (as a composite aggregation, used before, leaves them out). The cluster sorts
+        once; a composite aggregation visited every matching document for each page of
+        buckets on osmem-server (2.9 s against 0.2 s for 11,600 record uuids)."""
+        index = self.index(rtype)
+        what = f"listing {field} of matching {rtype}"
+        chunk: list[str] = []
+        last: Any = None
+        scroll_id: str | None = None
+        try:
             answer = _call(
-                f"listing {field} of matching {rtype}",
+                what,
                 self.es.search,
-                index=self.index(rtype),
+                index=index,
                 query=clause,
-                size=0,
-                aggs={"ids": {"composite": composite}},
+                sort=[{field: "asc"}],
+                source=False,
+                size=MAX_PAGE,
+                scroll=KEEP_ALIVE,
             )
-            agg = answer["aggregations"]["ids"]
-            values = [str(b["key"]["v"]) for b in agg["buckets"] if b["key"]["v"] is not None]
-            if values:
-                yield values
-            after = agg.get("after_key")
-            if not after or len(agg["buckets"]) < self.id_chunk:
-                return
+            while True:
+                scroll_id = answer.get("_scroll_id") or scroll_id
+                hits = answer["hits"]["hits"]
+                if not hits:
+                    break
+                for hit in hits:
+                    value = (hit.get("sort") or [None])[0]
+                    if value is None or value == last:
+                        continue
+                    last = value
+                    chunk.append(str(value))
+                    if len(chunk) == self.id_chunk:
+                        yield chunk
+                        chunk = []
+                answer = _call(what, self.es.scroll, scroll_id=scroll_id, scroll=KEEP_ALIVE)
+        finally:
+            if scroll_id:
+                self._clear_scroll(scroll_id)
+        if chunk:
+            yield chunk
 
     def _composite_counts(
         self, rtype: RecordType, clause: dict[str, Any], field: str
