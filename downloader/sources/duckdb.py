@@ -53,6 +53,12 @@ _BLOCK_ROWS = 1_048_576
 # thread: the build's encoder and writer need the other core. The memory limit is most of a
 # build's peak RSS beyond the libraries: a 1M-record default build peaked at 415 MB with
 # 128MB, 380 MB with 96MB and 359 MB with 64MB, where block re-reads cost 20-30% more CPU.
+# Every other connection (counts, tallies, terms): a memory limit too, or a join over the
+# other table (media of records matching rq) holds its whole hash table in memory: at 5M
+# records a media count peaked at 709 MB RSS unlimited, 232 MB with 128MB (spilling to
+# records.duckdb.tmp beside the store; that count took 2.2 s instead of 1.0 s).
+_QUERY_CONFIG: dict[str, Any] = {"memory_limit": "128MB"}
+
 _READ_CONFIG: dict[str, Any] = {
     "memory_limit": "96MB",
     "threads": 1,
@@ -328,7 +334,7 @@ class DuckDBSource:
             raise _Missing()
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.02
-        config: dict[str, Any] = dict(_READ_CONFIG) if read_config else {}
+        config = dict(_READ_CONFIG if read_config else _QUERY_CONFIG)
         while True:
             try:
                 return duckdb.connect(str(self.path), read_only=True, config=config)
