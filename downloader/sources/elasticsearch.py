@@ -28,8 +28,8 @@ for every page, which on osmem-server is a pass over the whole index per page (a
 with the square of its size: at 200,000 records 3.6 times a scroll in index order). A scroll
 sorted by ``_doc`` was not used: that order is the index's internal order, which changes with
 merges, replicas and re-ingests, and is not uuid order. The scroll is cleared in ``finally``.
-The next page is fetched and converted on a second thread while the caller encodes the
-current one, which is where the second core pays off.
+Requests go out from one thread and answers are decoded and converted on another, while
+the caller encodes the previous page, which is where the second core pays off.
 
 Reads ask for the whole ``_source`` unless they name only a few fields (see
 :data:`NARROW_SOURCE`): filtering ``_source`` makes the cluster rewrite every document. An
@@ -59,7 +59,10 @@ import dataclasses
 import functools
 import json
 import logging
+import queue
+import re
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -689,6 +692,25 @@ def _arrow_batch(
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
+_SCROLL_ID = re.compile(rb'"_scroll_id"\s*:\s*"([^"\\]+)"')
+_SOURCE_KEY = re.compile(rb'"_source"\s*:')
+
+
+def _peek(answer: Any) -> tuple[str | None, bool]:
+    """The scroll id of a search or scroll answer and whether it holds a hit, read without
+    decoding the answer: the id when ``"_scroll_id"`` comes before ``"hits"`` (where no
+    document can be), a hit when any ``"_source"`` key is present (each hit has one; the
+    answer itself has none). (None, False) when the bytes do not show it plainly; the
+    caller then waits for the decoded answer."""
+    if not isinstance(answer, bytes):
+        return answer.get("_scroll_id"), bool(answer["hits"]["hits"])
+    hits_at = answer.find(b'"hits"')
+    found = _SCROLL_ID.search(answer, 0, hits_at if hits_at >= 0 else 0)
+    if found is None:
+        return None, False
+    return found.group(1).decode("ascii", "replace"), _SOURCE_KEY.search(answer) is not None
+
+
 class _Page:
     """One page of hits, converted per read (``batch``): from Arrow's decoding of the answer
     when it had one, else (or when a read's values have unusual shapes) from the answer
@@ -1078,10 +1100,10 @@ class ElasticsearchSource:
         A scroll sorted on ``uuid``: the cluster sorts the matching documents once when the
         scroll opens and keeps its place, where ``search_after`` searches and sorts again
         for every page (on osmem-server that is a pass over the whole index per page, so a
-        read grew with the square of its size). Each page is fetched, decoded (by Arrow
-        when the client hands back the answer's bytes, see :data:`JSON_BYTES`) and
-        converted on a second thread while the caller works on the previous one. The
-        scroll is cleared however this ends."""
+        read grew with the square of its size). Pages are requested on one thread and
+        decoded (by Arrow when the client hands back the answer's bytes, see
+        :data:`JSON_BYTES`) and converted on another while the caller works on the previous
+        one. The scroll is cleared however this ends."""
         index = self.index(rtype)
         what = f"reading {rtype}"
         body: dict[str, Any] = {
@@ -1121,8 +1143,7 @@ class ElasticsearchSource:
                 body=payload,
             ).body
 
-        def fetch() -> tuple[int, T | None]:  # on the page thread, one call at a time
-            answer = request()
+        def decode(answer: Any) -> tuple[int, str | None, T | None]:  # one at a time, in order
             decoded = None
             if isinstance(answer, bytes):
                 decoded = _arrow_sources(answer, members) if members is not None else None
@@ -1136,20 +1157,61 @@ class ElasticsearchSource:
                 scroll_id = answer.get("_scroll_id")
                 hits = answer["hits"]["hits"]
                 n, page = len(hits), _Page(rtype, sources=[h["_source"] for h in hits])
-            state["scroll"] = scroll_id or state["scroll"]
-            return (n, convert(page)) if n else (0, None)
+            return (n, scroll_id, convert(page)) if n else (0, scroll_id, None)
 
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="es-page")
+        # Two threads besides the caller's: one sends the requests, one decodes and converts
+        # the answers (in order). The next request goes out as soon as an answer shows its
+        # scroll id and at least one hit (see _peek), so the cluster answers while the last
+        # page is decoded; otherwise after that page is decoded. At most one decoded page
+        # waits for the caller.
+        ahead: queue.Queue[Future[tuple[int, str | None, T | None]] | BaseException | None]
+        ahead = queue.Queue(maxsize=1)
+        stop = threading.Event()
+        decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="es-decode")
+
+        def put(item: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    ahead.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                while not stop.is_set():
+                    answer = request()
+                    scroll_id, more = _peek(answer)
+                    state["scroll"] = scroll_id or state["scroll"]
+                    decoding = decoder.submit(decode, answer)
+                    if not put(decoding):
+                        return
+                    if scroll_id is None or not more:
+                        n, scroll_id, _ = decoding.result()
+                        state["scroll"] = scroll_id or state["scroll"]
+                        if not n:  # a scroll ends with an empty page
+                            break
+                put(None)
+            except BaseException as exc:
+                put(exc)
+
+        producer = threading.Thread(target=produce, name="es-fetch", daemon=True)
+        producer.start()
         try:
-            pending: Future[tuple[int, T | None]] | None = pool.submit(fetch)
-            while pending is not None:
-                n, converted = pending.result()
-                # A scroll ends with an empty page.
-                pending = pool.submit(fetch) if n else None
+            while True:
+                item = ahead.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                _, _, converted = item.result()
                 if converted is not None:
                     yield converted
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            stop.set()
+            producer.join()
+            decoder.shutdown(wait=True, cancel_futures=True)
             if state["scroll"]:
                 self._clear_scroll(state["scroll"])
 

@@ -19,6 +19,7 @@ from downloader.sources.elasticsearch import (
     _arrow_sources,
     _cell,
     _Page,
+    _peek,
     _raw_value,
     get_field,
     hits_to_batch,
@@ -173,3 +174,13 @@ def test_answers_arrow_does_not_decode() -> None:
     empty = _arrow_sources(answer([], scroll_id=None), members)
     assert empty is not None and empty[0] is None and len(empty[1]) == 0
     assert _arrow_members("records", [(["uuid"], []), (["genus"], ["dwc:genus"])]) is not None
+
+
+def test_peek_reads_the_scroll_id_and_whether_there_are_hits() -> None:
+    assert _peek(answer([usual(1)])) == ("scroll-1", True)
+    assert _peek(answer([])) == ("scroll-1", False)
+    assert _peek(answer([usual(1)], scroll_id=None)) == (None, False)
+    # An id only found after "hits" could be a document's: not trusted.
+    late = b'{"hits":{"hits":[{"_source":{"_scroll_id":"doc"}}]},"_scroll_id":"real"}'
+    assert _peek(late) == (None, False)
+    assert _peek({"_scroll_id": "d", "hits": {"hits": [{"_source": {}}]}}) == ("d", True)
