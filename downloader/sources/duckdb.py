@@ -49,18 +49,19 @@ _SLICE_ROWS = 10_240
 # matching row ids at most, and one join over the other table per million rows.
 _BLOCK_ROWS = 1_048_576
 
-# Read connections of a batch stream: bounded memory, and scans that keep row order. One
-# thread: the build's encoder and writer need the other core. The memory limit is most of a
-# build's peak RSS beyond the libraries: a 1M-record default build peaked at 415 MB with
-# 128MB, 380 MB with 96MB and 359 MB with 64MB, where block re-reads cost 20-30% more CPU.
 # Every other connection (counts, tallies, terms): a memory limit too, or a join over the
 # other table (media of records matching rq) holds its whole hash table in memory: at 5M
 # records a media count peaked at 709 MB RSS unlimited, 232 MB with 128MB (spilling to
 # records.duckdb.tmp beside the store; that count took 2.2 s instead of 1.0 s).
 _QUERY_CONFIG: dict[str, Any] = {"memory_limit": "128MB"}
 
+# Read connections of a batch stream: bounded memory, and scans that keep row order. One
+# thread: the build's encoder and writer need the other core (two threads read the verbatim
+# file's json_transform faster but raised a 1M-record build's peak RSS by ~45 MB). The memory
+# limit is most of a build's peak RSS beyond the libraries: 415 MB with 128MB, 380 MB with
+# 96MB, ~345 MB with 64MB (48MB made the reads markedly slower).
 _READ_CONFIG: dict[str, Any] = {
-    "memory_limit": "96MB",
+    "memory_limit": "64MB",
     "threads": 1,
     "preserve_insertion_order": True,
 }
