@@ -122,16 +122,11 @@ class _SlicePlan:
     whole table, so the matching row ids are found once per block of :data:`_BLOCK_ROWS`
     row ids (8 bytes per match held) and each block is read by a semi join with them.
 
-    Sorted slices (:meth:`next_slice`, the fallback) work the same way with smaller pieces.
-    Without a filter a slice is the next :data:`_SLICE_ROWS` row ids. With one, the row ids
-    of the matching rows are found first, a block of :data:`_BLOCK_ROWS` row ids at a time
-    with one query (8 bytes per match held), and each slice covers the next
-    :data:`_SLICE_ROWS` matches, so a selective query reads as few slices as a full one.
-    A slice's query then re-applies a filter on its own table (cheap, pushed into the
-    scan); a filter that refers to the other table (media of records matching ``rq``,
-    records with media matching ``mq``) would cost a join over that whole table per slice,
-    so those slices are read by a semi join with their row ids instead. The row ids stay
-    valid across windows because the stream stops when the store file changes.
+    Sorted slices (:meth:`next_slice`, the fallback) are at most :data:`_SLICE_ROWS` row
+    ids without a filter, and the next :data:`_SLICE_ROWS` matches of a block with one, so
+    a selective query reads as few slices as a full one; a filter on the other table is
+    again a semi join with the slice's row ids. The row ids stay valid across windows
+    because the stream stops when the store file changes.
     """
 
     def __init__(
@@ -230,7 +225,7 @@ class _Reads:
         table, a = _TABLE[rtype], _ALIAS[rtype]
         head = f"SELECT {outer}, _rowid FROM (SELECT {inner}, {a}.rowid AS _rowid FROM {table}"
         self._range = f"{head} WHERE {a}.rowid >= ? AND {a}.rowid < ? AND ({where}))"
-        self._picked = (
+        self._picked_sql = (
             f"{head} SEMI JOIN {_PICKED} ON {a}.rowid = {_PICKED}.rid "
             f"WHERE {a}.rowid >= ? AND {a}.rowid < ?)"
         )
@@ -253,31 +248,40 @@ class _Reads:
     ) -> duckdb.DuckDBPyRelation:
         if picked is None:
             return con.sql(self._range + tail, params=[lo, hi, *self._params])
-        return con.sql(self._picked + tail, params=[lo, hi])
+        return con.sql(self._picked_sql + tail, params=[lo, hi])
+
+    @contextmanager
+    def _picked(self, con: duckdb.DuckDBPyConnection, picked: np.ndarray | None) -> Iterator[None]:
+        """``picked`` registered for :attr:`_picked_sql`'s semi join while in the block."""
+        if picked is None:
+            yield
+            return
+        con.register(_PICKED, pa.table({"rid": picked}))
+        try:
+            yield
+        finally:
+            con.unregister(_PICKED)
 
     def _streamed(
         self, con: duckdb.DuckDBPyConnection, pos: int
     ) -> Generator[tuple[pa.Table | pa.RecordBatch, int], None, None]:
         for lo, hi, picked in self._plan.segments(con, pos):
-            if picked is not None:
-                con.register(_PICKED, pa.table({"rid": picked}))
             last = lo - 1
-            # DuckDB takes no new query on the connection while a result is open.
-            reader = self._query(con, lo, hi, picked, "").to_arrow_reader(self._batch_size)
-            try:
-                for batch in reader:
-                    if batch.num_rows == 0:
-                        continue
-                    rowids = batch.column(batch.num_columns - 1).to_numpy()
-                    if not _in_order(rowids, last):
-                        self.streamed = False
-                        break
-                    last = int(rowids[-1])
-                    yield batch, last + 1
-            finally:
-                reader.close()
-                if picked is not None:
-                    con.unregister(_PICKED)
+            with self._picked(con, picked):
+                reader = self._query(con, lo, hi, picked, "").to_arrow_reader(self._batch_size)
+                try:
+                    for batch in reader:
+                        if batch.num_rows == 0:
+                            continue
+                        rowids = batch.column(batch.num_columns - 1).to_numpy()
+                        if not _in_order(rowids, last):
+                            self.streamed = False
+                            break
+                        last = int(rowids[-1])
+                        yield batch, last + 1
+                finally:
+                    # DuckDB takes no new query on the connection while a result is open.
+                    reader.close()
             if not self.streamed:
                 yield from self._sliced(con, last + 1)
                 return
@@ -287,13 +291,8 @@ class _Reads:
     ) -> Generator[tuple[pa.Table | pa.RecordBatch, int], None, None]:
         while (planned := self._plan.next_slice(con, pos)) is not None:
             lo, hi, picked = planned
-            if picked is not None:
-                con.register(_PICKED, pa.table({"rid": picked}))
-            try:
+            with self._picked(con, picked):
                 rows = self._query(con, lo, hi, picked, " ORDER BY _rowid").to_arrow_table()
-            finally:
-                if picked is not None:
-                    con.unregister(_PICKED)
             pos = hi
             yield rows, hi
 
@@ -474,13 +473,11 @@ class DuckDBSource:
         """Matching documents as Arrow batches in the store's row order (see
         ``RecordSource``): the same rows in the same order for the same data version.
 
-        Rows are read in slices of at most ``_SLICE_ROWS`` rows (DuckDB skips the data
-        outside a slice's row id range; see :class:`_SlicePlan`), each slice sorted by row id
-        on its own, so memory stays flat whatever the result size and no query sorts the
-        whole result. The connection is
-        released every ``window_seconds`` and the stream resumes at the next slice;
-        :class:`SourceUnavailable` if the store file changed in between (row ids are only
-        stable while the file is).
+        Each window streams one unsorted query in row id order (see :class:`_Reads` and
+        :class:`_SlicePlan`), so memory stays flat whatever the result size and no query
+        sorts the whole result. The connection is released every ``window_seconds`` and the
+        stream resumes after the last row id handed out; :class:`SourceUnavailable` if the
+        store file changed in between (row ids are only stable while the file is).
         """
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-read") as pool:
             yield from self._batches(pool, rtype, rq, mq, fields, raw_terms, batch_size)
