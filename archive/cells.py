@@ -96,8 +96,8 @@ def utf8(arr: pa.Array) -> pa.Array:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise _first_bad_utf8(arr) or CellError(0, f"cannot be read as text: {exc}") from None
         return arr
-    # Casting the bytes back to string makes Arrow check every value (SIMD, without the
-    # GIL); decoding the data buffer with codecs was three times slower and held the GIL.
+    # Casting the bytes back to string makes Arrow check every value: as fast as decoding
+    # the data buffer with codecs was, without holding the GIL or copying into a Python str.
     try:
         arr.view(pa.binary()).cast(pa.string())
     except pa.ArrowInvalid:
@@ -178,14 +178,6 @@ def _rows_where(arr: pa.Array, hit: Callable[[np.ndarray], np.ndarray]) -> np.nd
 def _json_special(data: np.ndarray) -> np.ndarray:
     """Bytes a JSON string literal must escape: control characters, quote, backslash."""
     return (data < 0x20) | (data == 0x22) | (data == 0x5C)
-
-
-def _quote_or_control(data: np.ndarray) -> np.ndarray:
-    return (data < 0x20) | (data == 0x22)
-
-
-def _is_backslash(data: np.ndarray) -> np.ndarray:
-    return data == 0x5C
 
 
 def _is_exponent(data: np.ndarray) -> np.ndarray:
@@ -465,10 +457,11 @@ def _plain_string_list_cells(arr: pa.ListArray, delimiter: str) -> pa.Array | No
         flat = utf8(flat)
     except CellError:
         return None  # the general path names the row
-    if _rows_where(flat, _quote_or_control) is not None:
+    _, data = _string_parts(flat)
+    if np.any((data < 0x20) | (data == 0x22)):
         return None
     joined = pc.binary_join(arr, _ITEM_SEPARATOR)
-    if _rows_where(flat, _is_backslash) is not None:
+    if np.any(data == 0x5C):
         joined = pc.replace_substring(joined, "\\", "\\\\")
     text = _concat('"[""', joined, '""]"')
     empty = pc.equal(pc.list_value_length(arr), 0)
