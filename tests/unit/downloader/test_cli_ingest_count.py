@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from downloader.cli import main
+from tests.unit.downloader.cli_support import cli_count
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "dwca"
 DEMO = str(FIXTURES / "demo-occurrence-multimedia.zip")
@@ -20,20 +20,6 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     d = tmp_path_factory.mktemp("cli")
     assert main(["ingest", "--data-dir", str(d), DEMO, GBIF, "--synthetic", "3000"]) == 0
     return str(d)
-
-
-def count(data_dir: str, rq: object, mq: object | None = None) -> tuple[int, int]:
-    import contextlib
-    import io
-
-    out = io.StringIO()
-    argv = ["count", "--data-dir", data_dir, json.dumps(rq), "--json"]
-    if mq is not None:
-        argv += ["--mq", json.dumps(mq)]
-    with contextlib.redirect_stdout(out):
-        assert main(argv) == 0
-    body = json.loads(out.getvalue())
-    return body["records"], body["mediarecords"]
 
 
 def test_ingest_prints_a_summary_per_archive(
@@ -117,14 +103,14 @@ def test_count_human_readable(data_dir: str, capsys: pytest.CaptureFixture[str])
     ],
 )
 def test_count_every_query_type(data_dir: str, rq: dict[str, object]) -> None:
-    records, _ = count(data_dir, rq)
-    everything, _ = count(data_dir, {})
+    records, _ = cli_count(data_dir, rq)
+    everything, _ = cli_count(data_dir, {})
     assert 0 < records < everything
 
 
 def test_count_with_mq(data_dir: str) -> None:
-    records, media = count(data_dir, {"genus": "acer"}, {"format": "image/jpeg"})
-    all_acer, acer_media = count(data_dir, {"genus": "acer"})
+    records, media = cli_count(data_dir, {"genus": "acer"}, {"format": "image/jpeg"})
+    all_acer, acer_media = cli_count(data_dir, {"genus": "acer"})
     assert 0 < records < all_acer
     assert media == acer_media
 

@@ -3,8 +3,6 @@ runs them, against osmem-server (an OpenSearch-compatible server on a free port)
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 from downloader.cli import main
 from downloader.sources.elasticsearch import ElasticsearchSource
 from tests.support.osmem import OsmemSearch, osmem_search
+from tests.unit.downloader.cli_support import cli_count
 
 pytestmark = pytest.mark.integration
 
@@ -43,17 +42,6 @@ def es_env(osmem_search: OsmemSearch, monkeypatch: pytest.MonkeyPatch) -> Elasti
     return ElasticsearchSource(osmem_search.url, index_prefix=PREFIX, timeout=10)
 
 
-def count(data_dir: Path, rq: object, mq: object | None) -> tuple[int, int]:
-    out = io.StringIO()
-    argv = ["count", "--data-dir", str(data_dir), json.dumps(rq), "--json"]
-    if mq is not None:
-        argv += ["--mq", json.dumps(mq)]
-    with contextlib.redirect_stdout(out):
-        assert main(argv) == 0
-    body = json.loads(out.getvalue())
-    return body["records"], body["mediarecords"]
-
-
 def test_ingest_into_the_index_then_count_it_like_the_staging_store(
     es_env: ElasticsearchSource,
     tmp_path: Path,
@@ -70,9 +58,9 @@ def test_ingest_into_the_index_then_count_it_like_the_staging_store(
     version = es_env.data_version()
     assert version != "0"
 
-    embedded = {json.dumps([rq, mq]): count(tmp_path, rq, mq) for rq, mq in QUERIES}
+    embedded = {json.dumps([rq, mq]): cli_count(tmp_path, rq, mq) for rq, mq in QUERIES}
     monkeypatch.setenv("DOWNLOADER_RECORD_SOURCE", "elasticsearch")
-    indexed = {json.dumps([rq, mq]): count(tmp_path, rq, mq) for rq, mq in QUERIES}
+    indexed = {json.dumps([rq, mq]): cli_count(tmp_path, rq, mq) for rq, mq in QUERIES}
     assert indexed == embedded
     assert embedded[json.dumps([{}, None])] == (60 + 158, 38)
     assert embedded[json.dumps([{"genus": "acer"}, None])] == (7, 11)
@@ -83,7 +71,7 @@ def test_ingest_into_the_index_then_count_it_like_the_staging_store(
     assert main(["ingest", "--data-dir", str(tmp_path), "--no-export", DEMO]) == 0
     assert "copied into the search index" in capsys.readouterr().out
     assert es_env.data_version() != version
-    assert count(tmp_path, {}, None) == (60 + 158, 38)
+    assert cli_count(tmp_path, {}, None) == (60 + 158, 38)
     # --if-empty looks at the target: the index holds records, so nothing is loaded.
     assert main(["ingest", "--data-dir", str(tmp_path), "--if-empty", DEMO]) == 0
     assert "already holds 218 records" in capsys.readouterr().out
