@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import deque
 from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -65,6 +66,11 @@ _READ_CONFIG: dict[str, Any] = {
     "threads": 1,
     "preserve_insertion_order": True,
 }
+
+
+# Batches a stream reads ahead of its consumer (see DuckDBSource._batches). Each is at most
+# ``batch_size`` rows (10,000 by default: a few MB of Arrow data).
+_READ_AHEAD = 3
 
 
 @dataclass(frozen=True)
@@ -508,8 +514,10 @@ class DuckDBSource:
             except _Missing:
                 return
             rows = reads.window(con, pos)
-            pending: Future[tuple[pa.Table | pa.RecordBatch, int] | None] | None = None
-            carry: pa.Table | pa.RecordBatch | None = None
+            # Reads queued on the helper thread, oldest first. A single worker runs them in
+            # order, so this is a read-ahead of up to _READ_AHEAD items.
+            pending: deque[Future[tuple[pa.Table | pa.RecordBatch, int] | None]] = deque()
+            carry: list[pa.Table | pa.RecordBatch] = []
             try:
                 current_signature = self._signature()
                 current_version = self._read_version(con)
@@ -526,35 +534,46 @@ class DuckDBSource:
                     )
                 started = time.monotonic()
                 # The next rows are read on a helper thread (DuckDB releases the GIL) while
-                # the consumer turns these into cells: reading and writing overlap.
-                pending = pool.submit(next, rows, None)
-                while pending is not None:
-                    item = pending.result()
-                    pending = None
+                # the consumer turns these into cells: reading and writing overlap. DuckDB
+                # computes several batches at once and then hands them out for free, so one
+                # read ahead would leave the reader idle while the consumer takes the free
+                # ones; a few keep it busy.
+                while len(pending) < _READ_AHEAD:
+                    pending.append(pool.submit(next, rows, None))
+                while pending:
+                    item = pending.popleft().result()
                     if item is None:
                         pos = plan.end
                         break
                     got, pos = item
                     if time.monotonic() - started > self.window_seconds:
-                        # The window is over: hand these rows out after the file is
-                        # released; the next window resumes after them.
-                        carry = got
+                        # The window is over: the rows read so far are handed out after the
+                        # file is released; the next window resumes after them.
+                        carry.append(got)
+                        while pending:
+                            item = pending.popleft().result()
+                            if item is None:
+                                pos = plan.end
+                                break
+                            got, pos = item
+                            carry.append(got)
                         break
-                    pending = pool.submit(next, rows, None)
+                    pending.append(pool.submit(next, rows, None))
                     yield from _without_rowid(got, batch_size)
             except duckdb.CatalogException:
                 return
             except duckdb.Error as exc:
                 raise SourceUnavailable(f"record store query failed: {exc}") from exc
             finally:
-                if pending is not None:
-                    # The consumer stopped early: let the read in flight end before closing.
+                # The consumer stopped early (or a read failed): let the reads in flight end
+                # before closing.
+                for left in pending:
                     with suppress(Exception):
-                        pending.result()
+                        left.result()
                 rows.close()
                 con.close()
-            if carry is not None:
-                yield from _without_rowid(carry, batch_size)
+            for got in carry:
+                yield from _without_rowid(got, batch_size)
 
     def unique_values(
         self,

@@ -153,7 +153,8 @@ def test_batches_stop_when_data_changes_between_windows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(duckdb_source, "_SLICE_ROWS", 100)
-    ingest_synthetic(tmp_path, 300, seed=1)
+    # More batches than one window reads ahead, so a second window opens the file.
+    ingest_synthetic(tmp_path, 100 * (duckdb_source._READ_AHEAD + 3), seed=1)
     source = DuckDBSource(store_path(tmp_path), window_seconds=0.0)
     stream = source.batches("records", None, None, batch_size=100)
     next(stream)
