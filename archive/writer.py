@@ -1,11 +1,13 @@
 """write_archive: an ArchiveSpec and its batches in, a DwC-A zip (or a bare CSV/TSV) out.
 
-How the work is split. The calling thread reads each data file's batches, turns them into
-CSV/TSV bytes with Arrow kernels (:mod:`archive.cells`), and hands the bytes to a writer
-thread through a small bounded queue. The writer thread computes CRC-32, deflates (isal /
-zlib-ng / zlib, which all release the GIL), hashes (sha256) and writes to the sink. So
-encoding and compression run on two cores at once, and memory stays flat: at most a few
-chunks of a few MiB are in flight whatever the archive's size.
+How the work is split. The calling thread reads each data file's batches and cuts them
+into pieces of a few MiB of text; :data:`ENCODERS` pool threads turn pieces into CSV/TSV
+bytes with Arrow kernels (:mod:`archive.cells`, which hold the GIL only between kernels);
+the bytes go, in the pieces' order, to a writer thread through a small bounded queue. The
+writer thread computes CRC-32, deflates (isal / zlib-ng / zlib, which all release the GIL),
+hashes (sha256) and writes to the sink. So reading, encoding and compression share the
+cores, and memory stays flat: at most a few pieces and chunks of a few MiB are in flight
+whatever the archive's size (and Arrow allocates from :func:`archive.memory.use_compact_pool`).
 
 Zip entries, in this order: the data files (in spec order), the citation files, the extra
 files, eml.xml, meta.xml. Every entry carries ``spec.timestamp``, so the same spec over the
@@ -16,7 +18,9 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, BinaryIO
 
@@ -25,6 +29,7 @@ import pyarrow as pa
 from archive import cells, dwca
 from archive.eml import eml_xml
 from archive.errors import ArchiveCancelled, ArchiveError
+from archive.memory import use_compact_pool
 from archive.meta import meta_xml
 from archive.models import ArchiveResult, ArchiveSpec, DataFile
 from archive.zipstream import Deflate, HashingSink, ZipStream
@@ -37,6 +42,8 @@ CHUNK_ROWS = 16_384
 MIN_CHUNK_ROWS = 1_024
 #: Chunks that may wait for the writer thread.
 QUEUE_DEPTH = 4
+#: Pieces encoded at once.
+ENCODERS = 2
 
 
 class _WriterThread:
@@ -167,23 +174,42 @@ def _write_data_file(
     emit(cells.header_line(headers, delimiter))
     progress.rows.setdefault(data_file.filename, 0)
     width = len(headers)
-    for batch in data_file.batches():
-        if should_cancel():
-            raise ArchiveCancelled(f"cancelled while writing {data_file.filename}")
-        if batch.num_columns != width:
-            raise ArchiveError(
-                f"{data_file.filename}: a batch has {batch.num_columns} columns but the file "
-                f"has {width} ({', '.join(headers)})",
-                filename=data_file.filename,
-            )
-        for piece in _row_pieces(batch):
-            try:
-                rows = cells.encode_rows(piece.columns, delimiter)
-            except cells.RowsError as err:
-                raise _value_error(data_file, piece, err) from None
-            # The memoryview keeps the Arrow buffer alive until the writer thread is done.
-            emit(cells.row_bytes(rows))
-            progress.add(data_file, piece.num_rows)
+    # Pieces are encoded on a small pool, in order of arrival, so that encoding a wide file
+    # uses the core the reader leaves idle; at most ENCODERS pieces are in flight.
+    inflight: deque[tuple[pa.RecordBatch, Future[pa.Array]]] = deque()
+
+    def emit_oldest() -> None:
+        piece, future = inflight.popleft()
+        try:
+            rows = future.result()
+        except cells.RowsError as err:
+            raise _value_error(data_file, piece, err) from None
+        # The memoryview keeps the Arrow buffer alive until the writer thread is done.
+        emit(cells.row_bytes(rows))
+        progress.add(data_file, piece.num_rows)
+
+    with ThreadPoolExecutor(max_workers=ENCODERS, thread_name_prefix="archive-encode") as pool:
+        try:
+            for batch in data_file.batches():
+                if should_cancel():
+                    raise ArchiveCancelled(f"cancelled while writing {data_file.filename}")
+                if batch.num_columns != width:
+                    raise ArchiveError(
+                        f"{data_file.filename}: a batch has {batch.num_columns} columns but "
+                        f"the file has {width} ({', '.join(headers)})",
+                        filename=data_file.filename,
+                    )
+                for piece in _row_pieces(batch):
+                    while len(inflight) >= ENCODERS:
+                        emit_oldest()
+                    inflight.append(
+                        (piece, pool.submit(cells.encode_rows, piece.columns, delimiter))
+                    )
+            while inflight:
+                emit_oldest()
+        finally:
+            for _, future in inflight:
+                future.cancel()
 
 
 def _never() -> bool:
@@ -215,6 +241,7 @@ def write_archive(
     :func:`archive.zipstream.fastest_deflate`).
     """
     _check_spec(spec)
+    use_compact_pool()
     cancel = should_cancel or _never
     delimiter = dwca.delimiter(spec.form)
     counter = _Progress(progress)
