@@ -40,9 +40,11 @@ CHUNK_BYTES = 4 * 1024 * 1024
 CHUNK_ROWS = 16_384
 #: Fewest rows encoded at once (per-call overheads dominate below this).
 MIN_CHUNK_ROWS = 1_024
-#: Chunks that may wait for the writer thread.
-QUEUE_DEPTH = 4
-#: Pieces encoded at once.
+#: Chunks that may wait for the writer thread (deflate keeps ahead of encoding, so a short
+#: queue is enough; each queued chunk keeps its encoded rows alive).
+QUEUE_DEPTH = 2
+#: Pieces encoded at once (two made a 1M-record build ~1.5 s faster than one, for ~20 MB
+#: more peak RSS).
 ENCODERS = 2
 
 

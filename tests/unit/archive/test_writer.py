@@ -27,6 +27,7 @@ from archive import (
     DataFile,
     dwca,
     write_archive,
+    writer,
     zipstream,
 )
 from archive.models import Form
@@ -612,3 +613,54 @@ def test_timestamp_with_offset_is_stamped_in_utc(tmp_path: Path) -> None:
     assert TIMESTAMP.tzinfo is UTC
     assert local.utcoffset() == timedelta(hours=-5)
     assert datetime(2024, 5, 1, 12, 30, 15, tzinfo=UTC) == local
+
+
+def _many_pieces(monkeypatch: pytest.MonkeyPatch, encoders: int) -> None:
+    """Cut every batch into pieces of at most 7 rows, encoded ``encoders`` at a time."""
+    monkeypatch.setattr(writer, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(writer, "MIN_CHUNK_ROWS", 1)
+    monkeypatch.setattr(writer, "ENCODERS", encoders)
+
+
+def _numbered_file(rows: int, *, bad_row: int | None = None) -> DataFile:
+    columns = [
+        Column("coreid", None),
+        Column("dwc:locality", "http://rs.tdwg.org/dwc/terms/locality"),
+    ]
+    ids = [f"r{i:04d}" for i in range(rows)]
+    texts = [b"bad \xff" if i == bad_row else f"place, {i}".encode() for i in range(rows)]
+    whole = pa.record_batch([pa.array(ids), pa.array(texts, pa.binary())], names=["a", "b"])
+    batches = [whole.slice(start, 50) for start in range(0, rows, 50)]
+    return data_file("occurrence_raw.csv", columns, batches, core=True)
+
+
+@pytest.mark.parametrize("encoders", [1, 2, 3])
+def test_pieces_encoded_at_once_are_written_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encoders: int
+) -> None:
+    _many_pieces(monkeypatch, encoders)
+    archive_spec = spec([_numbered_file(500)])
+    seen: list[int] = []
+    write(tmp_path / "o.zip", archive_spec, progress=seen.append)
+    back = read_archive(tmp_path / "o.zip", archive_spec)
+    assert back.core_ids == [f"r{i:04d}" for i in range(500)]
+    assert seen == sorted(seen) and seen[-1] == 500
+    with zipfile.ZipFile(tmp_path / "o.zip") as zf:
+        content = zf.read("occurrence_raw.csv")
+    assert rows_of(content)[1:] == [[f"r{i:04d}", f"place, {i}"] for i in range(500)]
+    monkeypatch.setattr(writer, "ENCODERS", 1)
+    monkeypatch.setattr(writer, "CHUNK_ROWS", 16_384)
+    write(tmp_path / "one.zip", spec([_numbered_file(500)]))
+    with zipfile.ZipFile(tmp_path / "one.zip") as zf:
+        assert zf.read("occurrence_raw.csv") == content
+
+
+def test_bad_value_in_a_piece_encoded_beside_others_names_its_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _many_pieces(monkeypatch, 3)
+    before = threading.active_count()
+    with pytest.raises(ArchiveError) as caught:
+        write(tmp_path / "bad.zip", spec([_numbered_file(500, bad_row=333)]))
+    assert (caught.value.coreid, caught.value.column) == ("r0333", "dwc:locality")
+    assert threading.active_count() == before
