@@ -542,24 +542,20 @@ class DuckDBSource:
                 # ones; a few keep it busy.
                 while len(pending) < _READ_AHEAD:
                     pending.append(pool.submit(next, rows, None))
+                window_over = False
                 while pending:
                     item = pending.popleft().result()
                     if item is None:
                         pos = plan.end
                         break
                     got, pos = item
-                    if time.monotonic() - started > self.window_seconds:
-                        # The window is over: the rows read so far are handed out after the
-                        # file is released; the next window resumes after them.
+                    if window_over or time.monotonic() - started > self.window_seconds:
+                        # The window is over: no new read; the rows read so far (these and
+                        # the reads still ahead) are handed out after the file is released,
+                        # and the next window resumes after them.
+                        window_over = True
                         carry.append(got)
-                        while pending:
-                            item = pending.popleft().result()
-                            if item is None:
-                                pos = plan.end
-                                break
-                            got, pos = item
-                            carry.append(got)
-                        break
+                        continue
                     pending.append(pool.submit(next, rows, None))
                     yield from _without_rowid(got, batch_size)
             except duckdb.CatalogException:
