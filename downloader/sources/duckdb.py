@@ -275,6 +275,7 @@ class _Reads:
     ) -> Generator[tuple[pa.Table | pa.RecordBatch, int], None, None]:
         for lo, hi, picked in self._plan.segments(con, pos):
             last = lo - 1
+            done = 0  # picked row ids handed out, when the segment has them
             with self._picked(con, picked):
                 reader = self._query(con, lo, hi, picked, "").to_arrow_reader(self._batch_size)
                 try:
@@ -282,16 +283,29 @@ class _Reads:
                         if batch.num_rows == 0:
                             continue
                         rowids = batch.column(batch.num_columns - 1).to_numpy()
-                        if not _in_order(rowids, last):
+                        if picked is None:
+                            ordered = _in_order(rowids, last)
+                        else:
+                            # A join may skip rows and return them later, so increasing
+                            # row ids are not enough: each batch must be exactly the next
+                            # matching row ids.
+                            ordered = np.array_equal(rowids, picked[done : done + rowids.size])
+                        if not ordered:
                             self.streamed = False
                             break
                         last = int(rowids[-1])
+                        done += rowids.size
                         yield batch, last + 1
                 finally:
                     # DuckDB takes no new query on the connection while a result is open.
                     reader.close()
             if not self.streamed:
-                yield from self._sliced(con, last + 1)
+                # Resume at the first row not handed out: every row id below it was.
+                if picked is None:
+                    resume = last + 1
+                else:
+                    resume = int(picked[done]) if done < picked.size else hi
+                yield from self._sliced(con, resume)
                 return
 
     def _sliced(
