@@ -1,6 +1,13 @@
 """Packaging for the Darwin Core Archive download service."""
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
+
+# The row join of archive/cells.py in C (archive/_rows.c), several times faster than the
+# Arrow kernels it stands in for. It is optional: where no C compiler is at hand the build
+# skips it and archive.cells uses its Arrow implementation, which writes the same bytes.
+ROWS = Extension(
+    "archive._rows", sources=["archive/_rows.c"], optional=True, extra_compile_args=["-O3"]
+)
 
 setup(
     name="dwca-downloader",
@@ -47,5 +54,6 @@ setup(
         ],
         "bench": ["matplotlib>=3.8", "psutil>=5.9", "pyinstrument>=4.6", "py-spy>=0.3.14"],
     },
+    ext_modules=[ROWS],
     entry_points={"console_scripts": ["downloader=downloader.cli:main"]},
 )

@@ -30,11 +30,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+_compiled: ModuleType | None
+try:
+    from archive import _rows as _compiled
+except ImportError:  # built where no C compiler was at hand (see setup.py)
+    _compiled = None
+
+#: Which row join :func:`encode_rows` uses: ``"c"`` (:mod:`archive._rows`) where it was
+#: built, else ``"arrow"`` (Arrow kernels); both write the same bytes.
+ROW_JOIN = "c" if _compiled is not None else "arrow"
 
 #: The separator for element-wise concatenation without a separator.
 _EMPTY = pa.scalar("", pa.string())
@@ -294,6 +305,9 @@ def _json_floats(arr: pa.Array) -> pa.Array:
 
 def _json_lists(arr: pa.Array, quote: str) -> pa.Array:
     """JSON arrays of a list array (nulls kept)."""
+    fast = _plain_string_list_text(arr, quote=quote, enclose=False)
+    if fast is not None:
+        return fast
     if pa.types.is_list_view(arr.type) or pa.types.is_large_list_view(arr.type):
         arr = arr.cast(pa.large_list(arr.type.value_type))
     flat = arr.flatten()
@@ -416,8 +430,8 @@ def column_cells(arr: pa.Array, delimiter: str) -> pa.Array:
         return text if rows is None else _enclose_rows(text, rows, double=True)
     if _is_plain(t):
         return text_values(arr)
-    if pa.types.is_list(t) and pa.types.is_string(t.value_type):
-        fast = _plain_string_list_cells(arr, delimiter)
+    if delimiter not in "[]":
+        fast = _plain_string_list_text(arr, quote='""', enclose=True)
         if fast is not None:
             return fast
     # Lists and structs: JSON written with doubled quotes, enclosed where needed. An object
@@ -432,23 +446,19 @@ def column_cells(arr: pa.Array, delimiter: str) -> pa.Array:
     return text if rows is None else _enclose_rows(text, rows, double=False)
 
 
-#: Between the items of a non-empty list of strings in its CSV cell: ``", "`` with its
-#: quotes doubled; the cell starts with ``"["`` and ends with ``"]"``, quotes doubled.
-_ITEM_SEPARATOR = pa.scalar('"", ""', pa.string())
-_EMPTY_LIST = pa.scalar("[]", pa.string())
-
-
-def _plain_string_list_cells(arr: pa.ListArray, delimiter: str) -> pa.Array | None:
-    """The cells of a list-of-strings column whose items hold no null, quote or control
+def _plain_string_list_text(arr: pa.Array, *, quote: str, enclose: bool) -> pa.Array | None:
+    """The JSON text of a list-of-strings column whose items hold no null, quote or control
     character (the usual case: record ids, media ids, flags), in a few kernel calls over
-    the whole column; None when any item needs more (the general path handles it).
+    the whole column; None when any item needs more (the general path handles it). Nulls
+    stay null.
 
-    A non-empty list's JSON text holds quotes, so its cell is always enclosed, and within it
-    every quote is doubled: ``"[""a"", ""b""]"``. An empty list is ``[]``. Backslashes (in
-    every iDigBio record id) are the one escape done here: the separator and brackets hold
-    none, so doubling them in the joined text escapes exactly the items' backslashes.
+    ``quote`` is written for each quotation mark (``'""'`` for text inside a quoted cell).
+    With ``enclose`` a non-empty list is enclosed in quotes, as its CSV cell always is
+    (its text holds quotes); an empty list is ``[]`` either way. Backslashes (in every
+    iDigBio record id) are the one escape done here: the separator and brackets hold none,
+    so doubling them in the joined text escapes exactly the items' backslashes.
     """
-    if delimiter in "[]":
+    if not (pa.types.is_list(arr.type) and pa.types.is_string(arr.type.value_type)):
         return None
     flat = arr.flatten()
     if flat.null_count:
@@ -460,14 +470,18 @@ def _plain_string_list_cells(arr: pa.ListArray, delimiter: str) -> pa.Array | No
     _, data = _string_parts(flat)
     if np.any((data < 0x20) | (data == 0x22)):
         return None
-    joined = pc.binary_join(arr, _ITEM_SEPARATOR)
+    joined = pc.binary_join(arr, pa.scalar(quote + ", " + quote, pa.string()))
     if np.any(data == 0x5C):
         joined = pc.replace_substring(joined, "\\", "\\\\")
-    text = _concat('"[""', joined, '""]"')
+    outer = '"' if enclose else ""
+    text = _concat(outer + "[" + quote, joined, quote + "]" + outer)
     empty = pc.equal(pc.list_value_length(arr), 0)
     if pc.any(empty).as_py():
         text = pc.if_else(empty, _EMPTY_LIST, text)
     return text
+
+
+_EMPTY_LIST = pa.scalar("[]", pa.string())
 
 
 def _string_list_rows_to_enclose(
@@ -521,11 +535,39 @@ class RowsError(Exception):
         self.reason = reason
 
 
-def encode_rows(columns: list[pa.Array], delimiter: str) -> pa.Array:
+def encode_rows(columns: list[pa.Array], delimiter: str) -> bytes | memoryview:
+    """The rows of a batch as the bytes to write: each row a ``\\n``-ended line of cells.
+
+    Uses the C row join (:mod:`archive._rows`) where it was built, else the Arrow one;
+    both write the same bytes (:data:`ROW_JOIN` says which is in use).
+    """
+    if ROW_JOIN == "c":
+        return _encode_rows_c(columns, delimiter)
+    return _row_bytes(_encode_rows_arrow(columns, delimiter))
+
+
+def _encode_rows_c(columns: list[pa.Array], delimiter: str) -> bytes:
+    """:func:`encode_rows` with the quoting and the row join done by :mod:`archive._rows`."""
+    assert _compiled is not None
+    n = len(columns[0]) if columns else 0
+    parts: list[tuple[np.ndarray, np.ndarray] | None] = []
+    for index, arr in enumerate(columns):
+        if arr.null_count == len(arr):
+            parts.append(None)
+            continue
+        try:
+            text = _without_nulls(text_values(arr))
+        except CellError as err:
+            raise RowsError(err.row, index, err.reason) from None
+        parts.append(_string_parts(text))
+    return _compiled.encode(parts, n, delimiter)
+
+
+def _encode_rows_arrow(columns: list[pa.Array], delimiter: str) -> pa.Array:
     """The rows of a batch as one ``string`` array, each value a whole ``\\n``-ended line.
 
     The returned array's data buffer, between its first and last offset, is exactly the
-    bytes to write (see :func:`row_bytes`).
+    bytes to write (see :func:`_row_bytes`).
     """
     n = len(columns[0]) if columns else 0
     # Each column becomes a non-null array of cells, or None when all its cells are empty
@@ -589,7 +631,7 @@ def _collapse_empty_runs(cells: list[pa.Array | None], delimiter: str) -> list[p
     return pieces
 
 
-def row_bytes(rows: pa.Array) -> Any:
+def _row_bytes(rows: pa.Array) -> Any:
     """A zero-copy buffer (memoryview) of the bytes of a non-null ``string`` array."""
     if len(rows) == 0:
         return memoryview(b"")

@@ -178,7 +178,7 @@ def _write_data_file(
     width = len(headers)
     # Pieces are encoded on a small pool, in order of arrival, so that encoding a wide file
     # uses the core the reader leaves idle; at most ENCODERS pieces are in flight.
-    inflight: deque[tuple[pa.RecordBatch, Future[pa.Array]]] = deque()
+    inflight: deque[tuple[pa.RecordBatch, Future[bytes | memoryview]]] = deque()
 
     def emit_oldest() -> None:
         piece, future = inflight.popleft()
@@ -186,8 +186,8 @@ def _write_data_file(
             rows = future.result()
         except cells.RowsError as err:
             raise _value_error(data_file, piece, err) from None
-        # The memoryview keeps the Arrow buffer alive until the writer thread is done.
-        emit(cells.row_bytes(rows))
+        # bytes, or a memoryview that keeps its Arrow buffer alive until written.
+        emit(rows)
         progress.add(data_file, piece.num_rows)
 
     with ThreadPoolExecutor(max_workers=ENCODERS, thread_name_prefix="archive-encode") as pool:

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from downloader.errors import SourceUnavailable
+from downloader.sources import verbatim
 from query.fields import RecordType, get_field
 from query.sql import compile_request_where
 
@@ -116,6 +117,9 @@ def _nonempty(table: pa.Table, batch_size: int) -> Iterator[pa.RecordBatch]:
         if batch.num_rows:
             yield batch
 
+
+#: The column in which a stream reads ``data`` as text for :func:`verbatim.expand`.
+_RAW = "_raw_json"
 
 #: Name under which a slice's matching row ids are registered for a semi join.
 _PICKED = "_picked_rowids"
@@ -204,6 +208,14 @@ def _without_rowid(rows: pa.Table | pa.RecordBatch, batch_size: int) -> Iterator
         yield batch.drop_columns(["_rowid"])
 
 
+def _keep_picked(batch: pa.RecordBatch, picked: np.ndarray) -> pa.RecordBatch:
+    """The rows of ``batch`` whose row id (last column) is in the sorted ``picked``."""
+    rowids = batch.column(batch.num_columns - 1).to_numpy()
+    at = np.minimum(np.searchsorted(picked, rowids), picked.size - 1)
+    keep = picked[at] == rowids
+    return batch if keep.all() else batch.filter(pa.array(keep))
+
+
 def _in_order(rowids: np.ndarray, after: int) -> bool:
     """Whether row ids are strictly increasing and all above ``after``."""
     return bool(rowids[0] > after and (rowids.size == 1 or np.all(rowids[1:] > rowids[:-1])))
@@ -233,6 +245,7 @@ class _Reads:
         table, a = _TABLE[rtype], _ALIAS[rtype]
         head = f"SELECT {outer}, _rowid FROM (SELECT {inner}, {a}.rowid AS _rowid FROM {table}"
         self._range = f"{head} WHERE {a}.rowid >= ? AND {a}.rowid < ? AND ({where}))"
+        self._every = f"{head} WHERE {a}.rowid >= ? AND {a}.rowid < ?)"
         self._picked_sql = (
             f"{head} SEMI JOIN {_PICKED} ON {a}.rowid = {_PICKED}.rid "
             f"WHERE {a}.rowid >= ? AND {a}.rowid < ?)"
@@ -276,10 +289,20 @@ class _Reads:
         for lo, hi, picked in self._plan.segments(con, pos):
             last = lo - 1
             done = 0  # picked row ids handed out, when the segment has them
-            with self._picked(con, picked):
-                reader = self._query(con, lo, hi, picked, "").to_arrow_reader(self._batch_size)
+            # Where most row ids of the segment match, every row is scanned (in order, no
+            # join) and the matching ones kept; a join over a memory-limited connection is
+            # partitioned and returns rows far out of order.
+            dense = picked if picked is not None and picked.size * 2 >= hi - picked[0] else None
+            with self._picked(con, None if dense is not None else picked):
+                if dense is not None:
+                    query = con.sql(self._every, params=[int(dense[0]), hi])
+                else:
+                    query = self._query(con, lo, hi, picked, "")
+                reader = query.to_arrow_reader(self._batch_size)
                 try:
                     for batch in reader:
+                        if batch.num_rows and dense is not None:
+                            batch = _keep_picked(batch, dense)
                         if batch.num_rows == 0:
                             continue
                         rowids = batch.column(batch.num_columns - 1).to_numpy()
@@ -462,12 +485,14 @@ class DuckDBSource:
         return [str(r[0]) for r in rows if r[0] is not None]
 
     def _select(
-        self, rtype: RecordType, fields: Sequence[str], raw_terms: Sequence[str]
+        self, rtype: RecordType, fields: Sequence[str], raw_terms: Sequence[str], split: bool
     ) -> tuple[str, str]:
         """(outer select list, inner select list): the inner query reads the index columns
-        and turns ``data`` into one struct of the requested terms with a single
-        ``json_transform`` per row (one ``json_extract_string`` per term parses the JSON
-        once per term); the outer one unnests the struct into one column per term."""
+        and ``data``; the outer one names them. With ``split`` ``data`` is read as text
+        (column :data:`_RAW`) for :func:`verbatim.expand` to split on the reader thread;
+        without, a single ``json_transform`` per row turns it into one struct of the
+        requested terms (one ``json_extract_string`` per term would parse the JSON once per
+        term), unnested into one column per term."""
         a = _ALIAS[rtype]
         inner = [f'{a}."uuid" AS coreid' if rtype == "records" else f'{a}."coreid" AS coreid']
         outer = ["coreid"]
@@ -476,7 +501,10 @@ class DuckDBSource:
                 raise ValueError(f"{name!r} is not a {rtype} field")
             inner.append(f"{a}.{_ident(name)} AS _f{i}")
             outer.append(f"_f{i} AS {_ident(name)}")
-        if raw_terms:
+        if raw_terms and split:
+            inner.append(f"CAST({a}.data AS VARCHAR) AS {_RAW}")
+            outer.append(_RAW)
+        elif raw_terms:
             shape = json.dumps({term: "VARCHAR" for term in raw_terms})
             inner.append(f"json_transform({a}.data, {_sql_string(shape)}) AS _raw")
             outer.extend(f"_raw[{_sql_string(term)}] AS {_ident(term)}" for term in raw_terms)
@@ -514,12 +542,22 @@ class DuckDBSource:
         raw_terms: Sequence[str],
         batch_size: int,
     ) -> Iterator[pa.RecordBatch]:
-        outer, inner = self._select(rtype, fields, raw_terms)
+        split = bool(raw_terms) and verbatim.USE_C
+        outer, inner = self._select(rtype, fields, raw_terms, split)
         where, where_params = compile_request_where(rtype, rq, mq)
         # compile_request_where joins the other table exactly in these cases.
         cross = mq is not None if rtype == "records" else rq is not None
         plan = _SlicePlan(rtype, where, where_params, cross=cross)
         reads = _Reads(rtype, outer, inner, where, where_params, plan, batch_size)
+
+        def read(
+            rows: Iterator[tuple[pa.Table | pa.RecordBatch, int]],
+        ) -> tuple[pa.Table | pa.RecordBatch, int] | None:
+            # On the helper thread: the next rows, with their verbatim terms split out.
+            item = next(rows, None)
+            if item is None or not split:
+                return item
+            return verbatim.expand(item[0], _RAW, raw_terms), item[1]
 
         signature: tuple[Any, ...] | None = None
         version: str | None = None
@@ -549,13 +587,14 @@ class DuckDBSource:
                         "the build will be retried on the new data"
                     )
                 started = time.monotonic()
-                # The next rows are read on a helper thread (DuckDB releases the GIL) while
+                # The next rows are read (and their verbatim terms split out) on a helper
+                # thread (DuckDB and the splitter release the GIL) while
                 # the consumer turns these into cells: reading and writing overlap. DuckDB
                 # computes several batches at once and then hands them out for free, so one
                 # read ahead would leave the reader idle while the consumer takes the free
                 # ones; a few keep it busy.
                 while len(pending) < _READ_AHEAD:
-                    pending.append(pool.submit(next, rows, None))
+                    pending.append(pool.submit(read, rows))
                 window_over = False
                 while pending:
                     item = pending.popleft().result()
@@ -570,7 +609,7 @@ class DuckDBSource:
                         window_over = True
                         carry.append(got)
                         continue
-                    pending.append(pool.submit(next, rows, None))
+                    pending.append(pool.submit(read, rows))
                     yield from _without_rowid(got, batch_size)
             except duckdb.CatalogException:
                 return
