@@ -92,7 +92,12 @@ def expand(rows: pa.RecordBatch | pa.Table, column: str, terms: Sequence[str]) -
     """``rows`` with the JSON column ``column`` replaced, in place, by one column per term."""
     table = pa.Table.from_batches([rows]) if isinstance(rows, pa.RecordBatch) else rows
     at = table.schema.get_field_index(column)
-    objects = table.column(at).combine_chunks()
+    chunks = table.column(at).chunks
+    # combine_chunks copies even a single chunk (the usual case).
+    if len(chunks) == 1:
+        objects = chunks[0]
+    else:
+        objects = pa.concat_arrays(chunks) if chunks else pa.array([], pa.string())
     names = table.column_names
     columns = [table.column(i) for i in range(table.num_columns)]
     split = split_terms(objects, terms)
