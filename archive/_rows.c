@@ -1,25 +1,35 @@
 /*
- * archive._rows: the row join of archive.cells in C.
+ * archive._rows: the hot loops of an archive build in C.
  *
  * encode(columns, rows, delimiter) -> bytes
  *
- * ``columns`` is a list with one item per column: None for a column whose cells are all
- * empty, or a pair (offsets, data) describing ``rows`` text cells the way an Arrow string
- * array does: ``offsets`` a buffer of rows + 1 native int32 values, ``data`` a buffer
- * holding the bytes from offsets[0] to offsets[rows] (so cell i is
- * data[offsets[i] - offsets[0] : offsets[i + 1] - offsets[0]]). The text is the cell's value
- * before CSV quoting (archive.cells.text_values); this module adds the quoting and the
- * separators.
+ * The rows of a batch as CSV/TSV bytes, by the rules of archive.cells: a cell is enclosed
+ * in '"', with inner quotes doubled, when it holds the delimiter, a quote, CR or LF; cells
+ * are joined with the delimiter; every row ends with LF; a row made of one empty cell is
+ * written as '""' so that readers do not skip it as a blank line; nulls are empty cells.
+ * ``columns`` has one item per column, describing Arrow buffers:
  *
- * The rules are those of archive.cells.encode_rows: a cell is enclosed in '"', with inner
- * quotes doubled, when it holds the delimiter, a quote, CR or LF; cells are joined with the
- * delimiter; every row ends with LF; a row made of one empty cell is written as '""' so
- * that readers do not skip it as a blank line.
+ *   None                                    every cell empty
+ *   (TEXT, offsets, data, valid, bit)       text cells: ``offsets`` rows + 1 int32,
+ *                                           ``data`` the bytes from offsets[0] on
+ *   (LIST, offsets, valid, bit, item_offsets, item_data, item_valid, item_bit)
+ *                                           lists of strings, written as JSON arrays
+ *                                           (json.dumps with ensure_ascii=False); list i
+ *                                           holds items offsets[i] to offsets[i + 1] of
+ *                                           the item array, whose item k is
+ *                                           item_data[item_offsets[k] - item_offsets[0]...]
+ *   (TIME, values, valid, bit)              int64 microseconds since 1970 (UTC, years 1 to
+ *                                           9999), written as datetime.isoformat() +00:00
  *
- * The work is two passes without the GIL: the first finds, per column, the cells that need
- * quoting (a column whose bytes hold none of the four characters, the usual case, costs
- * four memchr calls) and so the exact output size; the second writes the rows into one
- * bytes object.
+ * where ``valid`` is an Arrow validity bitmap (or None: no nulls) and ``bit`` the index of
+ * the column's first row in it. Text must be valid UTF-8 (archive.cells checks it).
+ *
+ * The work is two passes without the GIL: the first measures every cell and finds those
+ * that need quoting (a text column whose bytes hold none of the four characters, the usual
+ * case, costs four memchr calls), so the output is allocated once at its exact size; the
+ * second writes the rows.
+ *
+ * split(offsets, data, keys, rows) -> list | None: see below.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -27,28 +37,45 @@
 #include <stdlib.h>
 #include <string.h>
 
+enum { KIND_TEXT = 0, KIND_LIST = 1, KIND_TIME = 2 };
+
+#define MAX_VIEWS 6
+
 typedef struct {
-    Py_buffer offsets;
-    Py_buffer data;
-    int has_offsets;
-    int has_data;
+    int kind; /* -1: every cell empty */
+    Py_buffer views[MAX_VIEWS];
+    int nviews;
+    const uint8_t *valid;
+    Py_ssize_t bit;
+    /* text */
     const int32_t *off;
     const char *bytes;
     const char *bytes_end; /* the end of the readable data */
+    /* lists of strings */
+    const int32_t *item_off;
+    const char *item_bytes;
+    const uint8_t *item_valid;
+    Py_ssize_t item_bit;
+    Py_ssize_t items;
+    /* timestamps */
+    const int64_t *micros;
     /* Per row: 1 when the cell is enclosed in quotes (NULL when no cell is). */
     unsigned char *quoted;
 } Column;
 
 static void release_columns(Column *cols, Py_ssize_t count) {
     for (Py_ssize_t i = 0; i < count; i++) {
-        if (cols[i].has_offsets) PyBuffer_Release(&cols[i].offsets);
-        if (cols[i].has_data) PyBuffer_Release(&cols[i].data);
+        for (int v = 0; v < cols[i].nviews; v++) PyBuffer_Release(&cols[i].views[v]);
         free(cols[i].quoted);
     }
     PyMem_Free(cols);
 }
 
-/* Bytes that make a cell need quoting, for the delimiter in use. */
+static inline int is_valid(const uint8_t *valid, Py_ssize_t bit) {
+    return valid == NULL || ((valid[bit >> 3] >> (bit & 7)) & 1);
+}
+
+/* Bytes that make a text cell need quoting, for the delimiter in use. */
 static void special_table(unsigned char table[256], unsigned char delimiter) {
     memset(table, 0, 256);
     table[(unsigned char)'"'] = 1;
@@ -62,28 +89,214 @@ static int any_special(const char *bytes, size_t size, unsigned char delimiter) 
            memchr(bytes, '\r', size) != NULL || memchr(bytes, delimiter, size) != NULL;
 }
 
+/* Bytes a list item takes in its cell: JSON escapes, then the quotes doubled (the cell of
+ * a list holding a string is always enclosed). */
+static unsigned char item_width[256];
+
+static void init_item_width(void) {
+    for (int c = 0; c < 256; c++) item_width[c] = 1;
+    for (int c = 0; c < 0x20; c++) item_width[c] = 6; /* \u00XX */
+    item_width['\b'] = item_width['\t'] = item_width['\n'] = item_width['\f'] =
+        item_width['\r'] = 2;
+    item_width['"'] = 3;  /* \"" */
+    item_width['\\'] = 2; /* \\ */
+}
+
+static inline int text_valid(const Column *col, Py_ssize_t i) {
+    return is_valid(col->valid, col->bit + i);
+}
+
+/* Days since 1970-01-01 to a civil date (H. Hinnant's algorithm). */
+static void civil_from_days(int64_t z, int *year, unsigned *month, unsigned *day) {
+    z += 719468;
+    const int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    const unsigned doe = (unsigned)(z - era * 146097);
+    const unsigned yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    const int64_t y = (int64_t)yoe + era * 400;
+    const unsigned doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    const unsigned mp = (5 * doy + 2) / 153;
+    *day = doy - (153 * mp + 2) / 5 + 1;
+    *month = mp < 10 ? mp + 3 : mp - 9;
+    *year = (int)(y + (*month <= 2));
+}
+
+static const int64_t DAY_MICROS = 86400LL * 1000000LL;
+
+static inline size_t time_width(int64_t v) {
+    return v % 1000000 != 0 ? 32 : 25; /* 2020-01-02T03:04:05[.000120]+00:00 */
+}
+
+static inline char *put_digits(char *out, unsigned value, int width) {
+    for (int k = width - 1; k >= 0; k--) {
+        out[k] = (char)('0' + value % 10);
+        value /= 10;
+    }
+    return out + width;
+}
+
+static char *write_time(char *out, int64_t v) {
+    int64_t days = v / DAY_MICROS, rem = v % DAY_MICROS;
+    if (rem < 0) {
+        rem += DAY_MICROS;
+        days -= 1;
+    }
+    int year;
+    unsigned month, day;
+    civil_from_days(days, &year, &month, &day);
+    unsigned secs = (unsigned)(rem / 1000000), micros = (unsigned)(rem % 1000000);
+    out = put_digits(out, (unsigned)year, 4);
+    *out++ = '-';
+    out = put_digits(out, month, 2);
+    *out++ = '-';
+    out = put_digits(out, day, 2);
+    *out++ = 'T';
+    out = put_digits(out, secs / 3600, 2);
+    *out++ = ':';
+    out = put_digits(out, secs / 60 % 60, 2);
+    *out++ = ':';
+    out = put_digits(out, secs % 60, 2);
+    if (micros) {
+        *out++ = '.';
+        out = put_digits(out, micros, 6);
+    }
+    memcpy(out, "+00:00", 6);
+    return out + 6;
+}
+
+/* The bytes of list i's cell, and whether it is enclosed. */
+static size_t list_width(const Column *col, Py_ssize_t i, unsigned char delimiter,
+                         int *enclosed) {
+    Py_ssize_t first = col->off[i], last = col->off[i + 1];
+    Py_ssize_t n = last - first;
+    size_t width = 2 + (n > 1 ? 2 * (size_t)(n - 1) : 0); /* [] and ", " between items */
+    int strings = 0;
+    const char *base = col->item_bytes - col->item_off[0];
+    for (Py_ssize_t k = first; k < last; k++) {
+        if (!is_valid(col->item_valid, col->item_bit + k)) {
+            width += 4; /* null */
+            continue;
+        }
+        strings = 1;
+        width += 4; /* ""..."" */
+        const unsigned char *p = (const unsigned char *)base + col->item_off[k];
+        const unsigned char *end = (const unsigned char *)base + col->item_off[k + 1];
+        for (; p < end; p++) width += item_width[*p];
+    }
+    /* Text without a string item has no quote: "[null, null]" is enclosed only when the
+     * delimiter is one of its characters. */
+    *enclosed = strings || (n > 0 && (delimiter == 'n' || delimiter == 'u' || delimiter == 'l')) ||
+                (n > 1 && (delimiter == ',' || delimiter == ' '));
+    return width + (*enclosed ? 2 : 0);
+}
+
+static const char HEX[] = "0123456789abcdef";
+
+static char *write_list(char *out, const Column *col, Py_ssize_t i, int enclosed) {
+    Py_ssize_t first = col->off[i], last = col->off[i + 1];
+    const char *base = col->item_bytes - col->item_off[0];
+    if (enclosed) *out++ = '"';
+    *out++ = '[';
+    for (Py_ssize_t k = first; k < last; k++) {
+        if (k > first) {
+            *out++ = ',';
+            *out++ = ' ';
+        }
+        if (!is_valid(col->item_valid, col->item_bit + k)) {
+            memcpy(out, "null", 4);
+            out += 4;
+            continue;
+        }
+        *out++ = '"';
+        *out++ = '"';
+        const unsigned char *p = (const unsigned char *)base + col->item_off[k];
+        const unsigned char *end = (const unsigned char *)base + col->item_off[k + 1];
+        for (; p < end; p++) {
+            unsigned char c = *p;
+            if (item_width[c] == 1) {
+                *out++ = (char)c;
+                continue;
+            }
+            *out++ = '\\';
+            switch (c) {
+            case '"': *out++ = '"'; *out++ = '"'; break;
+            case '\\': *out++ = '\\'; break;
+            case '\b': *out++ = 'b'; break;
+            case '\t': *out++ = 't'; break;
+            case '\n': *out++ = 'n'; break;
+            case '\f': *out++ = 'f'; break;
+            case '\r': *out++ = 'r'; break;
+            default:
+                memcpy(out, "u00", 3);
+                out[3] = HEX[c >> 4];
+                out[4] = HEX[c & 15];
+                out += 5;
+            }
+        }
+        *out++ = '"';
+        *out++ = '"';
+    }
+    *out++ = ']';
+    if (enclosed) *out++ = '"';
+    return out;
+}
+
 /*
- * Mark the cells of one column that need quoting; return the bytes quoting adds (two
- * quotes per enclosed cell plus one per inner quote), or -1 when out of memory.
- * ``lone`` is set for a file of one column, where an empty cell is written as '""'.
+ * Measure one column: mark the cells to enclose and return the bytes of all its cells, or
+ * -1 when out of memory. ``lone`` is set for a file of one column, where an empty cell is
+ * written as '""'.
  */
-static Py_ssize_t mark_column(Column *col, Py_ssize_t rows, const unsigned char *table,
-                              unsigned char delimiter, int lone) {
+static Py_ssize_t measure_column(Column *col, Py_ssize_t rows, const unsigned char *table,
+                                 unsigned char delimiter, int lone) {
+    Py_ssize_t total = 0;
+    if (rows <= 0) return 0;
+    if (col->kind == KIND_TIME) {
+        for (Py_ssize_t i = 0; i < rows; i++) {
+            if (text_valid(col, i)) total += (Py_ssize_t)time_width(col->micros[i]);
+            else if (lone) total += 2;
+        }
+        if (lone) {
+            col->quoted = calloc((size_t)rows, 1);
+            if (col->quoted == NULL) return -1;
+            for (Py_ssize_t i = 0; i < rows; i++) col->quoted[i] = !text_valid(col, i);
+        }
+        return total;
+    }
+    if (col->kind == KIND_LIST) {
+        col->quoted = calloc((size_t)rows, 1);
+        if (col->quoted == NULL) return -1;
+        for (Py_ssize_t i = 0; i < rows; i++) {
+            if (!text_valid(col, i)) {
+                if (lone) {
+                    col->quoted[i] = 1;
+                    total += 2;
+                }
+                continue;
+            }
+            int enclosed;
+            total += (Py_ssize_t)list_width(col, i, delimiter, &enclosed);
+            col->quoted[i] = (unsigned char)enclosed;
+        }
+        return total;
+    }
     const int32_t *off = col->off;
     const char *base = col->bytes - off[0];
     size_t size = (size_t)(off[rows] - off[0]);
     int scan = size > 0 && any_special(col->bytes, size, delimiter);
-    if (!scan && !lone) return 0;
-    col->quoted = calloc((size_t)rows, 1);
-    if (col->quoted == NULL) return -1;
-    Py_ssize_t extra = 0;
+    if (col->valid == NULL) total = (Py_ssize_t)size;
+    if (!scan && !lone && col->valid == NULL) return total;
+    if (scan || lone) {
+        col->quoted = calloc((size_t)rows, 1);
+        if (col->quoted == NULL) return -1;
+    }
     for (Py_ssize_t i = 0; i < rows; i++) {
+        int valid = text_valid(col, i);
         const unsigned char *p = (const unsigned char *)base + off[i];
-        const unsigned char *end = (const unsigned char *)base + off[i + 1];
+        const unsigned char *end = valid ? (const unsigned char *)base + off[i + 1] : p;
+        if (col->valid != NULL) total += end - p;
         if (p == end) {
             if (lone) {
                 col->quoted[i] = 1;
-                extra += 2;
+                total += 2;
             }
             continue;
         }
@@ -98,10 +311,10 @@ static Py_ssize_t mark_column(Column *col, Py_ssize_t rows, const unsigned char 
         }
         if (hit) {
             col->quoted[i] = 1;
-            extra += 2 + quotes;
+            total += 2 + quotes;
         }
     }
-    return extra;
+    return total;
 }
 
 static char *write_quoted(char *out, const char *p, const char *end) {
@@ -132,11 +345,27 @@ static char *write_rows(char *out, Column *cols, Py_ssize_t ncols, Py_ssize_t ro
         for (Py_ssize_t c = 0; c < ncols; c++) {
             if (c) *out++ = delimiter;
             const Column *col = &cols[c];
-            if (col->off == NULL) continue;
+            if (col->kind < 0) continue;
+            int quoted = col->quoted != NULL && col->quoted[i];
+            if (!text_valid(col, i)) {
+                if (quoted) { /* a lone empty cell */
+                    *out++ = '"';
+                    *out++ = '"';
+                }
+                continue;
+            }
+            if (col->kind == KIND_TIME) {
+                out = write_time(out, col->micros[i]);
+                continue;
+            }
+            if (col->kind == KIND_LIST) {
+                out = write_list(out, col, i, quoted);
+                continue;
+            }
             const char *base = col->bytes - col->off[0];
             const char *p = base + col->off[i];
             const char *end = base + col->off[i + 1];
-            if (col->quoted != NULL && col->quoted[i]) {
+            if (quoted) {
                 out = write_quoted(out, p, end);
                 continue;
             }
@@ -153,37 +382,125 @@ static char *write_rows(char *out, Column *cols, Py_ssize_t ncols, Py_ssize_t ro
     return out;
 }
 
-static int open_column(Column *col, PyObject *item, Py_ssize_t rows, Py_ssize_t index) {
-    if (item == Py_None) return 0;
-    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
-        PyErr_Format(PyExc_TypeError, "column %zd: expected None or (offsets, data)", index);
+/* A buffer of at least ``need`` bytes from ``obj`` (None: NULL), kept in the column. */
+static int view(Column *col, PyObject *obj, Py_ssize_t need, const void **out,
+                Py_ssize_t *len, Py_ssize_t index, const char *what) {
+    *out = NULL;
+    if (len) *len = 0;
+    if (obj == Py_None) return 0;
+    if (col->nviews == MAX_VIEWS) {
+        PyErr_Format(PyExc_ValueError, "column %zd: too many buffers", index);
         return -1;
     }
-    if (PyObject_GetBuffer(PyTuple_GET_ITEM(item, 0), &col->offsets, PyBUF_C_CONTIGUOUS) < 0)
-        return -1;
-    col->has_offsets = 1;
-    if (PyObject_GetBuffer(PyTuple_GET_ITEM(item, 1), &col->data, PyBUF_C_CONTIGUOUS) < 0)
-        return -1;
-    col->has_data = 1;
-    if (col->offsets.len != (rows + 1) * (Py_ssize_t)sizeof(int32_t)) {
-        PyErr_Format(PyExc_ValueError, "column %zd: offsets hold %zd bytes, expected %zd",
-                     index, col->offsets.len, (rows + 1) * (Py_ssize_t)sizeof(int32_t));
+    Py_buffer *b = &col->views[col->nviews];
+    if (PyObject_GetBuffer(obj, b, PyBUF_C_CONTIGUOUS) < 0) return -1;
+    col->nviews++;
+    if (b->len < need) {
+        PyErr_Format(PyExc_ValueError, "column %zd: %s hold %zd bytes, expected %zd", index,
+                     what, b->len, need);
         return -1;
     }
-    col->off = (const int32_t *)col->offsets.buf;
-    col->bytes = (const char *)col->data.buf;
-    col->bytes_end = col->bytes + col->data.len;
-    for (Py_ssize_t i = 0; i < rows; i++) {
-        if (col->off[i + 1] < col->off[i]) {
+    *out = b->buf;
+    if (len) *len = b->len;
+    return 0;
+}
+
+static int check_offsets(const int32_t *off, Py_ssize_t count, Py_ssize_t data_len,
+                         Py_ssize_t index) {
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (off[i + 1] < off[i]) {
             PyErr_Format(PyExc_ValueError, "column %zd: offsets decrease at row %zd", index, i);
             return -1;
         }
     }
-    if ((Py_ssize_t)(col->off[rows] - col->off[0]) > col->data.len) {
+    if ((Py_ssize_t)(off[count] - off[0]) > data_len) {
         PyErr_Format(PyExc_ValueError, "column %zd: offsets run past the data", index);
         return -1;
     }
     return 0;
+}
+
+static int open_column(Column *col, PyObject *item, Py_ssize_t rows, Py_ssize_t index) {
+    col->kind = -1;
+    if (item == Py_None) return 0;
+    Py_ssize_t size = PyTuple_Check(item) ? PyTuple_GET_SIZE(item) : 0;
+    long kind = size ? PyLong_AsLong(PyTuple_GET_ITEM(item, 0)) : -1;
+    if (kind == -1 && PyErr_Occurred()) PyErr_Clear();
+    Py_ssize_t expected = kind == KIND_TEXT ? 5 : kind == KIND_LIST ? 8 : kind == KIND_TIME ? 4 : -1;
+    if (expected < 0 || size != expected) {
+        PyErr_Format(PyExc_TypeError, "column %zd: expected None or a (kind, buffers...) tuple",
+                     index);
+        return -1;
+    }
+    col->kind = (int)kind;
+    PyObject *const *a = &PyTuple_GET_ITEM(item, 0);
+    const void *ptr;
+    Py_ssize_t len;
+    Py_ssize_t valid_at = kind == KIND_TEXT ? 3 : 2;
+    col->bit = PyLong_AsSsize_t(a[valid_at + 1]);
+    if (col->bit < 0) {
+        if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "column %zd: negative bit", index);
+        return -1;
+    }
+    if (kind == KIND_TEXT) {
+        if (view(col, a[1], (rows + 1) * 4, &ptr, NULL, index, "offsets") < 0) return -1;
+        if (ptr == NULL) goto missing;
+        col->off = ptr;
+        if (view(col, a[2], 0, &ptr, &len, index, "data") < 0) return -1;
+        col->bytes = ptr ? ptr : "";
+        col->bytes_end = col->bytes + len;
+        if (check_offsets(col->off, rows, len, index) < 0) return -1;
+    } else if (kind == KIND_LIST) {
+        if (view(col, a[1], (rows + 1) * 4, &ptr, NULL, index, "offsets") < 0) return -1;
+        if (ptr == NULL) goto missing;
+        col->off = ptr;
+        for (Py_ssize_t i = 0; i < rows; i++) {
+            if (col->off[i + 1] < col->off[i] || col->off[i] < 0) {
+                PyErr_Format(PyExc_ValueError, "column %zd: offsets decrease at row %zd", index, i);
+                return -1;
+            }
+        }
+        col->items = col->off[rows];
+        col->item_bit = PyLong_AsSsize_t(a[7]);
+        if (col->item_bit < 0) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_ValueError, "column %zd: negative bit", index);
+            return -1;
+        }
+        if (view(col, a[4], (col->items + 1) * 4, &ptr, NULL, index, "item offsets") < 0)
+            return -1;
+        if (ptr == NULL) goto missing;
+        col->item_off = ptr;
+        if (view(col, a[5], 0, &ptr, &len, index, "item data") < 0) return -1;
+        col->item_bytes = ptr ? ptr : "";
+        if (check_offsets(col->item_off, col->items, len, index) < 0) return -1;
+        if (view(col, a[6], (col->item_bit + col->items + 7) / 8, &ptr, NULL, index,
+                 "item validity") < 0)
+            return -1;
+        col->item_valid = ptr;
+    } else {
+        if (view(col, a[1], rows * 8, &ptr, NULL, index, "values") < 0) return -1;
+        if (ptr == NULL && rows) goto missing;
+        col->micros = ptr;
+    }
+    if (view(col, a[valid_at], (col->bit + rows + 7) / 8, &ptr, NULL, index, "validity") < 0)
+        return -1;
+    col->valid = ptr;
+    if (kind == KIND_TIME) {
+        for (Py_ssize_t i = 0; i < rows; i++) {
+            /* 0001-01-01T00:00:00 to 9999-12-31T23:59:59.999999 */
+            if (text_valid(col, i) &&
+                (col->micros[i] < -62135596800000000LL || col->micros[i] > 253402300799999999LL)) {
+                PyErr_Format(PyExc_ValueError, "column %zd: row %zd is outside years 1 to 9999",
+                             index, i);
+                return -1;
+            }
+        }
+    }
+    return 0;
+missing:
+    PyErr_Format(PyExc_ValueError, "column %zd: a buffer is missing", index);
+    return -1;
 }
 
 static PyObject *encode(PyObject *self, PyObject *args) {
@@ -198,7 +515,7 @@ static PyObject *encode(PyObject *self, PyObject *args) {
         return NULL;
     }
     if (delimiter <= 0 || delimiter > 127 || delimiter == '"' || delimiter == '\n' ||
-        delimiter == '\r') {
+        delimiter == '\r' || delimiter == '[' || delimiter == ']' || delimiter == '\\') {
         PyErr_SetString(PyExc_ValueError, "the delimiter must be one ASCII character");
         return NULL;
     }
@@ -220,16 +537,16 @@ static PyObject *encode(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t c = 0; c < ncols && !failed; c++) {
         Column *col = &cols[c];
-        if (col->off == NULL) {
+        if (col->kind < 0) {
             if (lone) total += 2 * rows; /* every row is one empty cell: '""' */
             continue;
         }
-        Py_ssize_t extra = mark_column(col, rows, table, (unsigned char)delimiter, lone);
-        if (extra < 0) {
+        Py_ssize_t width = measure_column(col, rows, table, (unsigned char)delimiter, lone);
+        if (width < 0) {
             failed = 1;
             break;
         }
-        total += (Py_ssize_t)(col->off[rows] - col->off[0]) + extra;
+        total += width;
     }
     Py_END_ALLOW_THREADS
     if (failed) {
@@ -244,7 +561,7 @@ static PyObject *encode(PyObject *self, PyObject *args) {
     char *start = PyBytes_AS_STRING(result);
     char *end;
     Py_BEGIN_ALLOW_THREADS
-    if (lone && cols[0].off == NULL) {
+    if (lone && cols[0].kind < 0) {
         end = start;
         for (Py_ssize_t i = 0; i < rows; i++) {
             memcpy(end, "\"\"\n", 3);
@@ -264,7 +581,6 @@ static PyObject *encode(PyObject *self, PyObject *args) {
     if (_PyBytes_Resize(&result, total) < 0) return NULL;
     return result;
 }
-
 
 /* ---------------------------------------------------------------------------------------
  * split(offsets, data, keys, rows) -> list | None
@@ -508,13 +824,16 @@ static PyObject *split(PyObject *self, PyObject *args) {
     }
     Column col;
     memset(&col, 0, sizeof col);
-    PyObject *pair = PyTuple_Pack(2, offsets_obj, data_obj);
-    if (pair == NULL) return NULL;
-    int opened = open_column(&col, pair, rows, 0);
-    Py_DECREF(pair);
+    PyObject *kind = PyLong_FromLong(KIND_TEXT), *zero = PyLong_FromLong(0);
+    PyObject *spec = kind && zero ? PyTuple_Pack(5, kind, offsets_obj, data_obj, Py_None, zero)
+                                  : NULL;
+    Py_XDECREF(kind);
+    Py_XDECREF(zero);
+    if (spec == NULL) return NULL;
+    int opened = open_column(&col, spec, rows, 0);
+    Py_DECREF(spec);
     if (opened < 0) {
-        if (col.has_offsets) PyBuffer_Release(&col.offsets);
-        if (col.has_data) PyBuffer_Release(&col.data);
+        for (int v = 0; v < col.nviews; v++) PyBuffer_Release(&col.views[v]);
         return NULL;
     }
     Py_ssize_t nkeys = PyList_GET_SIZE(keys);
@@ -610,8 +929,7 @@ done:
     if (terms != NULL) free_terms(terms, nkeys);
     PyMem_Free(table);
     PyMem_Free(after);
-    PyBuffer_Release(&col.offsets);
-    PyBuffer_Release(&col.data);
+    for (int v = 0; v < col.nviews; v++) PyBuffer_Release(&col.views[v]);
     return result;
 }
 
@@ -629,4 +947,15 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_rows", "Row join and verbatim-term split in C.", -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__rows(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__rows(void) {
+    init_item_width();
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddIntConstant(m, "TEXT", KIND_TEXT) < 0 ||
+        PyModule_AddIntConstant(m, "LIST", KIND_LIST) < 0 ||
+        PyModule_AddIntConstant(m, "TIME", KIND_TIME) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -541,26 +541,78 @@ def encode_rows(columns: list[pa.Array], delimiter: str) -> bytes | memoryview:
     Uses the C row join (:mod:`archive._rows`) where it was built, else the Arrow one;
     both write the same bytes (:data:`ROW_JOIN` says which is in use).
     """
-    if ROW_JOIN == "c":
+    if ROW_JOIN == "c" and delimiter not in '"[]\\\n\r' and delimiter.isascii():
         return _encode_rows_c(columns, delimiter)
     return _row_bytes(_encode_rows_arrow(columns, delimiter))
 
 
 def _encode_rows_c(columns: list[pa.Array], delimiter: str) -> bytes:
-    """:func:`encode_rows` with the quoting and the row join done by :mod:`archive._rows`."""
+    """:func:`encode_rows` by :mod:`archive._rows`: strings, lists of strings and timestamps
+    are handed over as their Arrow buffers; other types as their text (:func:`text_values`).
+    """
     assert _compiled is not None
     n = len(columns[0]) if columns else 0
-    parts: list[tuple[np.ndarray, np.ndarray] | None] = []
+    parts: list[tuple[Any, ...] | None] = []
     for index, arr in enumerate(columns):
         if arr.null_count == len(arr):
             parts.append(None)
             continue
         try:
-            text = _without_nulls(text_values(arr))
+            parts.append(_c_column(arr))
         except CellError as err:
             raise RowsError(err.row, index, err.reason) from None
-        parts.append(_string_parts(text))
     return _compiled.encode(parts, n, delimiter)
+
+
+#: Microseconds since 1970 of 0001-01-01T00:00:00 and 9999-12-31T23:59:59.999999, the
+#: instants ISO text of four-digit years can write.
+_FIRST_MICROS = -62_135_596_800_000_000
+_LAST_MICROS = 253_402_300_799_999_999
+
+
+def _validity(arr: pa.Array) -> tuple[Any, int]:
+    return (arr.buffers()[0] if arr.null_count else None), arr.offset
+
+
+def _c_text(text: pa.Array) -> tuple[Any, ...]:
+    assert _compiled is not None
+    offsets, data = _string_parts(text)
+    return (_compiled.TEXT, offsets, data, *_validity(text))
+
+
+def _c_column(arr: pa.Array) -> tuple[Any, ...]:
+    """The description of a column that :func:`archive._rows.encode` takes."""
+    assert _compiled is not None
+    t = arr.type
+    if pa.types.is_dictionary(t):
+        return _c_column(arr.dictionary_decode())
+    if pa.types.is_timestamp(t):
+        micros = arr.cast(pa.timestamp("us"), safe=False) if t.tz or t.unit != "us" else arr
+        values = micros.view(pa.int64())
+        low, high = pc.min_max(values).values()
+        if low.as_py() >= _FIRST_MICROS and high.as_py() <= _LAST_MICROS:
+            data = np.frombuffer(values.buffers()[1], dtype=np.int64)
+            window = data[values.offset : values.offset + len(values)]
+            return (_compiled.TIME, window, *_validity(values))
+    elif pa.types.is_list(t) and pa.types.is_string(t.value_type):
+        items = arr.values
+        try:
+            utf8(items)
+        except CellError:
+            pass  # the general path names the row
+        else:
+            item_offsets, item_data = _string_parts(items)
+            return (
+                _compiled.LIST,
+                arr.offsets.to_numpy(),
+                *_validity(arr),
+                item_offsets,
+                item_data,
+                *_validity(items),
+            )
+    elif pa.types.is_string(t):
+        return _c_text(utf8(arr))
+    return _c_text(text_values(arr))
 
 
 def _encode_rows_arrow(columns: list[pa.Array], delimiter: str) -> pa.Array:

@@ -34,7 +34,7 @@ def both(columns: list[pa.Array], delimiter: str) -> tuple[bytes, bytes]:
 
 
 # Text that exercises every quoting rule: delimiters, quotes, CR, LF, empty, non-ASCII.
-TEXT = st.text(alphabet=st.sampled_from(list('ab,\t"\r\n\\é日 ')), max_size=8)
+TEXT = st.text(alphabet=st.sampled_from(list('ab,;\t"\r\n\\é日 \x01\x08\x0c\x1f')), max_size=8)
 
 COLUMN_KINDS: dict[str, tuple[Any, Any]] = {
     "string": (st.one_of(st.none(), TEXT), pa.string()),
@@ -71,7 +71,7 @@ def tables(draw: st.DrawFn) -> tuple[list[pa.Array], str]:
         else:
             arr = pa.array(values, arrow_type)
         columns.append(arr.slice(1, rows))  # offsets that do not start at zero
-    return columns, draw(st.sampled_from([",", "\t"]))
+    return columns, draw(st.sampled_from([",", "\t", ";", "|", " "]))
 
 
 @needs_c
@@ -116,18 +116,61 @@ def test_wide_sparse_rows_match() -> None:
 @needs_c
 def test_the_c_row_join_refuses_malformed_columns() -> None:
     assert cells._compiled is not None
-    encode = cells._compiled.encode
+    rows = cells._compiled
+    encode = rows.encode
     offsets = np.array([0, 1, 2], dtype=np.int32)
     data = np.frombuffer(b"ab", dtype=np.uint8)
-    assert encode([(offsets, data)], 2, ",") == b"a\nb\n"
+    assert encode([(rows.TEXT, offsets, data, None, 0)], 2, ",") == b"a\nb\n"
     with pytest.raises(ValueError, match="offsets hold"):
-        encode([(offsets, data)], 3, ",")
+        encode([(rows.TEXT, offsets, data, None, 0)], 3, ",")
     with pytest.raises(ValueError, match="past the data"):
-        encode([(np.array([0, 1, 5], dtype=np.int32), data)], 2, ",")
+        encode([(rows.TEXT, np.array([0, 1, 5], dtype=np.int32), data, None, 0)], 2, ",")
     with pytest.raises(ValueError, match="decrease"):
-        encode([(np.array([0, 2, 1], dtype=np.int32), data)], 2, ",")
+        encode([(rows.TEXT, np.array([0, 2, 1], dtype=np.int32), data, None, 0)], 2, ",")
+    with pytest.raises(ValueError, match="validity hold"):
+        encode([(rows.TEXT, offsets, data, b"", 0)], 2, ",")
     with pytest.raises(ValueError, match="delimiter"):
-        encode([(offsets, data)], 2, '"')
+        encode([(rows.TEXT, offsets, data, None, 0)], 2, '"')
     with pytest.raises(TypeError, match="column 0"):
-        encode([b"ab"], 2, ",")
+        encode([(offsets, data)], 2, ",")
+    with pytest.raises(ValueError, match="outside years"):
+        encode([(rows.TIME, np.array([2**62], dtype=np.int64), None, 0)], 1, ",")
     assert encode([], 0, ",") == b""
+
+
+@needs_c
+def test_timestamps_outside_four_digit_years_take_the_arrow_path() -> None:
+    micros = pa.array([-62_135_596_800_000_001, 0, None], pa.timestamp("us"))
+    ours, theirs = both([micros], ",")
+    assert ours == theirs
+    assert ours.splitlines()[1] == b"1970-01-01T00:00:00+00:00"
+
+
+@needs_c
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_timestamps_of_every_unit_and_zone_match(unit: str) -> None:
+    stamps = [datetime(1, 1, 1), datetime(999, 12, 31, 23, 59, 59, 1), None]
+    stamps += [datetime(1969, 12, 31, 23, 59, 59, 999999), datetime(9999, 12, 31, 23, 59, 59)]
+    for tz in (None, "UTC", "+05:30"):
+        arr = pa.array(stamps, pa.timestamp("us")).cast(pa.timestamp(unit, tz=tz), safe=False)
+        ours, theirs = both([pa.array(["r"] * len(arr)), arr], "\t")
+        assert ours == theirs
+
+
+@needs_c
+def test_lists_with_null_lists_over_items_and_slices_match() -> None:
+    items = pa.array(["a", 'q"', None, "x,y", "\\", "\x01\x1f", "é"], pa.string())
+    offsets = pa.array([0, 2, 4, 4, 7], pa.int32())
+    lists = pa.ListArray.from_arrays(offsets, items, mask=pa.array([False, True, False, False]))
+    for arr in (lists, lists.slice(1), lists.slice(2, 1)):
+        for delimiter in (",", "\t", ";"):
+            ours, theirs = both([arr], delimiter)
+            assert ours == theirs
+
+
+@needs_c
+def test_dictionary_and_large_strings_match() -> None:
+    words = pa.array(["a,b", None, "c", "a,b"], pa.string())
+    columns = [words.dictionary_encode(), words.cast(pa.large_string()), words]
+    ours, theirs = both(columns, ",")
+    assert ours == theirs
