@@ -15,12 +15,19 @@ The rules (docs/architecture.md, "Batches between a source and the archive write
 - RFC 4180 quoting: a cell is enclosed in ``"`` (with inner quotes doubled) when it contains
   the delimiter, a quote, CR or LF; rows end with ``\\n``; UTF-8 without BOM.
 
-Everything runs as Arrow compute kernels and numpy passes over whole columns; Python only
-touches the rare values Arrow does not format the way :func:`json.dumps` does (JSON strings
-with quotes, backslashes or control characters; floats Arrow writes with an exponent). Cells
-that need quoting are found by scanning each column's data buffer once, so a column that
-needs none costs almost nothing. Rows are assembled by one element-wise join per batch, in
-which a run of all-empty columns (common in verbatim files) counts as one argument.
+Two implementations write the same bytes (:data:`ROW_JOIN`):
+
+- ``"c"`` (where ``archive/_rows.c`` was built): strings, lists of strings and timestamps go
+  to C as their Arrow buffers; other types become text with the Arrow kernels below; the C
+  pass formats, quotes and joins the rows without the GIL.
+- ``"arrow"``: everything runs as Arrow compute kernels and numpy passes over whole columns;
+  cells that need quoting are found by scanning each column's data buffer once, and rows are
+  assembled by one element-wise join per batch, in which a run of all-empty columns (common
+  in verbatim files) counts as one argument.
+
+In both, Python only touches the rare values Arrow does not format the way
+:func:`json.dumps` does (JSON strings with quotes, backslashes or control characters;
+floats Arrow writes with an exponent).
 
 A value that cannot be written (invalid UTF-8, an Arrow type with no text form) raises
 :class:`CellError` with its row index; :func:`encode_rows` adds the column index.

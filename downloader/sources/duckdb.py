@@ -26,7 +26,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import duckdb
 import numpy as np
@@ -74,6 +74,11 @@ _READ_CONFIG: dict[str, Any] = {
 # took 9.6 s for the verbatim file, two 6.1 s; three were another ~1 s faster for the whole
 # build but added ~15 MB to its peak RSS, which is kept under 400 MB.
 _READ_AHEAD = 2
+
+# Threads that split verbatim terms out of ``data`` while the reader reads on: the split
+# of a verbatim file's batch takes longer than DuckDB's read of it, so with one thread the
+# verbatim files were bound by it.
+_SPLITTERS = 2
 
 
 @dataclass(frozen=True)
@@ -206,6 +211,16 @@ def _without_rowid(rows: pa.Table | pa.RecordBatch, batch_size: int) -> Iterator
     table = pa.Table.from_batches([rows]) if isinstance(rows, pa.RecordBatch) else rows
     for batch in _nonempty(table, batch_size):
         yield batch.drop_columns(["_rowid"])
+
+
+#: Rows read, or the verbatim split that will give them (see DuckDBSource._batches).
+_Rows: TypeAlias = "pa.Table | pa.RecordBatch | Future[pa.Table]"
+#: Rows with the row id to resume after them.
+_Read: TypeAlias = "tuple[_Rows, int]"
+
+
+def _resolved(rows: _Rows) -> pa.Table | pa.RecordBatch:
+    return rows.result() if isinstance(rows, Future) else rows
 
 
 def _keep_picked(batch: pa.RecordBatch, picked: np.ndarray) -> pa.RecordBatch:
@@ -529,12 +544,18 @@ class DuckDBSource:
         stream resumes after the last row id handed out; :class:`SourceUnavailable` if the
         store file changed in between (row ids are only stable while the file is).
         """
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-read") as pool:
-            yield from self._batches(pool, rtype, rq, mq, fields, raw_terms, batch_size)
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-read") as pool,
+            ThreadPoolExecutor(
+                max_workers=_SPLITTERS, thread_name_prefix="duckdb-split"
+            ) as splitters,
+        ):
+            yield from self._batches(pool, splitters, rtype, rq, mq, fields, raw_terms, batch_size)
 
     def _batches(
         self,
         pool: ThreadPoolExecutor,
+        splitters: ThreadPoolExecutor,
         rtype: RecordType,
         rq: dict[str, Any] | None,
         mq: dict[str, Any] | None,
@@ -550,14 +571,13 @@ class DuckDBSource:
         plan = _SlicePlan(rtype, where, where_params, cross=cross)
         reads = _Reads(rtype, outer, inner, where, where_params, plan, batch_size)
 
-        def read(
-            rows: Iterator[tuple[pa.Table | pa.RecordBatch, int]],
-        ) -> tuple[pa.Table | pa.RecordBatch, int] | None:
-            # On the helper thread: the next rows, with their verbatim terms split out.
+        def read(rows: Iterator[tuple[pa.Table | pa.RecordBatch, int]]) -> _Read | None:
+            # On the helper thread: the next rows; their verbatim terms are split out on
+            # the splitters meanwhile, so the reader goes on reading.
             item = next(rows, None)
             if item is None or not split:
                 return item
-            return verbatim.expand(item[0], _RAW, raw_terms), item[1]
+            return splitters.submit(verbatim.expand, item[0], _RAW, raw_terms), item[1]
 
         signature: tuple[Any, ...] | None = None
         version: str | None = None
@@ -570,8 +590,8 @@ class DuckDBSource:
             rows = reads.window(con, pos)
             # Reads queued on the helper thread, oldest first. A single worker runs them in
             # order, so this is a read-ahead of up to _READ_AHEAD items.
-            pending: deque[Future[tuple[pa.Table | pa.RecordBatch, int] | None]] = deque()
-            carry: list[pa.Table | pa.RecordBatch] = []
+            pending: deque[Future[_Read | None]] = deque()
+            carry: list[_Rows] = []
             try:
                 current_signature = self._signature()
                 current_version = self._read_version(con)
@@ -610,7 +630,7 @@ class DuckDBSource:
                         carry.append(got)
                         continue
                     pending.append(pool.submit(read, rows))
-                    yield from _without_rowid(got, batch_size)
+                    yield from _without_rowid(_resolved(got), batch_size)
             except duckdb.CatalogException:
                 return
             except duckdb.Error as exc:
@@ -624,7 +644,11 @@ class DuckDBSource:
                 rows.close()
                 con.close()
             for got in carry:
-                yield from _without_rowid(got, batch_size)
+                try:
+                    table = _resolved(got)
+                except duckdb.Error as exc:
+                    raise SourceUnavailable(f"record store query failed: {exc}") from exc
+                yield from _without_rowid(table, batch_size)
 
     def unique_values(
         self,
