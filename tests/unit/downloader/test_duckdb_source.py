@@ -376,3 +376,52 @@ def test_verbatim_terms_are_the_same_split_on_the_reader_or_by_json_transform(
     assert split.column_names == transformed.column_names == ["coreid", "uuid", *terms]
     assert split.to_pydict() == transformed.to_pydict()
     assert sum(split.column(t).null_count < split.num_rows for t in terms) > 3
+
+
+def test_counts_of_a_request_are_one_query_until_the_store_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest_synthetic(tmp_path, 40, seed=1)
+    source = DuckDBSource(store_path(tmp_path))
+    queries: list[str] = []
+    real_query = source._query
+
+    def counting(sql: str, params: Any = ()) -> Any:
+        queries.append(sql)
+        return real_query(sql, params)
+
+    monkeypatch.setattr(source, "_query", counting)
+    request = rq({"genus": "acer"})
+    media = source.count("mediarecords", request, None)
+    per_set = source.recordset_counts("mediarecords", request, None)
+    assert sum(per_set.values()) == media
+    assert source.count("mediarecords", request, None) == media
+    assert len(queries) == 1
+    records = source.count("records", None, None)
+    assert records == 40 and len(queries) == 2
+    ingest_synthetic(tmp_path, 10, seed=2)
+    assert source.count("records", None, None) == 50
+    assert len(queries) == 3
+
+
+def test_media_files_of_one_archive_share_the_matching_row_ids(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The indexed and the verbatim media file of a request read the same blocks: their
+    matching row ids are found once, while the store file stays the same."""
+    source = DuckDBSource(store)
+    found: list[int] = []
+    real_sql = duckdb.DuckDBPyConnection.sql
+
+    def spying_sql(con: Any, query: str, **kwargs: Any) -> Any:
+        if query.startswith("SELECT m.rowid AS rid"):
+            found.append(1)
+        return real_sql(con, query, **kwargs)
+
+    monkeypatch.setattr(duckdb.DuckDBPyConnection, "sql", spying_sql)
+    request = rq({"genus": "acer"})
+    terms = source.raw_terms("mediarecords", request, None)
+    indexed = [b.num_rows for b in source.batches("mediarecords", request, None, fields=["uuid"])]
+    raw = [b.num_rows for b in source.batches("mediarecords", request, None, raw_terms=terms)]
+    assert sum(indexed) == sum(raw) > 0
+    assert len(found) == 1
