@@ -22,7 +22,8 @@
  *                                           9999), written as datetime.isoformat() +00:00
  *
  * where ``valid`` is an Arrow validity bitmap (or None: no nulls) and ``bit`` the index of
- * the column's first row in it. Text must be valid UTF-8 (archive.cells checks it).
+ * the column's first row in it. Text and list items must be UTF-8: when a cell is not,
+ * UnicodeError("invalid UTF-8", column, row) is raised.
  *
  * The work is two passes without the GIL: the first measures every cell and finds those
  * that need quoting (a text column whose bytes hold none of the four characters, the usual
@@ -73,6 +74,79 @@ static void release_columns(Column *cols, Py_ssize_t count) {
 
 static inline int is_valid(const uint8_t *valid, Py_ssize_t bit) {
     return valid == NULL || ((valid[bit >> 3] >> (bit & 7)) & 1);
+}
+
+static inline int text_valid_at(const Column *col, Py_ssize_t i) {
+    return is_valid(col->valid, col->bit + i);
+}
+
+/* Whether bytes are valid UTF-8 (RFC 3629: no overlongs, surrogates or code points past
+ * U+10FFFF), eight ASCII bytes at a time where it can. */
+static int utf8_ok(const unsigned char *p, const unsigned char *end) {
+    while (p < end) {
+        if (end - p >= 8) {
+            uint64_t chunk;
+            memcpy(&chunk, p, 8);
+            if ((chunk & 0x8080808080808080ULL) == 0) {
+                p += 8;
+                continue;
+            }
+        }
+        unsigned char c = *p;
+        if (c < 0x80) {
+            p++;
+            continue;
+        }
+        Py_ssize_t need;
+        unsigned char lo = 0x80, hi = 0xBF;
+        if (c >= 0xC2 && c <= 0xDF) need = 1;
+        else if (c == 0xE0) need = 2, lo = 0xA0;
+        else if (c == 0xED) need = 2, hi = 0x9F;
+        else if (c >= 0xE1 && c <= 0xEF) need = 2;
+        else if (c == 0xF0) need = 3, lo = 0x90;
+        else if (c == 0xF4) need = 3, hi = 0x8F;
+        else if (c >= 0xF1 && c <= 0xF3) need = 3;
+        else return 0;
+        if (end - p <= need) return 0;
+        if (p[1] < lo || p[1] > hi) return 0;
+        for (Py_ssize_t k = 2; k <= need; k++) {
+            if ((p[k] & 0xC0) != 0x80) return 0;
+        }
+        p += need + 1;
+    }
+    return 1;
+}
+
+static int all_ascii(const unsigned char *p, size_t n) {
+    size_t k = 0;
+    uint64_t acc = 0;
+    for (; k + 8 <= n; k += 8) {
+        uint64_t chunk;
+        memcpy(&chunk, p + k, 8);
+        acc |= chunk;
+    }
+    for (; k < n; k++) acc |= p[k];
+    return (acc & 0x8080808080808080ULL) == 0;
+}
+
+/* -1 when every valid cell of a text column (or every item of a list column) is UTF-8,
+ * else the first row holding one that is not. */
+static Py_ssize_t first_bad_utf8(const Column *col, Py_ssize_t rows) {
+    const int32_t *off = col->kind == KIND_LIST ? col->item_off : col->off;
+    const char *bytes = col->kind == KIND_LIST ? col->item_bytes : col->bytes;
+    Py_ssize_t count = col->kind == KIND_LIST ? col->items : rows;
+    const unsigned char *base = (const unsigned char *)bytes - off[0];
+    if (all_ascii((const unsigned char *)bytes, (size_t)(off[count] - off[0]))) return -1;
+    for (Py_ssize_t i = 0; i < rows; i++) {
+        if (!text_valid_at(col, i)) continue;
+        Py_ssize_t first = col->kind == KIND_LIST ? col->off[i] : i;
+        Py_ssize_t last = col->kind == KIND_LIST ? col->off[i + 1] : i + 1;
+        for (Py_ssize_t k = first; k < last; k++) {
+            if (col->kind == KIND_LIST && !is_valid(col->item_valid, col->item_bit + k)) continue;
+            if (!utf8_ok(base + off[k], base + off[k + 1])) return i;
+        }
+    }
+    return -1;
 }
 
 /* Bytes that make a text cell need quoting, for the delimiter in use. */
@@ -533,6 +607,7 @@ static PyObject *encode(PyObject *self, PyObject *args) {
     special_table(table, (unsigned char)delimiter);
     Py_ssize_t total = rows * ncols; /* separators and line ends */
     int failed = 0;
+    Py_ssize_t bad_column = -1, bad_row = -1;
     int lone = ncols == 1;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t c = 0; c < ncols && !failed; c++) {
@@ -540,6 +615,10 @@ static PyObject *encode(PyObject *self, PyObject *args) {
         if (col->kind < 0) {
             if (lone) total += 2 * rows; /* every row is one empty cell: '""' */
             continue;
+        }
+        if (col->kind != KIND_TIME && (bad_row = first_bad_utf8(col, rows)) >= 0) {
+            bad_column = c;
+            break;
         }
         Py_ssize_t width = measure_column(col, rows, table, (unsigned char)delimiter, lone);
         if (width < 0) {
@@ -549,6 +628,15 @@ static PyObject *encode(PyObject *self, PyObject *args) {
         total += width;
     }
     Py_END_ALLOW_THREADS
+    if (bad_column >= 0) {
+        release_columns(cols, ncols);
+        PyObject *error = Py_BuildValue("(snn)", "invalid UTF-8", bad_column, bad_row);
+        if (error != NULL) {
+            PyErr_SetObject(PyExc_UnicodeError, error);
+            Py_DECREF(error);
+        }
+        return NULL;
+    }
     if (failed) {
         release_columns(cols, ncols);
         return PyErr_NoMemory();

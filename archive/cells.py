@@ -568,7 +568,18 @@ def _encode_rows_c(columns: list[pa.Array], delimiter: str) -> bytes:
             parts.append(_c_column(arr))
         except CellError as err:
             raise RowsError(err.row, index, err.reason) from None
-    return _compiled.encode(parts, n, delimiter)
+    try:
+        return _compiled.encode(parts, n, delimiter)
+    except UnicodeError as err:
+        if len(err.args) != 3 or err.args[0] != "invalid UTF-8":
+            raise
+        _, index, row = err.args
+    # The C pass found a cell that is not UTF-8; Arrow's check names what is wrong.
+    try:
+        text_values(columns[index])
+    except CellError as err:
+        raise RowsError(err.row, index, err.reason) from None
+    raise RowsError(row, index, "is not valid UTF-8 text")
 
 
 #: Microseconds since 1970 of 0001-01-01T00:00:00 and 9999-12-31T23:59:59.999999, the
@@ -602,23 +613,19 @@ def _c_column(arr: pa.Array) -> tuple[Any, ...]:
             window = data[values.offset : values.offset + len(values)]
             return (_compiled.TIME, window, *_validity(values))
     elif pa.types.is_list(t) and pa.types.is_string(t.value_type):
+        # The C pass checks that the items (and the strings below) are UTF-8.
         items = arr.values
-        try:
-            utf8(items)
-        except CellError:
-            pass  # the general path names the row
-        else:
-            item_offsets, item_data = _string_parts(items)
-            return (
-                _compiled.LIST,
-                arr.offsets.to_numpy(),
-                *_validity(arr),
-                item_offsets,
-                item_data,
-                *_validity(items),
-            )
+        item_offsets, item_data = _string_parts(items)
+        return (
+            _compiled.LIST,
+            arr.offsets.to_numpy(),
+            *_validity(arr),
+            item_offsets,
+            item_data,
+            *_validity(items),
+        )
     elif pa.types.is_string(t):
-        return _c_text(utf8(arr))
+        return _c_text(arr)
     return _c_text(text_values(arr))
 
 

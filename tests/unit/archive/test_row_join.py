@@ -174,3 +174,45 @@ def test_dictionary_and_large_strings_match() -> None:
     columns = [words.dictionary_encode(), words.cast(pa.large_string()), words]
     ours, theirs = both(columns, ",")
     assert ours == theirs
+
+
+def _raw_strings(values: list[bytes]) -> pa.Array:
+    """A string array over arbitrary bytes (Arrow would refuse to build it from Python)."""
+    offsets = np.cumsum([0, *(len(v) for v in values)]).astype(np.int32)
+    return pa.StringArray.from_buffers(
+        len(values), pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"".join(values))
+    )
+
+
+@needs_c
+@settings(max_examples=300)
+@given(st.lists(st.binary(max_size=12), min_size=1, max_size=6))
+def test_the_c_pass_accepts_exactly_the_utf8_python_accepts(values: list[bytes]) -> None:
+    def python_ok(v: bytes) -> bool:
+        try:
+            v.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        return True
+
+    arr = _raw_strings(values)
+    bad = [i for i, v in enumerate(values) if not python_ok(v)]
+    for join in ("c", "arrow"):
+        encode = cells._encode_rows_c if join == "c" else cells._encode_rows_arrow
+        if not bad:
+            encode([arr], ",")
+            continue
+        with pytest.raises(cells.RowsError) as caught:
+            encode([pa.array(["id"] * len(values)), arr], ",")
+        assert (caught.value.row, caught.value.column) == (bad[0], 1)
+        assert "UTF-8" in caught.value.reason
+
+
+@needs_c
+def test_a_list_item_that_is_not_utf8_names_its_row() -> None:
+    items = _raw_strings([b"caf\xc3\xa9", b"ok", b"\xed\xa0\x80", b"x"])
+    lists = pa.ListArray.from_arrays(pa.array([0, 1, 3, 4], pa.int32()), items)
+    for encode in (cells._encode_rows_c, cells._encode_rows_arrow):
+        with pytest.raises(cells.RowsError) as caught:
+            encode([pa.array(["a", "b", "c"]), lists], ",")
+        assert (caught.value.row, caught.value.column) == (1, 1)
