@@ -2,9 +2,10 @@
 
 from setuptools import Extension, find_packages, setup
 
-# The row join of archive/cells.py in C (archive/_rows.c), several times faster than the
-# Arrow kernels it stands in for. It is optional: where no C compiler is at hand the build
-# skips it and archive.cells uses its Arrow implementation, which writes the same bytes.
+# The hot loops of archive writing in C (archive/_rows.c): the row join of archive/cells.py
+# and the verbatim-term split of downloader/sources/verbatim.py. It is optional: where no C
+# compiler is at hand the build skips it, and the Arrow row join and DuckDB's
+# json_transform, which give the same bytes, are used instead.
 ROWS = Extension(
     "archive._rows", sources=["archive/_rows.c"], optional=True, extra_compile_args=["-O3"]
 )

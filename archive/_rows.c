@@ -76,7 +76,7 @@ static inline int is_valid(const uint8_t *valid, Py_ssize_t bit) {
     return valid == NULL || ((valid[bit >> 3] >> (bit & 7)) & 1);
 }
 
-static inline int text_valid_at(const Column *col, Py_ssize_t i) {
+static inline int text_valid(const Column *col, Py_ssize_t i) {
     return is_valid(col->valid, col->bit + i);
 }
 
@@ -138,7 +138,7 @@ static Py_ssize_t first_bad_utf8(const Column *col, Py_ssize_t rows) {
     const unsigned char *base = (const unsigned char *)bytes - off[0];
     if (all_ascii((const unsigned char *)bytes, (size_t)(off[count] - off[0]))) return -1;
     for (Py_ssize_t i = 0; i < rows; i++) {
-        if (!text_valid_at(col, i)) continue;
+        if (!text_valid(col, i)) continue;
         Py_ssize_t first = col->kind == KIND_LIST ? col->off[i] : i;
         Py_ssize_t last = col->kind == KIND_LIST ? col->off[i + 1] : i + 1;
         for (Py_ssize_t k = first; k < last; k++) {
@@ -174,10 +174,6 @@ static void init_item_width(void) {
         item_width['\r'] = 2;
     item_width['"'] = 3;  /* \"" */
     item_width['\\'] = 2; /* \\ */
-}
-
-static inline int text_valid(const Column *col, Py_ssize_t i) {
-    return is_valid(col->valid, col->bit + i);
 }
 
 /* Days since 1970-01-01 to a civil date (H. Hinnant's algorithm). */

@@ -1,8 +1,12 @@
-"""Types of the C row join (archive/_rows.c)."""
+"""Types of archive/_rows.c (see its header comment for the column descriptions)."""
 
 from typing import Any
 
-def encode(columns: list[tuple[Any, Any] | None], rows: int, delimiter: str) -> bytes: ...
+TEXT: int
+LIST: int
+TIME: int
+
+def encode(columns: list[tuple[Any, ...] | None], rows: int, delimiter: str) -> bytes: ...
 def split(
     offsets: Any, data: Any, keys: list[bytes], rows: int
 ) -> list[tuple[bytes, bytes, bytes | None, int]] | None: ...
