@@ -138,21 +138,21 @@ _RAW = "_raw_json"
 _PICKED = "_picked_rowids"
 
 
-class _SharedBlocks:
-    """The last few blocks of matching row ids, by (file signature, query, block)."""
+class _Recent:
+    """The last ``size`` values put, by key; safe to share between threads."""
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._items: dict[tuple[Any, ...], np.ndarray] = {}
+        self._items: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[Any, ...]) -> np.ndarray | None:
+    def get(self, key: tuple[Any, ...]) -> Any:
         with self._lock:
             return self._items.get(key)
 
-    def put(self, key: tuple[Any, ...], rids: np.ndarray) -> None:
+    def put(self, key: tuple[Any, ...], value: Any) -> None:
         with self._lock:
-            self._items[key] = rids
+            self._items[key] = value
             while len(self._items) > self._size:
                 del self._items[next(iter(self._items))]
 
@@ -180,7 +180,7 @@ class _SlicePlan:
         params: Sequence[Any],
         *,
         cross: bool,
-        shared: _SharedBlocks | None = None,
+        shared: _Recent | None = None,
     ) -> None:
         self.end = 0  # one past the largest row id, set when the stream starts
         # The store file's signature while a window reads (set by the stream), and blocks'
@@ -418,9 +418,8 @@ class DuckDBSource:
         # (file signature, data_version) of the last read: data_version is asked for on
         # every submission and opening the file costs far more than a stat.
         self._version_cache: tuple[tuple[Any, ...], str] | None = None
-        self._tallies: dict[tuple[Any, ...], dict[str | None, int]] = {}
-        self._tally_lock = threading.Lock()
-        self._blocks = _SharedBlocks(_SHARED_BLOCKS)
+        self._tallies = _Recent(_TALLIES)
+        self._blocks = _Recent(_SHARED_BLOCKS)
 
     # --- connections --------------------------------------------------------------------
 
@@ -507,8 +506,7 @@ class DuckDBSource:
         where, params = compile_request_where(rtype, rq, mq)
         signature = self._signature()
         key = (signature, rtype, where, json.dumps(list(params), default=str))
-        with self._tally_lock:
-            cached = self._tallies.get(key)
+        cached: dict[str | None, int] | None = self._tallies.get(key)
         if cached is not None:
             return cached
         a = _ALIAS[rtype]
@@ -519,10 +517,7 @@ class DuckDBSource:
         )
         tally = {None if k is None else str(k): int(v) for k, v in rows}
         if signature[0] is not None:
-            with self._tally_lock:
-                self._tallies[key] = tally
-                while len(self._tallies) > _TALLIES:
-                    self._tallies.pop(next(iter(self._tallies)))
+            self._tallies.put(key, tally)
         return tally
 
     def count(self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None) -> int:
