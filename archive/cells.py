@@ -143,7 +143,7 @@ def _without_nulls(arr: pa.Array) -> pa.Array:
     """
     if arr.null_count == 0:
         return arr
-    offsets, _ = _string_parts(arr)
+    offsets, _ = string_parts(arr)
     valid = arr.is_valid().to_numpy(zero_copy_only=False)
     if np.any(np.diff(offsets)[~valid]):
         return pc.fill_null(arr, "")
@@ -165,7 +165,7 @@ def _iso_timestamps(arr: pa.Array) -> pa.Array:
     return _concat(text, "+00:00")
 
 
-def _string_parts(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+def string_parts(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """The offsets and data bytes of a ``string`` array (views, no copy)."""
     _, offsets_buffer, data_buffer = arr.buffers()
     offsets = np.frombuffer(offsets_buffer, dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
@@ -182,7 +182,7 @@ def _rows_where(arr: pa.Array, hit: Callable[[np.ndarray], np.ndarray]) -> np.nd
     """
     if len(arr) == 0:
         return None
-    offsets, data = _string_parts(arr)
+    offsets, data = string_parts(arr)
     hits = np.flatnonzero(hit(data))
     if hits.size == 0:
         return None
@@ -270,7 +270,7 @@ def _escaped(arr: pa.Array, quote: str) -> pa.Array:
     character to escape, over these values only."""
     text = pc.replace_substring(arr, "\\", "\\\\")
     text = pc.replace_substring(text, '"', "\\" + quote)
-    _, data = _string_parts(arr)
+    _, data = string_parts(arr)
     for code in np.unique(data[data < 0x20]).tolist():
         escape = _SHORT_ESCAPES.get(code, f"\\u{code:04x}")
         text = pc.replace_substring(text, chr(code), escape)
@@ -474,7 +474,7 @@ def _plain_string_list_text(arr: pa.Array, *, quote: str, enclose: bool) -> pa.A
         flat = utf8(flat)
     except CellError:
         return None  # the general path names the row
-    _, data = _string_parts(flat)
+    _, data = string_parts(flat)
     if np.any((data < 0x20) | (data == 0x22)):
         return None
     joined = pc.binary_join(arr, pa.scalar(quote + ", " + quote, pa.string()))
@@ -594,7 +594,7 @@ def _validity(arr: pa.Array) -> tuple[Any, int]:
 
 def _c_text(text: pa.Array) -> tuple[Any, ...]:
     assert _compiled is not None
-    offsets, data = _string_parts(text)
+    offsets, data = string_parts(text)
     return (_compiled.TEXT, offsets, data, *_validity(text))
 
 
@@ -615,7 +615,7 @@ def _c_column(arr: pa.Array) -> tuple[Any, ...]:
     elif pa.types.is_list(t) and pa.types.is_string(t.value_type):
         # The C pass checks that the items (and the strings below) are UTF-8.
         items = arr.values
-        item_offsets, item_data = _string_parts(items)
+        item_offsets, item_data = string_parts(items)
         return (
             _compiled.LIST,
             arr.offsets.to_numpy(),
@@ -670,7 +670,7 @@ def _encode_rows_arrow(columns: list[pa.Array], delimiter: str) -> pa.Array:
 
 
 def _has_bytes(text: pa.Array) -> bool:
-    offsets, _ = _string_parts(text)
+    offsets, _ = string_parts(text)
     return bool(offsets[-1] != offsets[0])
 
 

@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from types import ModuleType
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from archive.cells import string_parts
 
 _compiled: ModuleType | None
 try:
@@ -65,13 +66,8 @@ def split_terms(objects: pa.Array, terms: Sequence[str]) -> list[pa.Array]:
     if objects.null_count:
         objects = pc.fill_null(objects, "{}")
     if USE_C and _compiled is not None and len(objects):
-        _, offsets_buffer, data_buffer = objects.buffers()
-        start, n = objects.offset, len(objects)
-        offsets = np.frombuffer(offsets_buffer, dtype=np.int32)[start : start + n + 1]
-        if data_buffer is None:
-            data = np.zeros(0, dtype=np.uint8)
-        else:
-            data = np.frombuffer(data_buffer, dtype=np.uint8)[offsets[0] : offsets[-1]]
+        n = len(objects)
+        offsets, data = string_parts(objects)
         keys = [t.encode("utf-8") for t in terms]
         parts = _compiled.split(offsets, data, keys, n)
         if parts is not None:

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from archive.cells import string_parts
 from downloader.sources import verbatim
 
 needs_c = pytest.mark.skipif(verbatim._compiled is None, reason="archive._rows was not built")
@@ -70,7 +71,7 @@ def test_the_c_splitter_agrees_with_json_transform(
 def test_objects_the_splitter_leaves_alone_go_to_json_transform(text: str) -> None:
     assert verbatim._compiled is not None
     array = pa.array(['{"x": "plain"}', text], pa.string())
-    assert verbatim._compiled.split(*_buffers(array), [b"x"], 2) is None
+    assert verbatim._compiled.split(*string_parts(array), [b"x"], 2) is None
     ours, general = _both(array, ["x"])
     assert ours == general
 
@@ -79,18 +80,9 @@ def test_objects_the_splitter_leaves_alone_go_to_json_transform(text: str) -> No
 def test_text_that_json_transform_refuses_raises_as_before() -> None:
     assert verbatim._compiled is not None
     array = pa.array(['{"x": "\\ud800"}'], pa.string())  # a lone surrogate
-    assert verbatim._compiled.split(*_buffers(array), [b"x"], 1) is None
+    assert verbatim._compiled.split(*string_parts(array), [b"x"], 1) is None
     with pytest.raises(duckdb.Error, match="surrogate"):
         verbatim.split_terms(array, ["x"])
-
-
-def _buffers(array: pa.Array) -> tuple[Any, Any]:
-    import numpy as np
-
-    _, offsets, data = array.buffers()
-    return np.frombuffer(offsets, dtype=np.int32)[: len(array) + 1], np.frombuffer(
-        data, dtype=np.uint8
-    )
 
 
 def test_without_the_c_splitter_the_terms_are_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
