@@ -20,9 +20,10 @@ $(STAMP): setup.py archive/_rows.c
 
 install: $(STAMP) ## Create .venv and install the project with its test and bench extras
 
-lint: $(STAMP) ## ruff lint and format check
+lint: $(STAMP) ## ruff lint and format check, and the import contracts (pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP) ## mypy over the packages
 	$(BIN)/mypy

@@ -3,8 +3,8 @@
 from setuptools import Extension, find_packages, setup
 
 # The hot loops of archive writing in C (archive/_rows.c): the row join of archive/cells.py
-# and the verbatim-term split of downloader/sources/verbatim.py. It is optional: where no C
-# compiler is at hand the build skips it, and the Arrow row join and DuckDB's
+# and the verbatim-term split of downloader/sources/duckdb/verbatim.py. It is optional: where
+# no C compiler is at hand the build skips it, and the Arrow row join and DuckDB's
 # json_transform, which give the same bytes, are used instead.
 ROWS = Extension(
     "archive._rows", sources=["archive/_rows.c"], optional=True, extra_compile_args=["-O3"]
@@ -42,6 +42,8 @@ setup(
             "pytest-timeout>=2.3",
             "hypothesis>=6.100",
             "ruff>=0.6",
+            # The layering of docs/architecture.md as checked contracts (pyproject.toml).
+            "import-linter>=2.1",
             "mypy>=1.10",
             "types-PyYAML",
             "types-python-dateutil",

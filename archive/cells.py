@@ -1,4 +1,4 @@
-"""Turning Arrow columns into CSV/TSV cells and rows, a whole batch at a time.
+r"""Turning Arrow columns into CSV/TSV cells and rows, a whole batch at a time.
 
 The rules (docs/architecture.md, "Batches between a source and the archive writer"):
 
@@ -7,13 +7,13 @@ The rules (docs/architecture.md, "Batches between a source and the archive write
   only when not zero, as :meth:`datetime.isoformat` does; naive timestamps are UTC), dates as
   ``YYYY-MM-DD``;
 - booleans, numbers, lists and structs as JSON text, exactly as :func:`json.dumps` writes
-  them except that non-ASCII characters are kept as UTF-8 rather than ``\\uXXXX`` escapes
+  them except that non-ASCII characters are kept as UTF-8 rather than ``\uXXXX`` escapes
   (``true``, ``2.0``, ``1e-05``, ``["a", "b"]``, ``{"lat": 1.5, "lon": 2.0}``; a struct of
   ``lat`` and ``lon`` always puts ``lat`` first; NaN and infinities as ``NaN``/``Infinity``
   like :func:`json.dumps`);
 - nulls as empty cells;
 - RFC 4180 quoting: a cell is enclosed in ``"`` (with inner quotes doubled) when it contains
-  the delimiter, a quote, CR or LF; rows end with ``\\n``; UTF-8 without BOM.
+  the delimiter, a quote, CR or LF; rows end with ``\n``; UTF-8 without BOM.
 
 Two implementations write the same bytes (:data:`ROW_JOIN`):
 
@@ -525,7 +525,7 @@ def quote_text(value: str, delimiter: str) -> str:
 
 
 def header_line(headers: list[str], delimiter: str) -> bytes:
-    """The header line of a data file, ``\\n``-terminated UTF-8."""
+    r"""The header line of a data file, ``\n``-terminated UTF-8."""
     line = delimiter.join(quote_text(h, delimiter) for h in headers)
     if len(headers) == 1 and line == "":
         line = '""'
@@ -543,7 +543,7 @@ class RowsError(Exception):
 
 
 def encode_rows(columns: list[pa.Array], delimiter: str) -> bytes | memoryview:
-    """The rows of a batch as the bytes to write: each row a ``\\n``-ended line of cells.
+    r"""The rows of a batch as the bytes to write: each row a ``\n``-ended line of cells.
 
     Uses the C row join (:mod:`archive._rows`) where it was built, else the Arrow one;
     both write the same bytes (:data:`ROW_JOIN` says which is in use).
@@ -630,7 +630,7 @@ def _c_column(arr: pa.Array) -> tuple[Any, ...]:
 
 
 def _encode_rows_arrow(columns: list[pa.Array], delimiter: str) -> pa.Array:
-    """The rows of a batch as one ``string`` array, each value a whole ``\\n``-ended line.
+    r"""The rows of a batch as one ``string`` array, each value a whole ``\n``-ended line.
 
     The returned array's data buffer, between its first and last offset, is exactly the
     bytes to write (see :func:`_row_bytes`).

@@ -1,9 +1,9 @@
-"""meta.xml, the archive descriptor (TDWG Darwin Core text guidelines).
+r"""meta.xml, the archive descriptor (TDWG Darwin Core text guidelines).
 
 Unlike iDigBio's, the descriptor has an XML declaration, exactly one ``<core>`` (with
 ``<id index="0"/>``), one ``<extension>`` (with ``<coreid index="0"/>``) per other data
 file, ``metadata="eml.xml"``, and the dialect of the bytes actually written: UTF-8, the
-form's delimiter, ``\\n`` line ends, ``"`` as enclosure and one header line. Columns whose
+form's delimiter, ``\n`` line ends, ``"`` as enclosure and one header line. Columns whose
 term URI is None (column 0, and any the caller left undeclared) get no ``<field>``, except
 that a file with no other field declares column 0 as :data:`COREID_TERM`.
 """

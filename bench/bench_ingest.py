@@ -20,9 +20,9 @@ from pathlib import Path
 
 import duckdb
 
-from downloader.ingest import attached_store, derive, store_path, write_recordset
+from downloader.ingest.load import attached_store, derive, store_path, write_recordset
+from downloader.ingest.synthetic import synthetic_archive
 from downloader.sources.duckdb import DuckDBSource
-from downloader.synthetic import synthetic_archive
 from query.validate import validate_query
 
 QUERIES = {

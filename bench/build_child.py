@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 
@@ -36,7 +37,7 @@ def main(argv: list[str]) -> int:
     from downloader.backends import make_context
     from downloader.build import build_archive
     from downloader.config import load_settings
-    from downloader.service import request_download
+    from downloader.service.downloads import request_download
 
     settings = load_settings()
     dispatcher = _HeldDispatcher()
@@ -52,7 +53,7 @@ def main(argv: list[str]) -> int:
         profiler.start()
         build_archive(job_id, ctx=ctx)
         profiler.stop()
-        with open(profile, "w", encoding="utf-8") as out:
+        with Path(profile).open("w", encoding="utf-8") as out:
             out.write(profiler.output_text(unicode=True, color=False, show_all=False))
     else:
         build_archive(job_id, ctx=ctx)

@@ -72,7 +72,7 @@ def ingest_synthetic(
         )
         args = [str(data_dir), str(n), str(seed), recordset or ""]
         proc = _run([sys.executable, "-c", call, *args], timeout)
-        by = "downloader.ingest.ingest_synthetic"
+        by = "downloader.ingest.load.ingest_synthetic"
     if proc.returncode != 0:
         raise RuntimeError(f"ingest failed ({proc.returncode}): {proc.stderr[-3000:]}")
     seconds = time.perf_counter() - start

@@ -205,7 +205,7 @@ def server_process(
     startup_timeout: float = 60.0,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start a server child listening on ``port``; terminate it (and only it) afterwards."""
-    with open(log_path, "wb") as log_file:
+    with Path(log_path).open("wb") as log_file:
         proc = subprocess.Popen(
             list(args),
             stdout=log_file,

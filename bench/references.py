@@ -145,7 +145,7 @@ def run_baseline(db_path: Path, sel: Selection, out_path: Path) -> ReferenceRun:
 def _deflate_file(src: Path, dst: Path, level: int) -> int:
     comp = fast_zlib.compressobj(level, fast_zlib.DEFLATED, -15)
     written = 0
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
+    with Path(src).open("rb") as fin, Path(dst).open("wb") as fout:
         while chunk := fin.read(CHUNK):
             out = comp.compress(chunk)
             fout.write(out)

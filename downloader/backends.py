@@ -1,7 +1,8 @@
 """The one place where configuration picks an implementation for each port.
 
 Vendor modules are imported inside the factories, so an embedded deployment never imports
-elasticsearch, redis, celery or boto3, and an at-scale one never opens DuckDB or SQLite.
+elasticsearch, redis or boto3, and an at-scale one never opens DuckDB or SQLite. The
+dispatcher, which runs builds and so sits above them, is made in :mod:`downloader.dispatch`.
 """
 
 from __future__ import annotations
@@ -72,18 +73,6 @@ def make_mailer(settings: Settings) -> Mailer:
         password=settings.smtp_password,
         timeout=settings.smtp_timeout_seconds,
     )
-
-
-def make_dispatcher(settings: Settings) -> Dispatcher:
-    """The dispatcher named by ``dispatcher``. The local one must be started (``start()``)
-    by the process that serves requests; Celery's needs nothing but the broker."""
-    if settings.dispatcher == "celery":
-        from downloader.dispatch_celery import CeleryDispatcher
-
-        return CeleryDispatcher(settings)
-    from downloader.dispatch import LocalDispatcher
-
-    return LocalDispatcher(settings)
 
 
 @dataclass

@@ -113,16 +113,16 @@ def _register_ingest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.set_defaults(func=_run_ingest)
 
 
-def _run_ingest(args: argparse.Namespace) -> int:
-    from downloader.dwca_read import ArchiveRejected
+def _run_ingest(args: argparse.Namespace) -> int:  # noqa: C901  (one branch per ingest source and target, each with its own error words)
     from downloader.errors import SourceUnavailable
-    from downloader.ingest import (
+    from downloader.ingest.load import (
         IngestError,
         describe,
         ingest_paths,
         ingest_synthetic,
         stored_record_count,
     )
+    from downloader.ingest.read import ArchiveRejected
 
     if not args.paths and not args.synthetic:
         print("downloader ingest: give archive paths and/or --synthetic N", file=sys.stderr)
@@ -222,7 +222,7 @@ class _IndexPusher:
     """Copies freshly ingested recordsets from the staging store into the search indices."""
 
     def __init__(self, settings: Settings) -> None:
-        from downloader.ingest import store_path
+        from downloader.ingest.load import store_path
         from downloader.sources.elasticsearch import ElasticsearchSource
 
         self.store = store_path(settings.data_path)
@@ -231,7 +231,7 @@ class _IndexPusher:
     def __call__(self, recordset: str) -> str:
         """Push one recordset (its records replace the older version's, whose removed uuids
         go to the deletion log); the line to print."""
-        from downloader.sources.elasticsearch import export_store
+        from downloader.ingest.cluster import export_store
 
         counts: list[tuple[int, int]] = []
         version = export_store(
@@ -255,10 +255,11 @@ class _IndexPusher:
 
 
 def _export_hook(settings: Settings) -> Callable[[Any], None]:
-    """The ingest hook of :mod:`downloader.exports`: with Celery the export is sent to the
+    """The ingest hook of :mod:`downloader.service.exports`: with Celery the export is sent to the
     workers at once; otherwise it waits in the job store for ``downloader serve``."""
-    from downloader.backends import make_context, make_dispatcher
-    from downloader.exports import ingest_hook
+    from downloader.backends import make_context
+    from downloader.dispatch import make_dispatcher
+    from downloader.service.exports import ingest_hook
 
     dispatcher = make_dispatcher(settings) if settings.dispatcher == "celery" else None
     return ingest_hook(make_context(settings, dispatcher=dispatcher))
@@ -351,7 +352,7 @@ def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from downloader.app import serve
+    from downloader.api.app import serve
 
     settings = _settings(args, port=args.port, host=args.host, workers=args.workers)
     logging.basicConfig(
@@ -366,7 +367,7 @@ def _register_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "worker",
         help="run a Celery worker that builds archives (dispatcher: celery)",
         description="Run a Celery worker consuming archive builds from the broker "
-        "(celery_broker_url, else redis_url). Same as `celery -A downloader.celery_app "
+        "(celery_broker_url, else redis_url). Same as `celery -A downloader.dispatch.celery_app "
         "worker`, with the queue and options this service needs.",
     )
     p.add_argument(
@@ -385,7 +386,7 @@ def _register_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def _worker(args: argparse.Namespace) -> int:
     _settings(args)  # a bad configuration stops here with a clear message
-    from downloader.celery_app import run_worker
+    from downloader.dispatch.celery_app import run_worker
 
     run_worker(
         concurrency=args.concurrency, loglevel=args.loglevel, pool=args.pool, hostname=args.hostname
@@ -401,7 +402,7 @@ def _register_cleanup(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def _cleanup(args: argparse.Namespace) -> int:
     from downloader.backends import make_context
-    from downloader.service import cleanup_expired
+    from downloader.service.downloads import cleanup_expired
 
     expired = cleanup_expired(make_context(_settings(args)))
     print(f"{len(expired)} expired archive(s) deleted")

@@ -117,7 +117,7 @@ def download(
                 else:  # the server ignored the range: start over
                     mode, have = "wb", 0
                     total = int(resp.headers.get("Content-Length") or 0)
-                with open(part, mode) as out:
+                with Path(part).open(mode) as out:
                     got = have
                     while chunk := resp.read(CHUNK):
                         out.write(chunk)
@@ -139,7 +139,7 @@ def download(
     _say(progress, f"downloaded {part.stat().st_size:,} bytes", end="\n")
     if expected_sha256:
         digest = hashlib.sha256()
-        with open(part, "rb") as f:
+        with Path(part).open("rb") as f:
             while chunk := f.read(CHUNK):
                 digest.update(chunk)
         if digest.hexdigest() != expected_sha256.lower():
@@ -149,7 +149,7 @@ def download(
                 f"{digest.hexdigest()}; the partial file was removed, please fetch again"
             )
         _say(progress, "sha256 verified", end="\n")
-    os.replace(part, target)
+    Path(part).replace(target)
     return target
 
 

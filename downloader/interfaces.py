@@ -116,7 +116,8 @@ class DeletionLog(Protocol):
     """A record source that remembers which documents re-ingests removed, and when.
 
     Optional beside :class:`RecordSource` (the DuckDB source has it): a download since a
-    date carries ``deleted.csv`` only when its source has this (see :mod:`downloader.sync`).
+    date carries ``deleted.csv`` only when its source has this (see
+    :mod:`downloader.build.deletions`).
     """
 
     def deleted_records(self, *, since: datetime | None = None) -> Sequence[Deletion]:
@@ -167,7 +168,8 @@ class JobStore(Protocol):
 
     def jobs_for_hash(self, query_hash: str, *, kind: str) -> list[Job]:
         """Every job of ``kind`` with this ``query_hash``, in any state and data version,
-        newest first (how a recordset's export jobs are found, see ``downloader.exports``)."""
+        newest first (how a recordset's export jobs are found, see
+        :mod:`downloader.service.exports`)."""
         ...
 
     def pending_jobs(self) -> list[Job]:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 #: Internal job states. ``task_status`` in the iDigBio status JSON is derived from these.
 JobState = Literal["PENDING", "STARTED", "SUCCESS", "FAILURE", "CANCELLED", "EXPIRED"]
 TERMINAL_STATES: frozenset[str] = frozenset({"SUCCESS", "FAILURE", "CANCELLED", "EXPIRED"})
+
+
+def now_utc() -> datetime:
+    """The current time, timezone-aware UTC (every timestamp we store is)."""
+    return datetime.now(UTC)
 
 
 @dataclass

@@ -11,10 +11,24 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Protocol
 
-from downloader.models import Job
 from notify.errors import InvalidAddress, MailError
 
 log = logging.getLogger(__name__)
+
+
+class Job(Protocol):
+    """What a message tells of a download (``downloader.models.Job`` has all of it); a
+    Protocol, so that this package imports nothing of the service."""
+
+    id: str
+    request: dict[str, Any]
+    expires: datetime | None
+    records_written: int
+    size: int | None
+    sha256: str | None
+    error: str | None
+    emails: list[str]
+    counts: dict[str, int]
 
 
 class _Mailer(Protocol):

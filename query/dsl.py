@@ -58,7 +58,7 @@ def _polygon(field: str, points: list[list[float]], style: PolygonStyle) -> dict
     }
 
 
-def _clauses(
+def _clauses(  # noqa: PLR0911  (one return per query type)
     kind: str, field: str, value: Any, polygon: PolygonStyle
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(filter clauses, must_not clauses) for one key."""

@@ -77,7 +77,7 @@ def es_mapping(rtype: RecordType) -> dict[str, Any]:
 
 
 def _present(value: Any) -> bool:
-    return value is not None and value != "" and value != []
+    return value is not None and value not in ("", [])
 
 
 def to_es_document(row: Mapping[str, Any]) -> dict[str, Any]:

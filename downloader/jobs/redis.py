@@ -132,7 +132,7 @@ class RedisJobStore:
     ``stale_after_seconds``: a STARTED job whose worker has not reported progress (the
     heartbeat) for this long is considered interrupted and may be claimed again. It must be
     shorter than the Celery broker's visibility timeout, so that a message redelivered after
-    its worker died finds the job claimable (see :mod:`downloader.celery_app`).
+    its worker died finds the job claimable (see :mod:`downloader.dispatch.celery_app`).
     """
 
     def __init__(

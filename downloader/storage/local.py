@@ -48,7 +48,7 @@ class LocalStorage:
         """A new temporary file for ``key``; invisible under ``key`` until published."""
         tmp = self.root / f"{TMP_PREFIX}{_check_key(key)}-{secrets.token_hex(6)}"
         try:
-            return open(tmp, "w+b")  # the caller owns the file until publish/discard
+            return Path(tmp).open("w+b")  # the caller owns the file until publish/discard
         except OSError as exc:
             raise StorageUnavailable(f"cannot write archives to {self.root}: {exc}") from exc
 
@@ -64,7 +64,7 @@ class LocalStorage:
             writer.flush()
             os.fsync(writer.fileno())
             writer.close()
-            os.replace(writer.name, final)
+            Path(writer.name).replace(final)
             self._fsync_dir()
         except OSError as exc:
             self.discard(key, writer)
@@ -76,7 +76,7 @@ class LocalStorage:
         with contextlib.suppress(OSError):
             writer.close()
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(writer.name)
+            Path(writer.name).unlink()
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` has been published (and not deleted)."""

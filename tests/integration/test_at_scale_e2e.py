@@ -23,10 +23,11 @@ from typing import Any
 import boto3
 import pytest
 import requests
+from downloader.ingest.cluster import export_store
 from dwca.read import DwCAReader
 
-from downloader.ingest import ingest_synthetic, store_path
-from downloader.sources.elasticsearch import ElasticsearchSource, export_store
+from downloader.ingest.load import ingest_synthetic, store_path
+from downloader.sources.elasticsearch import ElasticsearchSource
 from query.validate import validate_query
 from tests.support.osmem import running_osmem
 from tests.support.redis_server import free_port, running_redis

@@ -15,7 +15,7 @@ import pytest
 
 from downloader.backends import make_context
 from downloader.config import load_settings
-from downloader.dispatch import LocalDispatcher
+from downloader.dispatch.local import LocalDispatcher
 from downloader.models import Job
 from tests.support.smtp import Inbox, free_port
 

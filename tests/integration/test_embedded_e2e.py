@@ -24,9 +24,9 @@ import pytest
 import requests
 from dwca.read import DwCAReader
 
-from downloader import service
 from downloader.backends import make_context
 from downloader.config import load_settings
+from downloader.service import downloads as service
 from tests.support.smtp import Inbox, free_port, smtp_server
 
 pytestmark = pytest.mark.integration
@@ -56,7 +56,7 @@ class Server:
             "DOWNLOADER_DISPATCH_POLL_SECONDS": "0.5",
             **env,
         }
-        with open(self.log, "wb") as log:
+        with Path(self.log).open("wb") as log:
             self.proc = subprocess.Popen(
                 [*DOWNLOADER, "serve", "--data-dir", str(data_dir), "--port", str(self.port)],
                 cwd=ROOT,
@@ -104,7 +104,7 @@ def poll(status_url: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from downloader.ingest import ingest_paths, ingest_synthetic
+    from downloader.ingest.load import ingest_paths, ingest_synthetic
 
     data = tmp_path_factory.mktemp("data")
     _, failures = ingest_paths(data, [FIXTURES / name for name in SAMPLES])

@@ -17,9 +17,9 @@ import boto3
 import pytest
 import requests
 
-from downloader import exports
 from downloader.interfaces import EXPORT_KEY_PREFIX
 from downloader.jobs.sqlite import SQLiteJobStore
+from downloader.service import exports
 from downloader.storage.s3 import S3Storage
 from tests.support.s3_server import running_s3
 from tests.unit.downloader.export_support import (
@@ -74,7 +74,7 @@ def serve(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         "DOWNLOADER_DISPATCH_POLL_SECONDS": "0.5",
         "DOWNLOADER_ADMIN_TOKENS": ADMIN,
     }
-    with open(log_path, "wb") as log:
+    with Path(log_path).open("wb") as log:
         proc = subprocess.Popen(
             [*DOWNLOADER, "serve", "--data-dir", str(tmp_path), "--port", str(port)],
             cwd=ROOT,

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from downloader.app import make_app, make_server
+from downloader.api.app import make_app, make_server
 from downloader.backends import Context
 from tests.support.smtp import free_port
 

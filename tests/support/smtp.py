@@ -34,10 +34,10 @@ class Inbox:
     envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
     _cond: threading.Condition = field(default_factory=threading.Condition)
 
-    async def handle_DATA(
+    async def handle_DATA(  # noqa: N802  (aiosmtpd calls its hooks by this name)
         self, server: Any, session: Any, envelope: Any
     ) -> str:  # aiosmtpd's hook name
-        """aiosmtpd hook: parse and keep the message."""
+        """Aiosmtpd hook: parse and keep the message."""
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(msg, EmailMessage)  # policy.default always builds EmailMessage
         with self._cond:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +86,12 @@ def api(tmp_path: Path) -> Iterator[Api]:
     )
     with api_server(ctx) as url:
         yield Api(url, ctx, dispatcher, mailer)
+
+
+def assert_acer_status(doc: dict[str, Any], api: Api) -> None:
+    """The status of a fresh download of ``{"genus": "acer"}``."""
+    assert doc["query"]["rq"] == {"genus": "acer"}
+    assert doc["task_status"] == "PENDING" and doc["complete"] is False
+    assert doc["status_url"] == f"{api.url}/v2/download/{doc['id']}"
+    assert doc["hash"] == doc["query_hash"]
+    assert datetime.fromisoformat(doc["expires"]) > datetime.fromisoformat(doc["created"])

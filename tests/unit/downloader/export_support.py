@@ -14,13 +14,13 @@ from typing import Any
 import requests
 from dwca.read import DwCAReader
 
-from downloader import exports
 from downloader.backends import Context, make_source
 from downloader.build import build_archive
 from downloader.config import load_settings
-from downloader.ingest import IngestResult, ingest_synthetic
+from downloader.ingest.load import IngestResult, ingest_synthetic
 from downloader.interfaces import RecordSource, Storage
 from downloader.jobs.sqlite import SQLiteJobStore
+from downloader.service import exports
 from downloader.storage.local import LocalStorage
 from notify.smtp import LogMailer
 from tests.support.http import api_server

@@ -11,12 +11,12 @@ import pytest
 from dwca.read import DwCAReader
 
 from archive import cells
-from downloader import service
 from downloader.backends import make_context
 from downloader.build import build_archive
 from downloader.config import load_settings
-from downloader.ingest import ingest_synthetic
-from downloader.sources import verbatim
+from downloader.ingest.load import ingest_synthetic
+from downloader.service import downloads as service
+from downloader.sources.duckdb import verbatim
 
 DATA_FILES = ["occurrence.csv", "occurrence_raw.csv", "multimedia.csv", "multimedia_raw.csv"]
 

@@ -1,0 +1,165 @@
+"""The Tornado application and ``downloader serve``: routes, the HTTP server, the local
+workers and the periodic expiry cleanup, all in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any
+
+import tornado.httpserver
+import tornado.web
+from tornado.ioloop import IOLoop, PeriodicCallback
+
+from downloader.api import archives, base, downloads, exports, health, jobs
+from downloader.backends import Context, make_context
+from downloader.config import Settings
+from downloader.dispatch import make_dispatcher
+from downloader.service import downloads as service
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("tornado.access")
+
+_ID = r"([^/]+)"
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's ``log_function``: one access-log line per request, at DEBUG when it
+    succeeded (2xx, 3xx), INFO for a client error (4xx), WARNING for a server error (5xx).
+
+    Formatting a line for every status poll cost several percent of the server's time under
+    load while nobody reads them at INFO; the level is checked before any formatting.
+    """
+    status = handler.get_status()
+    if status < 400:
+        level = logging.DEBUG
+    elif status < 500:
+        level = logging.INFO
+    else:
+        level = logging.WARNING
+    if not access_log.isEnabledFor(level):
+        return
+    request = handler.request
+    access_log.log(
+        level,
+        "%d %s %s (%s) %.2fms",
+        status,
+        request.method,
+        request.uri,
+        request.remote_ip,
+        1000.0 * request.request_time(),
+    )
+
+
+def make_app(ctx: Context, *, executor: Executor | None = None) -> tornado.web.Application:
+    """The application with every route; ``executor`` runs blocking service calls."""
+    args: dict[str, Any] = {
+        "ctx": ctx,
+        "executor": executor or ThreadPoolExecutor(16, thread_name_prefix="downloader-http"),
+        "status_cache": service.StatusCache(),
+    }
+    routes: list[Any] = [
+        # Recordset exports (api/exports.py) and the jobs resource (api/jobs.py); the
+        # status route below also takes DELETE there, to cancel.
+        (rf"/recordsets/{_ID}/versions/?", exports.VersionsHandler, args),
+        (rf"/recordsets/{_ID}/{_ID}/export/?", exports.ExportHandler, args),
+        (rf"/v1/jobs/{_ID}/?", jobs.JobHandler, args),
+        # Downloads (api/downloads.py), iDigBio's paths.
+        (r"/", downloads.IndexHandler, args),
+        (r"/v2/download/?", downloads.DownloadHandler, args),
+        (rf"/v2/download/{_ID}/?", jobs.DownloadStatusHandler, args),
+        (rf"/status/{_ID}/?", downloads.StatusHandler, args),
+        (r"/v2/count/?", downloads.CountHandler, args),
+        # Finished archives (api/archives.py).
+        (rf"/archives/{_ID}/?", archives.ArchiveHandler, args),
+        (rf"/archives/{_ID}/([^/]+)", archives.ArchiveHandler, args),
+        (r"/healthz", health.HealthHandler, args),
+    ]
+    return tornado.web.Application(
+        routes,
+        default_handler_class=base.NotFoundHandler,
+        default_handler_args=args,
+        compress_response=False,  # archives are already deflated; JSON is small
+        log_function=log_request,
+    )
+
+
+def make_server(app: tornado.web.Application, settings: Settings) -> tornado.httpserver.HTTPServer:
+    """An HTTP server for ``app``.
+
+    Its own body limit is far above ``max_body_bytes`` because the handlers enforce that one
+    themselves (with a 413 JSON answer); Tornado's limit would just drop the connection. For
+    the same reason its header limit leaves room for an ``rq`` and an ``mq`` of
+    ``max_query_bytes`` each, percent-encoded (up to three bytes per byte), in a GET's URL:
+    such a query gets its answer (or its 400 naming the limit) instead of a closed connection.
+    """
+    return tornado.httpserver.HTTPServer(
+        app,
+        max_body_size=max(settings.max_body_bytes * 4, 16 * 1024 * 1024),
+        max_header_size=max(64 * 1024, 8 * settings.max_query_bytes),
+        xheaders=False,
+    )
+
+
+def _run_cleanup(ctx: Context) -> None:
+    try:
+        expired = service.cleanup_expired(ctx)
+        if expired:
+            log.info("cleanup: %d archive(s) expired", len(expired))
+    except Exception:
+        # The next run tries again; a failed cleanup must never stop the server.
+        log.exception("cleanup of expired archives failed")
+
+
+async def serve(settings: Settings) -> None:
+    """Run the HTTP API, the worker pool (local dispatcher) and the cleanup loop until
+    SIGINT or SIGTERM."""
+    from downloader.dispatch.local import LocalDispatcher
+    from downloader.storage.local import LocalStorage
+
+    dispatcher = make_dispatcher(settings)
+    ctx = make_context(settings, dispatcher=dispatcher)
+    if isinstance(ctx.storage, LocalStorage) and isinstance(dispatcher, LocalDispatcher):
+        # No build runs yet, so every temporary file belongs to a build that died.
+        removed = ctx.storage.remove_stale_temporaries()
+        if removed:
+            log.info("removed %d partial archive(s) left by an interrupted run", removed)
+    executor = ThreadPoolExecutor(16, thread_name_prefix="downloader-http")
+    app = make_app(ctx, executor=executor)
+    server = make_server(app, settings)
+    server.listen(settings.port, address=settings.host)
+    if isinstance(dispatcher, LocalDispatcher):
+        dispatcher.start()
+    loop = IOLoop.current()
+    cleanup = PeriodicCallback(
+        lambda: loop.run_in_executor(executor, _run_cleanup, ctx),
+        max(1.0, settings.cleanup_interval_seconds) * 1000,
+    )
+    if settings.cleanup_interval_seconds > 0:
+        loop.run_in_executor(executor, _run_cleanup, ctx)
+        cleanup.start()
+    stop = asyncio.Event()
+    aio = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        aio.add_signal_handler(sig, stop.set)
+    log.info(
+        "serving on http://%s:%d (data in %s, %s workers)",
+        settings.host,
+        settings.port,
+        settings.data_path.resolve(),
+        settings.workers if isinstance(dispatcher, LocalDispatcher) else "celery",
+    )
+    print(f"downloader: serving on http://{settings.host}:{settings.port}/", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        cleanup.stop()
+        server.stop()
+        if isinstance(dispatcher, LocalDispatcher):
+            # Running builds are stopped; their jobs stay STARTED and run again at the next
+            # start (the attempt is counted).
+            await aio.run_in_executor(None, dispatcher.stop)
+        executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,321 @@
+"""What every handler shares: JSON answers, CORS, the one error mapping, the executor, and
+parameters from a query string, a form or a JSON body.
+
+Every error, whatever raised it, becomes the same JSON shape in :meth:`BaseHandler.write_error`
+(``{"error": ..., "status": ..., "name": ..., "key": ...}``). Service calls that block (the
+job store, the record source, SMTP) run on the application's thread pool, never on the
+IOLoop; the one exception is the status read from a job store that declares
+``inline_reads`` (see :class:`downloader.api.downloads.StatusHandler`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+from tornado import httputil
+from tornado.ioloop import IOLoop
+from tornado.web import HTTPError, RequestHandler, stream_request_body
+
+from downloader.backends import Context
+from downloader.errors import JobNotFound, RequestError, SourceUnavailable, StorageUnavailable
+from downloader.service import downloads as service
+from query.errors import QueryError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Bytes read from disk per write when sending an archive.
+CHUNK = 256 * 1024
+
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+#: ``json.dumps(doc, sort_keys=True, default=str)`` without building an encoder per call.
+_JSON = json.JSONEncoder(sort_keys=True, default=str)
+
+
+def _error_body(exc: BaseException | None, status: int, reason: str) -> tuple[int, dict[str, Any]]:
+    """Our one error shape, and the status code that goes with ``exc``."""
+    if isinstance(exc, QueryError):
+        return 400, exc.to_dict()
+    if isinstance(exc, RequestError):
+        return exc.status, exc.to_dict()
+    if isinstance(exc, JobNotFound):
+        return 404, {"error": str(exc), "name": "NotFound"}
+    if isinstance(exc, (SourceUnavailable, StorageUnavailable)):
+        return 503, {
+            "error": f"the service cannot reach its data right now ({exc}); try again shortly",
+            "name": "ServiceUnavailable",
+        }
+    if isinstance(exc, HTTPError):
+        message = exc.log_message % exc.args if exc.log_message and exc.args else exc.log_message
+        return exc.status_code, {"error": message or exc.reason or reason, "name": "HTTPError"}
+    if exc is None and status < 500:
+        return status, {"error": reason, "name": "HTTPError"}
+    # Anything else is our bug: say so without leaking a traceback.
+    return 500, {"error": "internal error; it has been logged", "name": "InternalError"}
+
+
+class BaseHandler(RequestHandler):
+    """JSON responses, CORS for the portal, the error mapping, and the executor."""
+
+    ctx: Context
+    executor: Executor
+    status_cache: service.StatusCache | None
+
+    def initialize(
+        self, ctx: Context, executor: Executor, status_cache: service.StatusCache | None = None
+    ) -> None:
+        """Tornado hook: receive the process context, the thread pool and the application's
+        cache of rendered status responses."""
+        self.ctx = ctx
+        self.executor = executor
+        self.status_cache = status_cache
+
+    def set_default_headers(self) -> None:
+        """CORS ``*`` as iDigBio sends it, so a portal on another origin can call us."""
+        self.set_header("Access-Control-Allow-Origin", "*")
+        self.set_header("Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS")
+        self.set_header(
+            "Access-Control-Allow-Headers", "Content-Type, Range, If-Range, If-None-Match"
+        )
+        self.set_header(
+            "Access-Control-Expose-Headers",
+            "Content-Disposition, Content-Range, Content-Length, ETag, Accept-Ranges",
+        )
+        self.set_header("Access-Control-Max-Age", "21600")
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+
+    def options(self, *args: str) -> None:
+        """CORS preflight: the headers above and no body."""
+        self.set_status(204)
+        self.finish()
+
+    async def head(self, *args: Any, **kwargs: Any) -> None:
+        """HEAD is GET without the body (RFC 9110 9.3.2); Tornado drops the body itself."""
+        result = self.get(*args, **kwargs)
+        if result is not None:
+            await result
+
+    def allowed_methods(self) -> list[str]:
+        """The methods this resource implements, for the ``Allow`` header of a 405."""
+        unimplemented = getattr(RequestHandler, "_unimplemented_method", None)
+        allowed = [
+            m
+            for m in ("GET", "POST", "DELETE", "OPTIONS")
+            if getattr(type(self), m.lower()) is not unimplemented
+        ]
+        if "GET" in allowed:
+            allowed.insert(1, "HEAD")
+        return allowed
+
+    @property
+    def base_url(self) -> str:
+        """The configured public base URL, else the one this request reached us at."""
+        return self.ctx.settings.base_url or f"{self.request.protocol}://{self.request.host}"
+
+    async def run(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking service call on the thread pool."""
+        call = functools.partial(func, self.ctx, *args, **kwargs)
+        return await IOLoop.current().run_in_executor(self.executor, call)
+
+    def write_json(self, doc: Any, status: int = 200) -> None:
+        """Finish with ``doc`` as JSON, keys sorted (as iDigBio's Flask ``jsonify`` does)."""
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(_JSON.encode(doc) + "\n")
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """The one place where exceptions become HTTP errors."""
+        exc_info = kwargs.get("exc_info")
+        exc = exc_info[1] if exc_info else None
+        status, body = _error_body(exc, status_code, self._reason)
+        body["status"] = status
+        self.set_status(status)
+        if status == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
+        elif status == 401:
+            # RFC 9110 15.5.2: a 401 says how to authenticate.
+            self.set_header("WWW-Authenticate", 'Bearer realm="downloader"')
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        if self.request.method == "HEAD":
+            self.finish()
+        else:
+            self.finish(json.dumps(body, sort_keys=True) + "\n")
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        """Client mistakes are logged briefly; only unexpected errors carry a traceback."""
+        if isinstance(value, (QueryError, RequestError, JobNotFound, HTTPError)):
+            log.info("%s %s: %s", self.request.method, self.request.uri, value)
+        else:
+            super().log_exception(typ, value, tb)
+
+
+@stream_request_body
+class ParamsHandler(BaseHandler):
+    """A handler whose parameters may come in the query string, a form or a JSON body.
+
+    The body is streamed so that an oversized one gets a 413 JSON answer (from its
+    Content-Length before anything is read, or as soon as a chunked body passes the limit)
+    instead of Tornado closing the connection.
+    """
+
+    _chunks: list[bytes]
+    _received: int
+    _too_large: bool
+
+    def prepare(self) -> None:
+        """Refuse a declared oversized body before reading it."""
+        self._chunks, self._received, self._too_large = [], 0, False
+        limit = self.ctx.settings.max_body_bytes
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise self._too_large_error()
+
+    def data_received(self, chunk: bytes) -> None:
+        """Collect the body, dropping it once it passes the limit."""
+        self._received += len(chunk)
+        if self._received > self.ctx.settings.max_body_bytes:
+            self._too_large = True
+            self._chunks = []
+        elif not self._too_large:
+            self._chunks.append(chunk)
+
+    def _too_large_error(self) -> RequestError:
+        limit = self.ctx.settings.max_body_bytes
+        return RequestError(
+            f"the request body is larger than {limit} bytes", status=413, name="BodyTooLarge"
+        )
+
+    def params(self) -> dict[str, Any]:
+        """Query-string parameters, overridden by body parameters.
+
+        A parameter given twice must have one value; ``rq[genus]``-style names (a form
+        serialised from an object) and text that is not UTF-8 are refused, naming the key.
+        """
+        params: dict[str, Any] = _single_values(self.request.query_arguments)
+        if self.request.method != "POST":
+            return params
+        if self._too_large:
+            raise self._too_large_error()
+        body = b"".join(self._chunks)
+        if not body.strip():
+            return params
+        header = self.request.headers.get("Content-Type", "")
+        ctype = header.split(";")[0].strip().lower()
+        if ctype not in _FORM_TYPES:
+            # Like iDigBio (get_json(force=True)), try JSON whatever the declared type.
+            try:
+                data = json.loads(body)
+            except (ValueError, RecursionError) as exc:
+                if ctype == "application/json":
+                    raise RequestError(
+                        f"the request body is not valid JSON: {exc}", key="body"
+                    ) from exc
+                if ctype:
+                    raise RequestError(
+                        f"the request body is neither JSON nor a form (Content-Type: {ctype}); "
+                        "send application/json, application/x-www-form-urlencoded or "
+                        "multipart/form-data",
+                        status=415,
+                        key="Content-Type",
+                        name="UnsupportedMediaType",
+                    ) from exc
+            else:
+                if not isinstance(data, dict):
+                    raise RequestError(
+                        "a JSON request body must be an object such as "
+                        '{"rq": {"genus": "acer"}, "email": "me@example.org"}',
+                        key="body",
+                    )
+                params.update(data)
+                return params
+        form: dict[str, list[bytes]] = {}
+        files: dict[str, list[httputil.HTTPFile]] = {}
+        try:
+            httputil.parse_body_arguments(
+                header if ctype else "application/x-www-form-urlencoded",
+                body,
+                form,
+                files,
+                self.request.headers,
+            )
+        except httputil.HTTPInputError as exc:
+            raise RequestError(f"the request body is not a valid form: {exc}", key="body") from exc
+        for name, uploads in files.items():
+            # ``curl -F rq=@query.json``: a file part holds the value.
+            form.setdefault(name, []).extend(f.body for f in uploads)
+        params.update(_single_values(form))
+        return params
+
+
+#: Every parameter a download or count request understands.
+_KNOWN_PARAMS = frozenset((*service.REQUEST_KEYS, "email", "source", "force"))
+
+
+def _single_values(arguments: dict[str, list[bytes]]) -> dict[str, str]:
+    """One text value per parameter, or a :class:`RequestError` naming the parameter."""
+    values: dict[str, str] = {}
+    for name, raw in arguments.items():
+        base = name.split("[", 1)[0]
+        if base != name and base in _KNOWN_PARAMS:
+            raise RequestError(
+                f"{name} is not understood: send {base} once, holding its JSON as text",
+                key=base,
+            )
+        texts: list[str] = []
+        for item in raw:
+            try:
+                text = item.decode("utf-8")
+            except UnicodeDecodeError:
+                raise RequestError(f"{name} is not valid UTF-8 text", key=name) from None
+            if text not in texts:
+                texts.append(text)
+        if len(texts) > 1:
+            raise RequestError(
+                f"{name} is given {len(raw)} times with different values; give it once",
+                key=name,
+            )
+        if texts:
+            values[name] = texts[0]
+    return values
+
+
+def request_token(handler: BaseHandler) -> str | None:
+    """The caller's token: ``Authorization: Bearer <t>``, ``X-Admin-Token: <t>`` or
+    ``?token=<t>`` (in that order)."""
+    auth = handler.request.headers.get("Authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    admin = handler.request.headers.get("X-Admin-Token", "").strip()
+    if admin:
+        return admin
+    query = handler.get_query_argument("token", default="") or ""
+    return query.strip() or None
+
+
+class DeletableHandler(BaseHandler):
+    """CORS that also allows DELETE and the token headers."""
+
+    def set_default_headers(self) -> None:
+        """The base CORS headers, widened for DELETE with a token."""
+        super().set_default_headers()
+        self.set_header("Access-Control-Allow-Methods", "GET, HEAD, POST, DELETE, OPTIONS")
+        self.set_header(
+            "Access-Control-Allow-Headers",
+            "Content-Type, Range, If-Range, If-None-Match, Authorization, X-Admin-Token",
+        )
+
+
+class NotFoundHandler(BaseHandler):
+    """Any other path: 404 JSON."""
+
+    def prepare(self) -> None:
+        """Every method of an unknown path is a 404."""
+        raise HTTPError(404, "no such endpoint: %s", self.request.path)

@@ -1,0 +1,21 @@
+"""Building an archive from a job: what a worker runs.
+
+:func:`build_archive` (in :mod:`.run`) claims a job, plans the archive (:mod:`.plan`),
+streams the record source's batches into the archive writer while reporting progress
+(:mod:`.progress`), publishes it atomically and notifies the requesters. :mod:`.deletions`
+writes the deletion log of a sync download.
+"""
+
+from downloader.build.plan import archive_filename, archive_key, plan_archive
+from downloader.build.run import TRANSIENT, RetryLater, build_archive, fail_job, notify_ready
+
+__all__ = [
+    "TRANSIENT",
+    "RetryLater",
+    "archive_filename",
+    "archive_key",
+    "build_archive",
+    "fail_job",
+    "notify_ready",
+    "plan_archive",
+]

@@ -1,0 +1,230 @@
+"""``build_archive(job_id, ctx)``: the one domain function that turns a job into an archive.
+
+Both the local worker processes (:mod:`downloader.dispatch.worker`) and Celery tasks
+(:mod:`downloader.dispatch.tasks`) call it. It is
+idempotent by job id: it claims the job first, and a job that is finished, cancelled or
+running elsewhere is left alone.
+
+The work is a stream: source batches -> write_archive -> a storage writer under a temporary
+name -> an atomic publish. Nothing is published unless write_archive returned normally, so a
+truncated archive never becomes visible.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from archive import (
+    ArchiveCancelled,
+    ArchiveError,
+    ArchiveSpec,
+    DataFile,
+    dwca,
+    write_archive,
+)
+from downloader.backends import Context
+from downloader.build.plan import archive_filename, archive_key, plan_archive
+from downloader.build.progress import ProgressReporter
+from downloader.errors import SourceUnavailable, StorageUnavailable
+from downloader.links import content_type, download_url, job_base_url, status_url
+from downloader.models import Job, now_utc
+from notify.service import send_failure_email, send_ready_email
+
+log = logging.getLogger(__name__)
+
+#: Errors worth another attempt: the source or the storage was unreachable for a moment.
+TRANSIENT = (SourceUnavailable, StorageUnavailable)
+
+
+class RetryLater(Exception):
+    """The build hit a transient error and the job is PENDING again for another attempt.
+
+    Celery tasks turn it into ``self.retry()``; local workers just exit (the dispatcher
+    picks the job up again after a short pause).
+    """
+
+    def __init__(self, job_id: str, cause: BaseException) -> None:
+        super().__init__(f"job {job_id} will be retried: {cause}")
+        self.job_id = job_id
+        self.cause = cause
+
+
+def notify_ready(ctx: Context, job: Job) -> None:
+    """Mail every address of the (freshly reloaded) job that its archive is ready."""
+    current = ctx.jobs.get(job.id) or job
+    base = job_base_url(ctx.settings, current)
+    send_ready_email(
+        ctx.mailer,
+        current,
+        download_url=download_url(ctx, current, base),
+        status_url=status_url(current, base),
+    )
+
+
+def fail_job(ctx: Context, job: Job, error: str) -> Job:
+    """Mark the job FAILURE with a message for the researcher and mail every address."""
+    job.state = "FAILURE"
+    job.error = error
+    job.completed = now_utc()
+    ctx.jobs.save(job)
+    current = ctx.jobs.get(job.id) or job
+    send_failure_email(
+        ctx.mailer, current, status_url=status_url(current, job_base_url(ctx.settings, current))
+    )
+    log.warning("job %s failed: %s", job.id, error)
+    return current
+
+
+def build_archive(job_id: str, ctx: Context) -> Job | None:
+    """Build the archive of job ``job_id``: claim, count, write, publish, record, notify.
+
+    Returns the job in its final state, or None when there was nothing to do (unknown job,
+    already finished, cancelled before it started, or running in another worker). Raises
+    :class:`RetryLater` after a transient error when attempts remain (the job is PENDING
+    again). Every other outcome is recorded in the job, never raised: SUCCESS with size,
+    sha256, counts and expiry; FAILURE with a message a researcher can act on; CANCELLED.
+    """
+    settings = ctx.settings
+    job = ctx.jobs.claim(job_id, max_attempts=settings.max_attempts)
+    if job is None:
+        current = ctx.jobs.get(job_id)
+        if (
+            current is not None
+            and current.state == "PENDING"
+            and ctx.jobs.is_cancel_requested(job_id)
+        ):
+            current.state = "CANCELLED"
+            current.completed = now_utc()
+            ctx.jobs.save(current)
+            return current
+        log.info("job %s not claimed (missing, finished or running elsewhere)", job_id)
+        return None
+    if job.attempts > settings.max_attempts:
+        return fail_job(
+            ctx,
+            job,
+            f"The archive build was interrupted {job.attempts - 1} times (the worker stopped "
+            "or the service restarted) and was given up. Please request the download again; "
+            "if it keeps failing, narrow the query or tell the service's operators.",
+        )
+    log.info("job %s started (attempt %d)", job.id, job.attempts)
+    key = archive_key(job)
+    # An export job is named when it is created ({recordset}_{version}.{lastUpdated}.zip).
+    filename = job.filename or archive_filename(job)
+    beat = max(0.5, settings.stale_job_seconds / 4)
+    with ProgressReporter(ctx, job.id, every=settings.progress_every, beat=beat) as reporter:
+        writer = None
+        try:
+            plan = plan_archive(ctx, job, ctx.source())
+            counts = plan.counts
+            reporter.expected = plan.spec.expected_rows(counts)
+            reporter.total = sum(counts.get(f.kind, 0) for f in _kinds(plan.spec))
+            reporter.write()
+            writer = ctx.storage.open_writer(key)
+            result = write_archive(
+                plan.spec,
+                writer,  # type: ignore[arg-type]  # Storage hands out IO[bytes]; the writer only appends
+                progress=reporter.progress,
+                should_cancel=reporter.should_cancel,
+            )
+            ctx.storage.publish(
+                key, writer, content_type=content_type(plan.spec.form), filename=filename
+            )
+            writer = None
+            if ctx.jobs.is_cancel_requested(job.id):
+                # Cancelled while the last bytes were written: the requester was told it
+                # stops, so the archive must not appear (nor a "ready" email go out).
+                ctx.storage.delete(key)
+                raise ArchiveCancelled("cancelled after the archive was written")
+        except ArchiveCancelled:
+            _discard(ctx, key, writer)
+            job.state = "CANCELLED"
+            job.error = "The download was cancelled before its archive was finished."
+            job.completed = now_utc()
+            ctx.jobs.save(job)
+            log.info("job %s cancelled", job.id)
+            return job
+        except TRANSIENT as exc:
+            _discard(ctx, key, writer)
+            if job.attempts < settings.max_attempts:
+                job.state = "PENDING"
+                ctx.jobs.save(job)
+                log.warning("job %s: transient error, will retry: %s", job.id, exc)
+                raise RetryLater(job.id, exc) from exc
+            what = "record store" if isinstance(exc, SourceUnavailable) else "archive storage"
+            return fail_job(
+                ctx,
+                job,
+                f"The {what} could not be reached in {job.attempts} attempts ({exc}). "
+                "This is a problem on our side, not with your query: please request the "
+                "download again later.",
+            )
+        except ArchiveError as exc:
+            _discard(ctx, key, writer)
+            return fail_job(
+                ctx,
+                job,
+                f"The archive could not be written: {exc}. Please change the query or the "
+                "field lists, or report it to the service's operators with the status link.",
+            )
+        except Exception as exc:
+            _discard(ctx, key, writer)
+            log.exception("job %s failed unexpectedly", job.id)
+            return fail_job(
+                ctx,
+                job,
+                f"An unexpected error stopped the build ({type(exc).__name__}). It has been "
+                f"logged under download id {job.id}; please try again, and tell the "
+                "service's operators if it happens again.",
+            )
+        completed = now_utc()
+        job.state = "SUCCESS"
+        job.completed = completed
+        # A recordset export is a cache kept until it is replaced or deleted (see
+        # downloader.service.exports); a download lives for retention_days.
+        job.expires = (
+            None if job.kind == "export" else completed + timedelta(days=settings.retention_days)
+        )
+        job.size = result.size
+        job.sha256 = result.sha256
+        job.archive_key = key
+        job.filename = filename
+        job.counts = {"records": result.records, "mediarecords": result.mediarecords}
+        unique_key = _UNIQUE_COUNT_KEYS.get(job.request.get("core_type", "records"))
+        if unique_key:
+            # A uniquelocality/uniquenames core holds distinct values, not records; say how
+            # many, or the status would report an archive of rows as empty.
+            job.counts[unique_key] = result.rows.get(plan.spec.core.filename, 0)
+        job.recordset_count = len(plan.recordsets)
+        job.total_records = sum(job.counts.values())
+        job.records_written = job.total_records
+        job.error = None
+    ctx.jobs.save(job)
+    log.info("job %s done: %d bytes, %s", job.id, job.size, job.counts)
+    notify_ready(ctx, job)
+    return job
+
+
+#: The ``counts`` key under which a unique-values core reports its rows.
+_UNIQUE_COUNT_KEYS = {"uniquelocality": "localities", "uniquenames": "names"}
+
+
+def _kinds(spec: ArchiveSpec) -> list[DataFile]:
+    # One file per kind counts towards the total (indexed and raw hold the same rows).
+    seen: dict[str, DataFile] = {}
+    files = spec.files if dwca.is_zip(spec.form) else [spec.core]
+    for f in files:
+        if f.kind != "other":
+            seen.setdefault(f.kind, f)
+    return list(seen.values())
+
+
+def _discard(ctx: Context, key: str, writer: Any) -> None:
+    if writer is None:
+        return
+    try:
+        ctx.storage.discard(key, writer)
+    except Exception:
+        log.warning("could not discard the partial archive %s", key, exc_info=True)

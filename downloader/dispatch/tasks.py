@@ -1,0 +1,76 @@
+"""Celery entry points only: take a job id, call the domain function, record the outcome.
+
+``build_archive`` runs :func:`downloader.build.build_archive`, the same function the embedded
+worker processes run. It is idempotent by job id (the job store's claim decides), retries
+only transient errors (the record source or the storage unreachable: ``RetryLater``) with
+exponential backoff, and leaves every other outcome recorded in the job by the domain code.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from billiard.exceptions import TimeLimitExceeded
+from celery import Task
+
+from downloader.backends import Context, make_context
+from downloader.build import RetryLater, fail_job
+from downloader.build import build_archive as build_archive_job
+from downloader.config import load_settings
+from downloader.dispatch.celery_app import app
+
+log = logging.getLogger(__name__)
+
+#: First retry after this many seconds, doubling up to RETRY_CAP.
+RETRY_BASE_SECONDS = 10
+RETRY_CAP_SECONDS = 600
+
+_context: Context | None = None
+
+
+def worker_context() -> Context:
+    """This process's ports, built once from the environment's settings."""
+    global _context
+    if _context is None:
+        _context = make_context(load_settings())
+    return _context
+
+
+def retry_delay(retries: int) -> int:
+    """Exponential backoff: 10 s, 20 s, 40 s ... capped at ten minutes."""
+    return int(min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2**retries))
+
+
+class BuildTask(Task):
+    """Records a hard time-limit kill in the job (the build itself never sees it)."""
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """Celery's hook for a failed task: a hard time-limit kill fails the job in words."""
+        if not isinstance(exc, TimeLimitExceeded) or not args:
+            return
+        ctx = worker_context()
+        job = ctx.jobs.get(str(args[0]))
+        if job is None or job.state in ("SUCCESS", "FAILURE", "CANCELLED", "EXPIRED"):
+            return
+        limit = ctx.settings.job_time_limit_seconds
+        fail_job(
+            ctx,
+            job,
+            f"The archive took longer than the service's limit of {limit} seconds to build "
+            "and was stopped. Please narrow the query (fewer records) and request it again.",
+        )
+
+
+@app.task(bind=True, base=BuildTask, name="downloader.build_archive", max_retries=None)
+def build_archive(self: Task, job_id: str) -> str | None:
+    """Build the archive of ``job_id``; returns the job's final state (or None)."""
+    try:
+        job = build_archive_job(job_id, worker_context())
+    except RetryLater as exc:
+        # The domain code put the job back to PENDING and counts attempts itself, giving up
+        # with a FAILURE after ``max_attempts``; Celery only has to wait and redeliver.
+        delay = retry_delay(self.request.retries)
+        log.warning("job %s: %s; retrying in %d s", job_id, exc.cause, delay)
+        raise self.retry(countdown=delay, exc=exc) from exc
+    return None if job is None else job.state

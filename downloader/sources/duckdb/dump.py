@@ -1,0 +1,46 @@
+"""Reading the embedded store whole, recordset by recordset, to copy it elsewhere (the search
+cluster: :mod:`downloader.ingest.cluster`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import duckdb
+
+#: Rows read from the store per batch while copying it.
+DUMP_BATCH_ROWS = 5_000
+
+
+class StoreDump:
+    """A read-only view of ``records.duckdb`` that hands out its rows as dicts, in a stable
+    order (recordsets by id, rows by uuid), with memory bounded by one batch."""
+
+    def __init__(self, store_file: str | Path) -> None:
+        self._con = duckdb.connect(str(store_file), read_only=True)
+
+    def __enter__(self) -> StoreDump:
+        return self
+
+    def __exit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._con.close()
+
+    def recordsets(self) -> list[dict[str, Any]]:
+        """Every row of the ``recordsets`` table, by recordset id."""
+        rows = self._con.sql("SELECT * FROM recordsets ORDER BY recordset").to_arrow_table()
+        return rows.to_pylist()
+
+    def rows(
+        self, table: Literal["records", "mediarecords"], recordset: str
+    ) -> Iterator[dict[str, Any]]:
+        """The rows of one recordset in ``table``, by uuid."""
+        reader = self._con.sql(
+            f"SELECT * FROM {table} WHERE recordset = $rs ORDER BY uuid",
+            params={"rs": recordset},
+        ).to_arrow_reader(DUMP_BATCH_ROWS)
+        for batch in reader:
+            yield from batch.to_pylist()

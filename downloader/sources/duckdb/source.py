@@ -1,0 +1,514 @@
+"""DuckDBSource: the embedded record source, the DuckDB file ``<data-dir>/records.duckdb``.
+
+Written by ``downloader ingest`` (:mod:`downloader.ingest`), read here. The service runs
+several worker processes that read while an ingest may be writing, and DuckDB lets one
+process write only when no other process has the file open. So every operation opens its
+own short-lived read-only connection and closes it, and a long stream of batches gives the
+file back every few seconds (it reads in row id order and resumes after the last row id it
+sent). A stream notices when the data (or the file) changed in between and stops with
+:class:`SourceUnavailable` (the build is retried on the new data rather than mixing two
+versions). While an ingest holds the file, opening is
+retried for ``lock_timeout`` seconds, then :class:`SourceUnavailable` is raised.
+
+A store file that does not exist yet is an empty store (``data_version`` "0"). All DuckDB
+errors become :class:`SourceUnavailable` here, at the edge.
+
+This module holds the connections, the counts, tallies and terms, and the window loop
+of a batch stream; how a window reads its rows is :mod:`.reads`, and the split of
+verbatim terms out of ``data`` is :mod:`.verbatim`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import duckdb
+import pyarrow as pa
+
+from downloader.errors import SourceUnavailable
+from downloader.sources.duckdb import verbatim
+from downloader.sources.duckdb.reads import (
+    _ALIAS,
+    _TABLE,
+    _Reads,
+    _Recent,
+    _SlicePlan,
+    _without_rowid,
+)
+from query.fields import RecordType, get_field
+from query.sql import compile_request_where
+
+# Every other connection (counts, tallies, terms): a memory limit too, or a join over the
+# other table (media of records matching rq) holds its whole hash table in memory: at 5M
+# records a media count peaked at 709 MB RSS unlimited, 232 MB with 128MB (spilling to
+# records.duckdb.tmp beside the store; that count took 2.2 s instead of 1.0 s).
+_QUERY_CONFIG: dict[str, Any] = {"memory_limit": "128MB"}
+
+# Read connections of a batch stream: bounded memory, and scans that keep row order. One
+# thread: the build's encoder and writer need the other core (two threads read the verbatim
+# file's json_transform faster but raised a 1M-record build's peak RSS by ~45 MB). The memory
+# limit is most of a build's peak RSS beyond the libraries: 415 MB with 128MB, 380 MB with
+# 96MB, ~345 MB with 64MB (48MB made the reads markedly slower).
+_READ_CONFIG: dict[str, Any] = {
+    "memory_limit": "64MB",
+    "threads": 1,
+    "preserve_insertion_order": True,
+}
+
+
+# Batches a stream reads ahead of its consumer (see DuckDBSource._batches). Each is at most
+# ``batch_size`` rows (10,000 by default: a few MB of Arrow data). At 1M records one ahead
+# took 9.6 s for the verbatim file, two 6.1 s; three were another ~1 s faster for the whole
+# build but added ~15 MB to its peak RSS, which is kept under 400 MB.
+_READ_AHEAD = 2
+
+# Blocks of matching row ids a source keeps for its next stream (see _SlicePlan._block):
+# the two media files of an archive; at most 8 MB each.
+_SHARED_BLOCKS = 2
+
+# Per-recordset tallies of requests a source keeps (see DuckDBSource._tally).
+_TALLIES = 32
+
+# Threads that split verbatim terms out of ``data`` while the reader reads on: the split
+# of a verbatim file's batch takes longer than DuckDB's read of it, so with one thread the
+# verbatim files were bound by it.
+_SPLITTERS = 2
+
+
+@dataclass(frozen=True)
+class RecordsetInfo:
+    """One ingested recordset and its current version."""
+
+    recordset: str
+    version: int
+    name: str
+    source: str
+    ingested_at: datetime
+    record_count: int
+    media_count: int
+
+
+@dataclass(frozen=True)
+class DeletedRecord:
+    """A record or media record that a re-ingest of its recordset no longer contained."""
+
+    uuid: str
+    recordset: str
+    deleted_at: datetime
+    rtype: str
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "lock" in text and ("could not set" in text or "conflicting" in text)
+
+
+#: The column in which a stream reads ``data`` as text for :func:`verbatim.expand`.
+_RAW = "_raw_json"
+
+#: Rows read, or the verbatim split that will give them (see DuckDBSource._batches).
+_Rows: TypeAlias = "pa.Table | pa.RecordBatch | Future[pa.Table]"
+#: Rows with the row id to resume after them.
+_Read: TypeAlias = "tuple[_Rows, int]"
+
+
+def _resolved(rows: _Rows) -> pa.Table | pa.RecordBatch:
+    return rows.result() if isinstance(rows, Future) else rows
+
+
+class _Missing(Exception):
+    """The store file does not exist (an empty store)."""
+
+
+class DuckDBSource:
+    """Records and media records from the embedded DuckDB store (see ``RecordSource``)."""
+
+    def __init__(
+        self, path: str | Path, *, lock_timeout: float = 30.0, window_seconds: float = 2.0
+    ) -> None:
+        self.path = Path(path)
+        self.lock_timeout = lock_timeout
+        self.window_seconds = window_seconds
+        # (file signature, data_version) of the last read: data_version is asked for on
+        # every submission and opening the file costs far more than a stat.
+        self._version_cache: tuple[tuple[Any, ...], str] | None = None
+        self._tallies = _Recent(_TALLIES)
+        self._blocks = _Recent(_SHARED_BLOCKS)
+
+    # --- connections --------------------------------------------------------------------
+
+    def _signature(self) -> tuple[Any, ...]:
+        """What identifies the file's current contents: (mtime_ns, size, inode) of the file
+        and of its write-ahead log, if any. Any write changes it."""
+        parts: list[Any] = []
+        for p in (self.path, self.path.with_name(self.path.name + ".wal")):
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                parts.append(None)
+                continue
+            parts.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(parts)
+
+    def _open(self, *, read_config: bool = False) -> duckdb.DuckDBPyConnection:
+        if not self.path.exists():
+            raise _Missing()
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.02
+        config = dict(_READ_CONFIG if read_config else _QUERY_CONFIG)
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=True, config=config)
+            except duckdb.Error as exc:
+                if not _is_lock_error(exc) or time.monotonic() >= deadline:
+                    raise SourceUnavailable(
+                        f"the record store {self.path} cannot be opened: {exc}"
+                    ) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    @contextmanager
+    def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = self._open()
+        try:
+            yield con
+        except duckdb.CatalogException as exc:
+            # A file created but never filled by ingest has no tables: an empty store.
+            raise _Missing() from exc
+        except duckdb.Error as exc:
+            raise SourceUnavailable(f"record store query failed: {exc}") from exc
+        finally:
+            con.close()
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            with self._connection() as con:
+                return con.execute(sql, list(params)).fetchall()
+        except _Missing:
+            return []
+
+    # --- RecordSource -----------------------------------------------------------------------
+
+    @staticmethod
+    def _read_version(con: duckdb.DuckDBPyConnection) -> str:
+        rows = con.execute("SELECT value FROM store_meta WHERE key = 'data_version'").fetchall()
+        return str(rows[0][0]) if rows else "0"
+
+    def data_version(self) -> str:
+        """The store's ``data_version`` ("0" for an empty store).
+
+        Cached on the file's signature (mtime_ns, size, inode, and those of its WAL), taken
+        before the read, so a changed file is always read again."""
+        signature = self._signature()
+        cached = self._version_cache
+        if cached is not None and cached[0] == signature and signature[0] is not None:
+            return cached[1]
+        rows = self._query("SELECT value FROM store_meta WHERE key = 'data_version'")
+        version = str(rows[0][0]) if rows else "0"
+        if signature[0] is not None:
+            self._version_cache = (signature, version)
+        return version
+
+    def _tally(
+        self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+    ) -> dict[str | None, int]:
+        """Matching ``rtype`` documents per recordset id, from one query per request and
+        store state: a build asks for the count and then the per-recordset counts of the
+        same request, and a filter on the other table (media of the records matching
+        ``rq``) is a join over that table (0.2 s at 1M records). Cached on the file's
+        signature, taken before the query, like :meth:`data_version`."""
+        where, params = compile_request_where(rtype, rq, mq)
+        signature = self._signature()
+        key = (signature, rtype, where, json.dumps(list(params), default=str))
+        cached: dict[str | None, int] | None = self._tallies.get(key)
+        if cached is not None:
+            return cached
+        a = _ALIAS[rtype]
+        rows = self._query(
+            f"SELECT {a}.recordset, count(*) FROM {_TABLE[rtype]} WHERE {where} "
+            f"GROUP BY {a}.recordset ORDER BY {a}.recordset",
+            params,
+        )
+        tally = {None if k is None else str(k): int(v) for k, v in rows}
+        if signature[0] is not None:
+            self._tallies.put(key, tally)
+        return tally
+
+    def count(self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None) -> int:
+        """How many ``rtype`` documents match."""
+        return sum(self._tally(rtype, rq, mq).values())
+
+    def counts(self, rq: dict[str, Any] | None, mq: dict[str, Any] | None) -> tuple[int, int]:
+        """(records, media records) matching, on one connection: records matching ``rq``
+        (having media matching ``mq`` when given) and media of records matching ``rq``
+        (matching ``mq``)."""
+        r_where, r_params = compile_request_where("records", rq, mq)
+        m_where, m_params = compile_request_where("mediarecords", rq, mq)
+        rows = self._query(
+            f"SELECT (SELECT count(*) FROM records AS r WHERE {r_where}), "
+            f"(SELECT count(*) FROM mediarecords AS m WHERE {m_where})",
+            [*r_params, *m_params],
+        )
+        return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
+
+    def recordset_counts(
+        self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+    ) -> dict[str, int]:
+        """Matching document counts per recordset id."""
+        return {k: v for k, v in self._tally(rtype, rq, mq).items() if k is not None}
+
+    def raw_terms(
+        self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+    ) -> list[str]:
+        """Sorted verbatim term names published by the recordsets of the matching documents
+        (from the per-recordset term lists ingest keeps, so no record is read)."""
+        column = "record_terms" if rtype == "records" else "media_terms"
+        if not rq and not mq:
+            rows = self._query(f"SELECT DISTINCT unnest({column}) AS t FROM recordsets ORDER BY t")
+            return [str(r[0]) for r in rows if r[0] is not None]
+        matching = self.recordset_counts(rtype, rq, mq)
+        if not matching:
+            return []
+        rows = self._query(
+            f"SELECT DISTINCT unnest({column}) AS t FROM recordsets "
+            "WHERE list_contains(?, recordset) ORDER BY t",
+            [sorted(matching)],
+        )
+        return [str(r[0]) for r in rows if r[0] is not None]
+
+    def _select(
+        self, rtype: RecordType, fields: Sequence[str], raw_terms: Sequence[str], split: bool
+    ) -> tuple[str, str]:
+        """(outer select list, inner select list): the inner query reads the index columns
+        and ``data``; the outer one names them. With ``split`` ``data`` is read as text
+        (column :data:`_RAW`) for :func:`verbatim.expand` to split on the reader thread;
+        without, a single ``json_transform`` per row turns it into one struct of the
+        requested terms (one ``json_extract_string`` per term would parse the JSON once per
+        term), unnested into one column per term."""
+        a = _ALIAS[rtype]
+        inner = [f'{a}."uuid" AS coreid' if rtype == "records" else f'{a}."coreid" AS coreid']
+        outer = ["coreid"]
+        for i, name in enumerate(fields):
+            if get_field(rtype, name) is None:
+                raise ValueError(f"{name!r} is not a {rtype} field")
+            inner.append(f"{a}.{_ident(name)} AS _f{i}")
+            outer.append(f"_f{i} AS {_ident(name)}")
+        if raw_terms and split:
+            inner.append(f"CAST({a}.data AS VARCHAR) AS {_RAW}")
+            outer.append(_RAW)
+        elif raw_terms:
+            shape = json.dumps({term: "VARCHAR" for term in raw_terms})
+            inner.append(f"json_transform({a}.data, {_sql_string(shape)}) AS _raw")
+            outer.extend(f"_raw[{_sql_string(term)}] AS {_ident(term)}" for term in raw_terms)
+        return ", ".join(outer), ", ".join(inner)
+
+    def batches(
+        self,
+        rtype: RecordType,
+        rq: dict[str, Any] | None,
+        mq: dict[str, Any] | None,
+        *,
+        fields: Sequence[str] = (),
+        raw_terms: Sequence[str] = (),
+        batch_size: int = 10_000,
+    ) -> Iterator[pa.RecordBatch]:
+        """Matching documents as Arrow batches in the store's row order (see
+        ``RecordSource``): the same rows in the same order for the same data version.
+
+        Each window streams one unsorted query in row id order (see :class:`_Reads` and
+        :class:`_SlicePlan`), so memory stays flat whatever the result size and no query
+        sorts the whole result. The connection is released every ``window_seconds`` and the
+        stream resumes after the last row id handed out; :class:`SourceUnavailable` if the
+        store file changed in between (row ids are only stable while the file is).
+        """
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-read") as pool,
+            ThreadPoolExecutor(
+                max_workers=_SPLITTERS, thread_name_prefix="duckdb-split"
+            ) as splitters,
+        ):
+            yield from self._batches(pool, splitters, rtype, rq, mq, fields, raw_terms, batch_size)
+
+    def _batches(  # noqa: C901, PLR0915  (one window loop, read top to bottom: open, check the store, read ahead, hand out, give the file back)
+        self,
+        pool: ThreadPoolExecutor,
+        splitters: ThreadPoolExecutor,
+        rtype: RecordType,
+        rq: dict[str, Any] | None,
+        mq: dict[str, Any] | None,
+        fields: Sequence[str],
+        raw_terms: Sequence[str],
+        batch_size: int,
+    ) -> Iterator[pa.RecordBatch]:
+        split = bool(raw_terms) and verbatim.USE_C
+        outer, inner = self._select(rtype, fields, raw_terms, split)
+        where, where_params = compile_request_where(rtype, rq, mq)
+        # compile_request_where joins the other table exactly in these cases.
+        cross = mq is not None if rtype == "records" else rq is not None
+        plan = _SlicePlan(rtype, where, where_params, cross=cross, shared=self._blocks)
+        reads = _Reads(rtype, outer, inner, where, where_params, plan, batch_size)
+
+        def read(rows: Iterator[tuple[pa.Table | pa.RecordBatch, int]]) -> _Read | None:
+            # On the helper thread: the next rows; their verbatim terms are split out on
+            # the splitters meanwhile, so the reader goes on reading.
+            item = next(rows, None)
+            if item is None or not split:
+                return item
+            return splitters.submit(verbatim.expand, item[0], _RAW, raw_terms), item[1]
+
+        signature: tuple[Any, ...] | None = None
+        version: str | None = None
+        pos = 0  # every row id below this has been handed out (or does not match)
+        while version is None or pos < plan.end:
+            try:
+                con = self._open(read_config=True)
+            except _Missing:
+                return
+            rows = reads.window(con, pos)
+            # Reads queued on the helper thread, oldest first. A single worker runs them in
+            # order, so this is a read-ahead of up to _READ_AHEAD items.
+            pending: deque[Future[_Read | None]] = deque()
+            carry: list[_Rows] = []
+            try:
+                current_signature = self._signature()
+                current_version = self._read_version(con)
+                plan.signature = current_signature if current_signature[0] is not None else None
+                if version is None:
+                    version, signature = current_version, current_signature
+                    top = con.execute(f"SELECT max(rowid) FROM {_TABLE[rtype]}").fetchall()
+                    if not top or top[0][0] is None:
+                        return
+                    plan.end = int(top[0][0]) + 1
+                elif current_version != version or current_signature != signature:
+                    raise SourceUnavailable(
+                        "the record store changed while the records were being read; "
+                        "the build will be retried on the new data"
+                    )
+                started = time.monotonic()
+                # The next rows are read (and their verbatim terms split out) on a helper
+                # thread (DuckDB and the splitter release the GIL) while
+                # the consumer turns these into cells: reading and writing overlap. DuckDB
+                # computes several batches at once and then hands them out for free, so one
+                # read ahead would leave the reader idle while the consumer takes the free
+                # ones; a few keep it busy.
+                while len(pending) < _READ_AHEAD:
+                    pending.append(pool.submit(read, rows))
+                window_over = False
+                while pending:
+                    item = pending.popleft().result()
+                    if item is None:
+                        pos = plan.end
+                        break
+                    got, pos = item
+                    if window_over or time.monotonic() - started > self.window_seconds:
+                        # The window is over: no new read; the rows read so far (these and
+                        # the reads still ahead) are handed out after the file is released,
+                        # and the next window resumes after them.
+                        window_over = True
+                        carry.append(got)
+                        continue
+                    pending.append(pool.submit(read, rows))
+                    yield from _without_rowid(_resolved(got), batch_size)
+            except duckdb.CatalogException:
+                return
+            except duckdb.Error as exc:
+                raise SourceUnavailable(f"record store query failed: {exc}") from exc
+            finally:
+                # The consumer stopped early (or a read failed): let the reads in flight end
+                # before closing.
+                for left in pending:
+                    with suppress(Exception):
+                        left.result()
+                rows.close()
+                con.close()
+            for got in carry:
+                try:
+                    table = _resolved(got)
+                except duckdb.Error as exc:
+                    raise SourceUnavailable(f"record store query failed: {exc}") from exc
+                yield from _without_rowid(table, batch_size)
+
+    def unique_values(
+        self,
+        field: str,
+        rq: dict[str, Any] | None,
+        mq: dict[str, Any] | None,
+    ) -> Iterator[pa.RecordBatch]:
+        """Distinct non-empty values of a record field with their counts, ordered by value
+        (list fields count each item)."""
+        f = get_field("records", field)
+        if f is None:
+            raise ValueError(f"{field!r} is not a records field")
+        where, params = compile_request_where("records", rq, mq)
+        col = f"r.{_ident(field)}"
+        value = f"unnest({col})" if f.kind == "list" else col
+        sql = (
+            f"SELECT value, count(*) AS count FROM (SELECT {value} AS value FROM records AS r "
+            f"WHERE {where}) WHERE value IS NOT NULL "
+            "AND (typeof(value) <> 'VARCHAR' OR CAST(value AS VARCHAR) <> '') "
+            "GROUP BY value ORDER BY value"
+        )
+        try:
+            with self._connection() as con:
+                table = con.sql(sql, params=params).to_arrow_table()
+        except _Missing:
+            return
+        yield from table.to_batches()
+
+    # --- beyond the protocol ------------------------------------------------------------------
+
+    def total_records(self) -> int:
+        """How many records the store holds."""
+        rows = self._query("SELECT count(*) FROM records")
+        return int(rows[0][0]) if rows else 0
+
+    def recordsets(self) -> list[RecordsetInfo]:
+        """Every recordset with its current version, ordered by id."""
+        rows = self._query(
+            "SELECT recordset, version, name, source, ingested_at, record_count, media_count "
+            "FROM recordsets ORDER BY recordset"
+        )
+        return [
+            RecordsetInfo(
+                recordset=r[0],
+                version=int(r[1]),
+                name=r[2] or "",
+                source=r[3] or "",
+                ingested_at=r[4],
+                record_count=int(r[5]),
+                media_count=int(r[6]),
+            )
+            for r in rows
+        ]
+
+    def recordset_eml(self, recordset: str) -> str | None:
+        """The EML document the recordset's archive carried, if any."""
+        rows = self._query("SELECT eml FROM recordsets WHERE recordset = ?", [recordset])
+        return rows[0][0] if rows else None
+
+    def deleted_records(self, *, since: datetime | None = None) -> list[DeletedRecord]:
+        """Records and media records removed by re-ingests (after ``since`` when given)."""
+        sql = "SELECT uuid, recordset, deleted_at, rtype FROM deleted_records"
+        params: list[Any] = []
+        if since is not None:
+            sql += " WHERE deleted_at > ?"
+            params.append(since)
+        rows = self._query(sql + " ORDER BY deleted_at, uuid", params)
+        return [DeletedRecord(uuid=r[0], recordset=r[1], deleted_at=r[2], rtype=r[3]) for r in rows]

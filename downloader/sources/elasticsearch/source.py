@@ -1,0 +1,601 @@
+"""The reader: :class:`ElasticsearchSource`, the at-scale
+:class:`~downloader.interfaces.RecordSource` and :class:`~downloader.interfaces.DeletionLog`
+over the indices (see the package docstring for what they hold).
+
+Paging: a scroll sorted on ``uuid`` (unique, so no further tiebreak is needed; the order is
+the same for the same data, whichever copy of a shard answers). The scroll's search context
+keeps the snapshot and its place in the sorted hits, so each page continues where the last
+one stopped; ``search_after`` inside a point in time, used before, searches and sorts again
+for every page, which on osmem-server is a pass over the whole index per page (a read grew
+with the square of its size: at 200,000 records 3.6 times a scroll in index order). A scroll
+sorted by ``_doc`` was not used: that order is the index's internal order, which changes with
+merges, replicas and re-ingests, and is not uuid order. The scroll is cleared in ``finally``.
+Requests go out from one thread and answers are decoded and converted on another, while
+the caller encodes the previous page, which is where the second core pays off.
+
+Reads ask for the whole ``_source`` unless they name only a few fields (see
+:data:`NARROW_SOURCE`): filtering ``_source`` makes the cluster rewrite every document. An
+archive's indexed and verbatim files of one record type are one pass over the cluster
+(:meth:`ElasticsearchSource.shared_batches`, :mod:`~downloader.sources.elasticsearch.spool`),
+the second file replayed from a temporary Arrow file. Pages become Arrow batches in
+:mod:`~downloader.sources.elasticsearch.hits`.
+
+rq + mq (``docs/architecture.md``): media documents carry ``coreid``. For media with an
+``rq``, the uuids of matching records are enumerated in sorted chunks and each chunk filters
+media by ``terms`` on ``coreid``; for records with an ``mq``, the distinct ``coreid`` values
+of matching media filter records by ``terms`` on ``uuid``. Chunks are disjoint and ordered,
+so counts add up and batches stay sorted. Nothing is denormalised, so a record's re-ingest
+never has to touch its media.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pyarrow as pa
+from elastic_transport import TransportError
+from elasticsearch import ApiError, Elasticsearch
+
+from downloader.errors import BuildFailed
+from downloader.sources.elasticsearch.client import (
+    KEEP_ALIVE,
+    MAX_PAGE,
+    call,
+    make_client,
+    page_size,
+    reads_bytes,
+    translate,
+)
+from downloader.sources.elasticsearch.hits import (
+    ARROW_TYPES,
+    Page,
+    arrow_members,
+    cell,
+    parse_date,
+)
+from downloader.sources.elasticsearch.scroll import scroll_pages
+from downloader.sources.elasticsearch.spool import SharedRead
+from query.fields import Field, RecordType, get_field
+
+if TYPE_CHECKING:
+    from downloader.config import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Records per chunk of ids in an rq+mq filter (well below index.max_terms_count, 65,536).
+ID_CHUNK = 10_000
+#: Buckets per composite-aggregation page.
+COMPOSITE_PAGE = 1_000
+#: Recordsets up to which a recordset tally is one ``_count`` per recordset rather than an
+#: aggregation (see :meth:`ElasticsearchSource._counted_by_recordset`).
+COUNTED_RECORDSETS = 32
+#: recordset_counts answers a source keeps (for the data version they were counted in).
+KEPT_TALLIES = 16
+META_ID = "store"
+
+
+#: A read naming at most this many fields, and no verbatim terms, asks the cluster for just
+#: those fields; a wider read takes each document's whole ``_source``. Filtering ``_source``
+#: makes the cluster parse and write every document again (on osmem-server a read of all
+#: record fields took seven times as long as a read of whole documents), while a whole
+#: ``_source`` goes out as stored; the bytes not asked for (the ``fulltext`` tokens, fields
+#: another file wants) cost less than that. :func:`hits_to_batch` picks its columns from
+#: either.
+NARROW_SOURCE = 8
+
+
+def _source_filter(
+    rtype: RecordType, reads: Sequence[tuple[Sequence[str], Sequence[str]]]
+) -> list[str] | bool:
+    """The ``_source`` parameter for ``reads`` (``(fields, raw_terms)`` each) of ``rtype``."""
+    names = {"uuid", "coreid" if rtype == "mediarecords" else "uuid"}
+    for wanted, terms in reads:
+        names.update(wanted)
+        if terms:
+            names.add("data")
+    if "data" in names or len(names) > NARROW_SOURCE:
+        return True
+    return sorted(names)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeletedDocument:
+    """One entry of the deletion log (a :class:`~downloader.interfaces.Deletion`)."""
+
+    uuid: str
+    recordset: str
+    deleted_at: datetime
+    rtype: str
+
+
+def log_time(when: datetime) -> datetime:
+    """``when`` as naive UTC cut to milliseconds: a ``date`` field keeps milliseconds, so the
+    stored text and the indexed value then agree exactly (range queries stay exact)."""
+    if when.tzinfo is not None:
+        when = when.astimezone(UTC).replace(tzinfo=None)
+    return when.replace(microsecond=when.microsecond // 1000 * 1000)
+
+
+class ElasticsearchSource:
+    """:class:`~downloader.interfaces.RecordSource` over ``<prefix>records`` and
+    ``<prefix>mediarecords``.
+
+    ``client`` replaces the one built from ``urls`` (tests, or a client with custom TLS).
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str] = "http://127.0.0.1:9200",
+        *,
+        index_prefix: str = "idigbio-",
+        timeout: float = 30.0,
+        client: Elasticsearch | None = None,
+        id_chunk: int = ID_CHUNK,
+    ) -> None:
+        self.index_prefix = index_prefix
+        self.timeout = timeout
+        self.id_chunk = id_chunk
+        self.es = client if client is not None else make_client(urls, timeout=timeout)
+        #: Up to this many recordsets, recordset tallies are counts per recordset.
+        self.counted_recordsets = COUNTED_RECORDSETS
+        #: recordset_counts answers: (rtype, rq and mq as JSON) -> (data version, counts).
+        self._tallies: dict[tuple[str, str], tuple[str, dict[str, int]]] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ElasticsearchSource:
+        """The source configured by ``elasticsearch_*`` settings."""
+        return cls(
+            settings.elasticsearch_url,
+            index_prefix=settings.elasticsearch_index_prefix,
+            timeout=settings.elasticsearch_timeout_seconds,
+        )
+
+    def index(self, rtype: RecordType) -> str:
+        """The index name of a record type."""
+        return f"{self.index_prefix}{rtype}"
+
+    @property
+    def recordsets_index(self) -> str:
+        """The index of recordset documents."""
+        return f"{self.index_prefix}recordsets"
+
+    @property
+    def meta_index(self) -> str:
+        """The index holding the ``data_version`` document."""
+        return f"{self.index_prefix}meta"
+
+    @property
+    def deleted_index(self) -> str:
+        """The deletion log: documents that pushes of their recordset removed."""
+        return f"{self.index_prefix}deleted"
+
+    # --- queries ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _clause(rtype: RecordType, q: dict[str, Any] | None) -> dict[str, Any]:
+        if not q:
+            return {"match_all": {}}
+        from query.dsl import compile_dsl
+
+        return compile_dsl(rtype, q)
+
+    def _plans(
+        self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+    ) -> Iterator[dict[str, Any]]:
+        """Disjoint queries, in uuid order of their link field, whose union is the answer."""
+        if rtype == "records":
+            own, other_type, other, here, there = rq, "mediarecords", mq, "uuid", "coreid"
+        else:
+            own, other_type, other, here, there = mq, "records", rq, "coreid", "uuid"
+        own_clause = self._clause(rtype, own)
+        if not other:
+            yield own_clause
+            return
+        other_clause = self._clause(other_type, other)  # type: ignore[arg-type]  # one of the two literals
+        for chunk in self._distinct(other_type, other_clause, there):  # type: ignore[arg-type]  # as above
+            yield {"bool": {"filter": [own_clause, {"terms": {here: chunk}}]}}
+
+    def _distinct(
+        self, rtype: RecordType, clause: dict[str, Any], field: str
+    ) -> Iterator[list[str]]:
+        """Distinct values of ``field`` (a link field: one value per document) among
+        matching documents, sorted, in chunks of ``id_chunk``.
+
+        A scroll sorted on the field that fetches no ``_source``: the values are the hits'
+        sort values, repeats are adjacent and dropped, documents without a value are left
+        out (as a composite aggregation, used before, leaves them out). The cluster sorts
+        once; a composite aggregation visited every matching document for each page of
+        buckets on osmem-server (2.9 s against 0.2 s for 11,600 record uuids)."""
+        yield from self._sorted_values(
+            self.index(rtype), clause, field, f"listing {field} of matching {rtype}", self.id_chunk
+        )
+
+    def _sorted_values(
+        self, index: str, clause: dict[str, Any], field: str, what: str, chunk_size: int
+    ) -> Iterator[list[str]]:
+        """Distinct values of the keyword ``field`` among documents of ``index`` matching
+        ``clause``, sorted, in chunks of ``chunk_size`` (see :meth:`_distinct`)."""
+        chunk: list[str] = []
+        last: Any = None
+        scroll_id: str | None = None
+        try:
+            answer = call(
+                what,
+                self.es.search,
+                index=index,
+                query=clause,
+                sort=[{field: "asc"}],
+                source=False,
+                size=MAX_PAGE,
+                scroll=KEEP_ALIVE,
+            )
+            while True:
+                scroll_id = answer.get("_scroll_id") or scroll_id
+                hits = answer["hits"]["hits"]
+                if not hits:
+                    break
+                for hit in hits:
+                    value = (hit.get("sort") or [None])[0]
+                    if value is None or value == last:
+                        continue
+                    last = value
+                    chunk.append(str(value))
+                    if len(chunk) == chunk_size:
+                        yield chunk
+                        chunk = []
+                answer = call(what, self.es.scroll, scroll_id=scroll_id, scroll=KEEP_ALIVE)
+        finally:
+            if scroll_id:
+                self._clear_scroll(scroll_id)
+        if chunk:
+            yield chunk
+
+    def _composite_counts(
+        self, rtype: RecordType, clause: dict[str, Any], field: str
+    ) -> Iterator[tuple[Any, int]]:
+        """(value, doc count) of ``field`` over matching documents, in value order, paged."""
+        after: dict[str, Any] | None = None
+        while True:
+            composite: dict[str, Any] = {
+                "size": COMPOSITE_PAGE,
+                "sources": [{"v": {"terms": {"field": field}}}],
+            }
+            if after:
+                composite["after"] = after
+            answer = call(
+                f"counting {rtype} by {field}",
+                self.es.search,
+                index=self.index(rtype),
+                query=clause,
+                size=0,
+                aggs={"by": {"composite": composite}},
+            )
+            agg = answer["aggregations"]["by"]
+            for bucket in agg["buckets"]:
+                yield bucket["key"]["v"], int(bucket["doc_count"])
+            after = agg.get("after_key")
+            if not after or len(agg["buckets"]) < COMPOSITE_PAGE:
+                return
+
+    # --- RecordSource ------------------------------------------------------------------------
+
+    def data_version(self) -> str:
+        """The ``data_version`` of the meta document ("0" before the first ingest)."""
+        try:
+            answer = self.es.get(index=self.meta_index, id=META_ID)
+        except ApiError as exc:
+            if exc.meta is not None and exc.meta.status == 404:
+                return "0"
+            raise translate(exc, "reading the data version") from exc
+        except TransportError as exc:
+            raise translate(exc, "reading the data version") from exc
+        return str(answer["_source"].get("data_version", "0"))
+
+    def count(self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None) -> int:
+        """How many ``rtype`` documents match (exact: ``_count`` does not cap at 10,000)."""
+        total = 0
+        for plan in self._plans(rtype, rq, mq):
+            answer = call(f"counting {rtype}", self.es.count, index=self.index(rtype), query=plan)
+            total += int(answer["count"])
+        return total
+
+    def recordset_counts(
+        self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+    ) -> dict[str, int]:
+        """Matching documents per recordset: a composite aggregation, no hits fetched.
+
+        A build asks twice for each record type (for :meth:`raw_terms` and for the
+        citations), and an aggregation visits every matching document, so the answer is
+        kept for the current data version (a few answers per source)."""
+        key = (rtype, json.dumps([rq, mq], sort_keys=True, default=str))
+        version = self.data_version()
+        kept = self._tallies.get(key)
+        if kept is not None and kept[0] == version:
+            return dict(kept[1])
+        counts = self._recordset_counts(rtype, rq, mq)
+        if version == "0":  # no meta document: nothing tells when the data changes
+            return counts
+        self._tallies.pop(key, None)
+        self._tallies[key] = (version, counts)
+        while len(self._tallies) > KEPT_TALLIES:
+            del self._tallies[next(iter(self._tallies))]
+        return dict(counts)
+
+    def _recordset_counts(
+        self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+    ) -> dict[str, int]:
+        counted = self._counted_by_recordset(rtype, rq, mq)
+        if counted is not None:
+            return counted
+        counts: dict[str, int] = {}
+        for plan in self._plans(rtype, rq, mq):
+            for value, n in self._composite_counts(rtype, plan, "recordset"):
+                counts[str(value)] = counts.get(str(value), 0) + n
+        return dict(sorted(counts.items()))
+
+    def _counted_by_recordset(
+        self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+    ) -> dict[str, int] | None:
+        """Matching documents per recordset as one ``_count`` per recordset, when the
+        recordsets index lists at most ``counted_recordsets`` and the query has no other
+        side (else None: the caller aggregates).
+
+        A count is answered from the index, where an aggregation visits every matching
+        document (on osmem-server it reads each document: 0.9 s for 30,000 records, against
+        0.05 s for a count). The counts are kept only when they add up to the count of the
+        whole query, so a document whose recordset the recordsets index does not list
+        sends the caller back to the aggregation, and the answer is exactly the
+        aggregation's."""
+        own, other = (rq, mq) if rtype == "records" else (mq, rq)
+        if other or self.counted_recordsets <= 0:
+            return None
+        try:
+            listed = self.es.search(
+                index=self.recordsets_index,
+                size=self.counted_recordsets + 1,
+                source=False,
+                sort=[{"recordset": "asc"}],
+            )["hits"]["hits"]
+        except ApiError:
+            return None  # no recordsets index: the aggregation says what is wrong
+        except TransportError as exc:
+            raise translate(exc, "listing recordsets") from exc
+        if len(listed) > self.counted_recordsets:
+            return None
+        clause = self._clause(rtype, own)
+        what = f"counting {rtype}"
+        total = int(call(what, self.es.count, index=self.index(rtype), query=clause)["count"])
+        counts: dict[str, int] = {}
+        for hit in listed:
+            rs = str(hit["_id"])
+            query = {"bool": {"filter": [clause, {"term": {"recordset": rs}}]}}
+            n = int(call(what, self.es.count, index=self.index(rtype), query=query)["count"])
+            if n:
+                counts[rs] = n
+        if sum(counts.values()) != total:
+            return None
+        return dict(sorted(counts.items()))
+
+    def raw_terms(
+        self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+    ) -> list[str]:
+        """Verbatim terms used by the recordsets that contribute matching documents (read
+        from their recordset documents, so no document is fetched)."""
+        recordsets = list(self.recordset_counts(rtype, rq, mq))
+        if not recordsets:
+            return []
+        key = "record_terms" if rtype == "records" else "media_terms"
+        answer = call(
+            "reading recordset terms",
+            self.es.mget,
+            index=self.recordsets_index,
+            ids=recordsets,
+            source_includes=[key],
+        )
+        terms: set[str] = set()
+        for doc in answer["docs"]:
+            terms.update((doc.get("_source") or {}).get(key) or [])
+        return sorted(terms)
+
+    def batches(
+        self,
+        rtype: RecordType,
+        rq: dict[str, Any] | None,
+        mq: dict[str, Any] | None,
+        *,
+        fields: Sequence[str] = (),
+        raw_terms: Sequence[str] = (),
+        batch_size: int = 10_000,
+    ) -> Iterator[pa.RecordBatch]:
+        """Matching documents as Arrow batches, sorted by uuid within each plan (see
+        :meth:`_plans`)."""
+        fields, raw_terms = list(fields), list(raw_terms)
+
+        def convert(page: Page) -> pa.RecordBatch:
+            return page.batch(fields, raw_terms)
+
+        for plan in self._plans(rtype, rq, mq):
+            yield from self._pages(
+                rtype, plan, [(fields, raw_terms)], page_size(batch_size), convert
+            )
+
+    def shared_batches(
+        self,
+        rtype: RecordType,
+        rq: dict[str, Any] | None,
+        mq: dict[str, Any] | None,
+        reads: Sequence[tuple[Sequence[str], Sequence[str]]],
+        *,
+        batch_size: int = 10_000,
+    ) -> list[Callable[[], Iterator[pa.RecordBatch]]]:
+        """Several reads of the same documents from one pass over the cluster: one batches
+        factory per ``(fields, raw_terms)`` in ``reads``, each giving what :meth:`batches`
+        gives for them.
+
+        The first factory reads the cluster and yields its own batches while it writes the
+        others' to temporary Arrow files; the other factories replay those files. A factory
+        used before the first one finished its pass (or used a second time) reads the
+        cluster on its own, so any order of use gives the same batches. An archive's indexed
+        and verbatim files of one record type are two reads of the same documents: this
+        halves the documents the cluster sends and the JSON decoded here, and both files
+        come from the same snapshot.
+        """
+        shared = SharedRead(self, rtype, rq, mq, reads, batch_size)
+        return [functools.partial(shared.read, i) for i in range(len(reads))]
+
+    def _pages(
+        self,
+        rtype: RecordType,
+        query: dict[str, Any],
+        reads: Sequence[tuple[Sequence[str], Sequence[str]]],
+        size: int,
+        convert: Callable[[Page], T],
+    ) -> Iterator[T]:
+        """``convert`` of each page of matching documents (holding what ``reads`` need), in
+        uuid order.
+
+        A scroll sorted on ``uuid``: the cluster sorts the matching documents once when the
+        scroll opens and keeps its place, where ``search_after`` searches and sorts again
+        for every page (on osmem-server that is a pass over the whole index per page, so a
+        read grew with the square of its size). Pages are requested on one thread and
+        decoded (by Arrow when the client hands back the answer's bytes, see
+        :data:`JSON_BYTES`) and converted on another while the caller works on the previous
+        one (:func:`~downloader.sources.elasticsearch.scroll.scroll_pages`). The scroll is
+        cleared however this ends."""
+        body: dict[str, Any] = {
+            "query": query,
+            "size": size,
+            "sort": [{"uuid": "asc"}],
+            "_source": _source_filter(rtype, reads),
+        }
+        members = arrow_members(rtype, reads) if reads_bytes(self.es) else None
+        yield from scroll_pages(
+            self.es,
+            rtype,
+            self.index(rtype),
+            body,
+            members,
+            convert,
+            what=f"reading {rtype}",
+            clear_scroll=self._clear_scroll,
+        )
+
+    def _clear_scroll(self, scroll_id: str) -> None:
+        try:
+            self.es.clear_scroll(scroll_id=scroll_id)
+        except (ApiError, TransportError):
+            # The scroll expires by itself after KEEP_ALIVE; failing to clear it early must
+            # not fail a build that has already written its archive.
+            log.warning("could not clear a scroll", exc_info=True)
+
+    def unique_values(
+        self,
+        field: str,
+        rq: dict[str, Any] | None,
+        mq: dict[str, Any] | None,
+    ) -> Iterator[pa.RecordBatch]:
+        """Distinct values of a record field with their counts, by value (composite
+        aggregation; only buckets travel)."""
+        f = get_field("records", field)
+        if f is None:
+            raise BuildFailed(f"{field} is not a records field")
+        value_type = pa.string() if f.kind in ("text", "longtext", "list") else ARROW_TYPES[f.kind]
+        plans = list(self._plans("records", rq, mq))
+        if len(plans) == 1:
+            pairs: Iterable[tuple[Any, int]] = self._composite_counts("records", plans[0], field)
+        else:
+            # Chunks may share values: merge (the distinct values, not the records, in memory).
+            merged: dict[Any, int] = {}
+            for plan in plans:
+                for value, n in self._composite_counts("records", plan, field):
+                    merged[value] = merged.get(value, 0) + n
+            pairs = sorted(merged.items())
+        chunk: list[tuple[Any, int]] = []
+        for pair in pairs:
+            if pair[0] in (None, ""):
+                continue
+            chunk.append(pair)
+            if len(chunk) == COMPOSITE_PAGE * 10:
+                yield self._values_batch(f, value_type, chunk)
+                chunk = []
+        if chunk:
+            yield self._values_batch(f, value_type, chunk)
+
+    @staticmethod
+    def _values_batch(
+        f: Field, value_type: pa.DataType, pairs: list[tuple[Any, int]]
+    ) -> pa.RecordBatch:
+        values = [str(v) if pa.types.is_string(value_type) else cell(f, v) for v, _ in pairs]
+        return pa.RecordBatch.from_arrays(
+            [pa.array(values, value_type), pa.array([n for _, n in pairs], pa.int64())],
+            names=["value", "count"],
+        )
+
+    # --- DeletionLog ---------------------------------------------------------------------------
+
+    def deleted_records(self, *, since: datetime | None = None) -> list[DeletedDocument]:
+        """Records and media records removed by pushes of their recordset (after ``since``
+        when given, naive UTC), oldest first. An index filled before the log existed has
+        no log: nothing was recorded, so nothing is listed."""
+        query: dict[str, Any] = {"match_all": {}}
+        if since is not None:
+            # The field keeps milliseconds: ask from the millisecond and compare exactly below.
+            query = {"range": {"deleted": {"gte": log_time(since).isoformat()}}}
+        found: list[DeletedDocument] = []
+        after: list[Any] | None = None
+        while True:
+            body: dict[str, Any] = {
+                "query": query,
+                "size": MAX_PAGE,
+                "sort": [{"deleted": "asc"}, {"uuid": "asc"}, {"rtype": "asc"}],
+                "_source": ["uuid", "rtype", "recordset", "deleted"],
+                "track_total_hits": False,
+            }
+            if after is not None:
+                body["search_after"] = after
+            try:
+                answer = self.es.search(index=self.deleted_index, body=body)
+            except ApiError as exc:
+                if exc.meta is not None and exc.meta.status == 404:
+                    return found
+                raise translate(exc, "reading the deletion log") from exc
+            except TransportError as exc:
+                raise translate(exc, "reading the deletion log") from exc
+            hits = answer["hits"]["hits"]
+            for hit in hits:
+                doc = hit["_source"]
+                deleted_at = parse_date(doc.get("deleted"))
+                if deleted_at is None or (since is not None and deleted_at <= since):
+                    continue
+                found.append(
+                    DeletedDocument(
+                        uuid=str(doc["uuid"]),
+                        recordset=str(doc.get("recordset") or ""),
+                        deleted_at=deleted_at,
+                        rtype=str(doc.get("rtype") or ""),
+                    )
+                )
+            if len(hits) < MAX_PAGE:
+                return found
+            after = hits[-1]["sort"]
+
+    # --- operations --------------------------------------------------------------------------
+
+    def ping(self) -> bool:
+        """Whether the cluster answers (for health checks)."""
+        try:
+            return bool(self.es.ping())
+        except (ApiError, TransportError):
+            return False
+
+    def total_records(self) -> int:
+        """Documents in the records index."""
+        return self.count("records", None, None)

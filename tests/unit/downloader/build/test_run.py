@@ -1,0 +1,350 @@
+"""build_archive: archives per request shape (re-read with python-dwca-reader), progress,
+cancellation, retries of transient errors, failures explained to the researcher, and the
+local dispatcher's recovery of interrupted jobs."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dwca.read import DwCAReader
+
+from downloader.backends import Context
+from downloader.build import RetryLater, build_archive
+from downloader.build.plan import archive_filename
+from downloader.config import load_settings
+from downloader.dispatch.local import LocalDispatcher
+from downloader.jobs.sqlite import SQLiteJobStore
+from downloader.service import downloads as service
+from downloader.service.downloads import cancel_download
+from downloader.storage.local import LocalStorage
+from notify.smtp import LogMailer
+from tests.unit.downloader.fakes import FakeSource
+
+DWC = "http://rs.tdwg.org/dwc/terms/"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    def dispatch(self, job_id: str) -> None:
+        self.ids.append(job_id)
+
+
+def make_ctx(tmp_path: Path, source: FakeSource | None = None, **settings: Any) -> Context:
+    src = source or FakeSource(30)
+    return Context(
+        settings=load_settings(
+            {}, overrides={"data_dir": str(tmp_path), "batch_size": 4, **settings}
+        ),
+        jobs=SQLiteJobStore(tmp_path / "jobs.sqlite3"),
+        storage=LocalStorage(tmp_path / "archives"),
+        mailer=LogMailer(),
+        dispatcher=Recorder(),
+        source_factory=lambda: src,
+    )
+
+
+def request(ctx: Context, email: str | None = "ana@example.org", **params: Any) -> str:
+    params.setdefault("rq", '{"genus": "acer"}')
+    doc = service.request_download(ctx, params, email=email, base_url="http://svc")
+    return str(doc["id"])
+
+
+def archive_path(ctx: Context, job_id: str) -> Path:
+    job = ctx.jobs.get(job_id)
+    assert job is not None and job.archive_key
+    return Path(ctx.settings.data_dir) / "archives" / job.archive_key
+
+
+def test_default_archive_has_core_extensions_citations_and_eml(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path)
+    job = build_archive(request(ctx), ctx)
+    assert job is not None and job.state == "SUCCESS"
+    with DwCAReader(str(archive_path(ctx, job.id))) as reader:
+        core = reader.descriptor.core
+        assert core.file_location == "occurrence.csv"
+        assert [e.file_location for e in reader.descriptor.extensions] == [
+            "occurrence_raw.csv",
+            "multimedia.csv",
+            "multimedia_raw.csv",
+        ]
+        rows = list(reader)
+        assert len(rows) == 10 == job.counts["records"]
+        assert all(r.data[DWC + "genus"] == "acer" for r in rows)
+        # Every record has its verbatim row and its one media record attached.
+        assert all(len(r.extensions) == 3 for r in rows)
+        assert reader.metadata is not None
+    with zipfile.ZipFile(archive_path(ctx, job.id)) as zf:
+        names = set(zf.namelist())
+        citation = zf.read("records.citation.txt").decode()
+    assert {"meta.xml", "eml.xml", "records.citation.txt", "mediarecords.citation.txt"} <= names
+    assert "10 records" in citation and "rs-0 (5 records)" in citation
+    assert job.size == archive_path(ctx, job.id).stat().st_size
+    assert job.expires is not None and job.completed is not None
+    assert (job.expires - job.completed).days == 30
+    assert job.filename == archive_filename(job) and job.filename.startswith("dwca-acer-")
+    # The requester was told, with the link.
+    (msg,) = ctx.mailer.sent  # type: ignore[attr-defined]  # LogMailer in this test
+    assert msg["To"] == "ana@example.org" and job.filename in msg.get_content()
+
+
+#: The header of iDigBio's occurrence.csv and multimedia.csv, as its worker writes them.
+IDIGBIO_OCCURRENCE_HEADER = (
+    "coreid,idigbio:associatedsequences,idigbio:barcodeValue,dwc:basisOfRecord,dwc:bed,"
+    "gbif:canonicalName,dwc:catalogNumber,dwc:class,dwc:collectionCode,dwc:collectionID,"
+    "idigbio:collectionName,dwc:recordedBy,dwc:vernacularName,idigbio:commonnames,"
+    "dwc:continent,dwc:coordinateUncertaintyInMeters,dwc:country,idigbio:isoCountryCode,"
+    "dwc:county,dwc:datasetID,idigbio:eventDate,idigbio:dateModified,"
+    "idigbio:dataQualityScore,dwc:earliestAgeOrLowestStage,dwc:earliestEonOrLowestEonothem,"
+    "dwc:earliestEpochOrLowestSeries,dwc:earliestEraOrLowestErathem,"
+    "dwc:earliestPeriodOrLowestSystem,idigbio:etag,dwc:eventDate,dwc:family,dwc:fieldNumber,"
+    "idigbio:flags,dwc:formation,dwc:genus,dwc:geologicalContextID,idigbio:geoPoint,"
+    "dwc:group,idigbio:hasImage,idigbio:hasMedia,dwc:higherClassification,"
+    "dwc:highestBiostratigraphicZone,dwc:individualCount,dwc:infraspecificEpithet,"
+    "dwc:institutionCode,dwc:institutionID,idigbio:institutionName,dwc:kingdom,"
+    "dwc:latestAgeOrHighestStage,dwc:latestEonOrHighestEonothem,"
+    "dwc:latestEpochOrHighestSeries,dwc:latestEraOrHighestErathem,"
+    "dwc:latestPeriodOrHighestSystem,dwc:lithostratigraphicTerms,dwc:locality,"
+    "dwc:lowestBiostratigraphicZone,dwc:maximumDepthInMeters,dwc:maximumElevationInMeters,"
+    "idigbio:mediarecords,dwc:member,dwc:minimumDepthInMeters,dwc:minimumElevationInMeters,"
+    "dwc:municipality,dwc:occurrenceID,dwc:order,dwc:phylum,idigbio:recordIds,"
+    "dwc:recordNumber,idigbio:recordset,dwc:scientificName,dwc:specificEpithet,"
+    "dwc:startDayOfYear,dwc:stateProvince,dwc:taxonID,dwc:taxonomicStatus,dwc:taxonRank,"
+    "dwc:typeStatus,idigbio:uuid,dwc:verbatimEventDate,dwc:verbatimLocality,idigbio:version,"
+    "dwc:waterBody"
+)
+IDIGBIO_MULTIMEDIA_HEADER = (
+    "coreid,ac:accessURI,idigbio:dateModified,idigbio:dataQualityScore,idigbio:etag,"
+    "idigbio:flags,dcterms:format,idigbio:hasSpecimen,ac:licenseLogoURL,idigbio:mediaType,"
+    "dcterms:modified,idigbio:recordIds,idigbio:records,idigbio:recordsets,dcterms:rights,"
+    "ac:tag,dc:type,idigbio:uuid,idigbio:version,xmpRights:WebStatement,"
+    "exif:PixelXDimension,exif:PixelYDimension"
+)
+
+
+def test_default_columns_are_in_idigbio_order(tmp_path: Path) -> None:
+    # Scripts written against iDigBio's archives address columns by position.
+    ctx = make_ctx(tmp_path)
+    job = build_archive(request(ctx), ctx)
+    assert job is not None and job.state == "SUCCESS"
+    with zipfile.ZipFile(archive_path(ctx, job.id)) as zf:
+        occurrence = zf.read("occurrence.csv").decode().split("\n", 1)[0]
+        multimedia = zf.read("multimedia.csv").decode().split("\n", 1)[0]
+    assert occurrence == IDIGBIO_OCCURRENCE_HEADER
+    assert multimedia == IDIGBIO_MULTIMEDIA_HEADER
+    with DwCAReader(str(archive_path(ctx, job.id))) as reader:
+        assert len(list(reader)) == job.counts["records"]
+
+
+def test_field_lists_raw_core_and_tsv(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path)
+    job = build_archive(
+        request(
+            ctx,
+            record_fields='["uuid", "scientificname", "data.dwc:catalogNumber"]',
+            core_source="raw",
+            form="dwca-tsv",
+        ),
+        ctx,
+    )
+    assert job is not None and job.state == "SUCCESS", job and job.error
+    with DwCAReader(str(archive_path(ctx, job.id))) as reader:
+        assert reader.descriptor.core.file_location == "occurrence_raw.tsv"
+        rows = list(reader)
+        assert len(rows) == 10
+        assert set(rows[0].data) == {DWC + "catalogNumber"}
+        indexed = [e for e in rows[0].extensions if e.rowtype.endswith("Occurrence")]
+        assert set(indexed[0].data) == {
+            "http://portal.idigbio.org/terms/uuid",
+            DWC + "scientificName",
+        }
+
+
+@pytest.mark.parametrize(
+    ("params", "core_file"),
+    [
+        # Only verbatim terms: the records' verbatim file is the core, not multimedia.csv.
+        ({"record_fields": '["data.dwc:catalogNumber"]'}, "occurrence_raw.csv"),
+        # core_source=raw without a verbatim term: the records' indexed file is the core.
+        ({"record_fields": '["uuid", "scientificname"]', "core_source": "raw"}, "occurrence.csv"),
+    ],
+)
+def test_a_field_list_leaving_one_records_file_keeps_records_as_the_core(
+    tmp_path: Path, params: dict[str, str], core_file: str
+) -> None:
+    ctx = make_ctx(tmp_path)
+    job = build_archive(request(ctx, **params), ctx)
+    assert job is not None and job.state == "SUCCESS", job and job.error
+    assert job.counts["records"] == 10
+    with DwCAReader(str(archive_path(ctx, job.id))) as reader:
+        assert reader.descriptor.core.file_location == core_file
+        assert reader.descriptor.core.type == DWC + "Occurrence"
+        assert len(list(reader)) == 10
+    bare = build_archive(request(ctx, form="csv", **params), ctx)
+    assert bare is not None and bare.state == "SUCCESS", bare and bare.error
+    lines = archive_path(ctx, bare.id).read_text().splitlines()
+    assert len(lines) == 11 and "ac:accessURI" not in lines[0]
+
+
+def test_media_core_uses_the_media_uuid_as_id(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path)
+    job = build_archive(request(ctx, core_type="mediarecords"), ctx)
+    assert job is not None and job.state == "SUCCESS", job and job.error
+    with DwCAReader(str(archive_path(ctx, job.id))) as reader:
+        assert reader.descriptor.core.file_location == "multimedia.csv"
+        rows = list(reader)
+        assert len(rows) == 10 and len({r.id for r in rows}) == 10
+        assert all(r.id == r.data["http://portal.idigbio.org/terms/uuid"] for r in rows)
+        assert all(len(r.extensions) == 1 for r in rows)  # its verbatim row
+
+
+def test_unique_names_core(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path)
+    job = build_archive(request(ctx, rq="{}", core_type="uniquenames"), ctx)
+    assert job is not None and job.state == "SUCCESS", job and job.error
+    with DwCAReader(str(archive_path(ctx, job.id))) as reader:
+        assert reader.descriptor.core.file_location == "names.csv"
+        assert len(list(reader)) == 30
+    # The status says how many distinct names the archive holds, not "0 records".
+    assert job.counts["names"] == 30 and job.total_records == 30
+
+
+def test_progress_is_recorded_while_building(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = make_ctx(tmp_path, progress_every=2)
+    seen: list[tuple[int, int | None]] = []
+    original = ctx.jobs.update_progress
+
+    def spy(job_id: str, written: int, total: int | None) -> None:
+        seen.append((written, total))
+        original(job_id, written, total)
+
+    monkeypatch.setattr(ctx.jobs, "update_progress", spy)
+    job = build_archive(request(ctx), ctx)
+    assert job is not None and job.state == "SUCCESS"
+    assert len(seen) >= 3 and all(total == 20 for _, total in seen)
+    written = [w for w, _ in seen]
+    assert written == sorted(written) and 0 < written[-1] <= 20
+
+
+def test_cancellation_discards_the_partial_archive(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path)
+    job_id = request(ctx)
+    ctx.jobs.request_cancel(job_id)
+    # A queued job that was cancelled is never started.
+    assert ctx.jobs.claim(job_id, max_attempts=3) is None
+    job = build_archive(job_id, ctx)
+    assert job is not None and job.state == "CANCELLED"
+    assert list((tmp_path / "archives").iterdir()) == []
+
+
+def test_cancel_during_the_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("downloader.build.progress.CANCEL_CHECK_SECONDS", 0.0)
+    ctx = make_ctx(tmp_path)
+    job_id = request(ctx)
+    checks = {"n": 0}
+
+    def cancelled_on_second_check(_: str) -> bool:
+        checks["n"] += 1
+        return checks["n"] >= 2
+
+    # Simulates a cancel request arriving while the archive is being written.
+    monkeypatch.setattr(ctx.jobs, "is_cancel_requested", cancelled_on_second_check)
+    job = build_archive(job_id, ctx)
+    assert job is not None and job.state == "CANCELLED"
+    assert service.get_status(ctx, job_id, base_url="http://svc")["cancelled"] is True
+    assert list((tmp_path / "archives").iterdir()) == []
+
+
+def test_cancel_download_of_a_queued_job(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path)
+    job_id = request(ctx)
+    job = cancel_download(ctx, job_id)
+    assert job is not None and job.state == "CANCELLED"
+    assert build_archive(job_id, ctx) is None
+
+
+def test_transient_errors_retry_then_fail_with_a_clear_message(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, FakeSource(30, fail_batches=99), max_attempts=2)
+    job_id = request(ctx)
+    with pytest.raises(RetryLater):
+        build_archive(job_id, ctx)
+    queued = ctx.jobs.get(job_id)
+    assert queued is not None and queued.state == "PENDING" and queued.attempts == 1
+    job = build_archive(job_id, ctx)
+    assert job is not None and job.state == "FAILURE" and job.attempts == 2
+    assert "record store could not be reached" in (job.error or "")
+    assert list((tmp_path / "archives").iterdir()) == []
+    (msg,) = ctx.mailer.sent  # type: ignore[attr-defined]  # LogMailer in this test
+    assert "could not be built" in msg["Subject"]
+    assert "record store could not be reached" in msg.get_content()
+
+
+def test_a_transient_error_then_success(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, FakeSource(30, fail_batches=1))
+    job_id = request(ctx)
+    with pytest.raises(RetryLater):
+        build_archive(job_id, ctx)
+    job = build_archive(job_id, ctx)
+    assert job is not None and job.state == "SUCCESS" and job.attempts == 2
+
+
+def test_a_failed_job_is_not_reused(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, FakeSource(30, fail_batches=99), max_attempts=1)
+    first = request(ctx)
+    build_archive(first, ctx)
+    assert request(ctx) != first
+
+
+def test_new_data_version_builds_afresh(tmp_path: Path) -> None:
+    source = FakeSource(30)
+    ctx = make_ctx(tmp_path, source)
+    first = request(ctx)
+    source.version = "2"  # an ingest changed the data
+    assert request(ctx) != first
+
+
+def test_dispatcher_requeues_interrupted_jobs_and_gives_up_after_max_attempts(
+    tmp_path: Path,
+) -> None:
+    ctx = make_ctx(tmp_path, max_attempts=2)
+    job_id = request(ctx)
+    # A worker claimed it, then the service died.
+    assert ctx.jobs.claim(job_id, max_attempts=2) is not None
+    dispatcher = LocalDispatcher(ctx.settings, ctx=ctx)
+    dispatcher.recover()
+    job = ctx.jobs.get(job_id)
+    assert job is not None and job.state == "PENDING" and job.attempts == 1
+    assert ctx.jobs.claim(job_id, max_attempts=2) is not None  # second attempt dies too
+    dispatcher.recover()
+    job = ctx.jobs.get(job_id)
+    assert job is not None and job.state == "FAILURE"
+    assert "interrupted 2 times" in (job.error or "")
+    assert [m["To"] for m in ctx.mailer.sent] == ["ana@example.org"]  # type: ignore[attr-defined]  # LogMailer
+
+
+def test_dispatcher_stops_a_build_over_the_time_limit_and_says_so(tmp_path: Path) -> None:
+    import multiprocessing
+    import time
+
+    from downloader.dispatch.local import _Run
+
+    ctx = make_ctx(tmp_path, job_time_limit_seconds=60)
+    job_id = request(ctx)
+    assert ctx.jobs.claim(job_id, max_attempts=3) is not None
+    dispatcher = LocalDispatcher(ctx.settings, ctx=ctx)
+    # A build process that would run for far too long, started "61 seconds ago".
+    process = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(600,))
+    process.start()
+    dispatcher._running[job_id] = _Run(process, time.monotonic() - 61)
+    dispatcher._enforce_time_limit()
+    assert not process.is_alive()
+    job = ctx.jobs.get(job_id)
+    assert job is not None and job.state == "FAILURE"
+    assert "longer than the limit of 1 minute" in (job.error or "")
+    assert [m["To"] for m in ctx.mailer.sent] == ["ana@example.org"]  # type: ignore[attr-defined]  # LogMailer

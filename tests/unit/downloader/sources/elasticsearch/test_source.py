@@ -1,0 +1,318 @@
+"""ElasticsearchSource and the index writer against osmem-server (an in-memory
+OpenSearch-compatible server started on a free port for this module).
+
+The index is filled the way ``downloader ingest --target elasticsearch`` fills it: the same
+records are derived into a DuckDB store, then copied with :func:`export_store`, so every
+comparison with the DuckDB source is a comparison of the two query paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pyarrow as pa
+import pytest
+from downloader.ingest.cluster import export_store
+from elasticsearch import NotFoundError
+
+from downloader.errors import SourceUnavailable
+from downloader.ingest.load import ingest_archive, ingest_synthetic, store_path
+from downloader.sources.elasticsearch import ElasticsearchSource, make_client
+from query import fields as catalogue
+from query.fields import RecordType
+from query.validate import validate_query
+from tests.support.osmem import running_osmem
+from tests.support.redis_server import free_port
+
+pytestmark = pytest.mark.integration
+
+FIXTURES = Path(__file__).resolve().parents[4] / "fixtures" / "dwca"
+N_SYNTHETIC = 3000
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("store")
+    ingest_synthetic(path, N_SYNTHETIC, seed=7)
+    ingest_archive(path, FIXTURES / "gbif-results.zip")
+    return path
+
+
+@pytest.fixture(scope="module")
+def es_source(data_dir: Path) -> Iterator[ElasticsearchSource]:
+    with running_osmem() as server:
+        # The production client (plain-JSON node), exactly what `serve` and workers build.
+        source = ElasticsearchSource(server.url, index_prefix="t-", timeout=10, id_chunk=100)
+        assert source.data_version() == "0"
+        export_store(store_path(data_dir), source)
+        yield source
+
+
+@pytest.fixture(scope="module")
+def duck(data_dir: Path) -> Any:
+    duckdb_mod = pytest.importorskip("downloader.sources.duckdb")
+    return duckdb_mod.DuckDBSource(store_path(data_dir))
+
+
+def q(rtype: str, query: dict[str, Any]) -> dict[str, Any]:
+    return validate_query(query, rtype)  # type: ignore[arg-type]  # test literals
+
+
+def rows(batches: Iterator[pa.RecordBatch]) -> list[dict[str, Any]]:
+    out = []
+    for batch in batches:
+        out.extend(batch.to_pylist())
+    return out
+
+
+def test_export_sets_a_data_version_and_counts_match(es_source: ElasticsearchSource) -> None:
+    assert es_source.data_version() != "0"
+    assert es_source.count("records", None, None) == N_SYNTHETIC + 158
+    assert es_source.count("records", q("records", {"genus": "acer"}), None) > 0
+
+
+def test_paging_over_many_pages_returns_every_record_once_in_uuid_order(
+    es_source: ElasticsearchSource,
+) -> None:
+    got = rows(es_source.batches("records", None, None, fields=["uuid", "genus"], batch_size=97))
+    uuids = [r["coreid"] for r in got]
+    assert len(uuids) == N_SYNTHETIC + 158
+    assert uuids == sorted(set(uuids))
+    assert all(r["uuid"] == r["coreid"] for r in got)
+
+
+def test_batches_are_typed_as_the_contract_says(es_source: ElasticsearchSource) -> None:
+    batch = next(
+        es_source.batches(
+            "records",
+            q("records", {"genus": "acer"}),
+            None,
+            fields=["uuid", "datecollected", "geopoint", "hasImage", "recordids"],
+            raw_terms=["dwc:scientificName"],
+            batch_size=50,
+        )
+    )
+    schema = batch.schema
+    assert schema.names[0] == "coreid"
+    assert schema.field("datecollected").type == pa.timestamp("us")
+    assert pa.types.is_struct(schema.field("geopoint").type)
+    assert schema.field("hasImage").type == pa.bool_()
+    assert schema.field("recordids").type == pa.list_(pa.string())
+    assert schema.field("dwc:scientificName").type == pa.string()
+    assert all(
+        v.lower().startswith("acer") for v in batch.column("dwc:scientificName").to_pylist() if v
+    )
+
+
+def test_recordset_counts_add_up_without_hits(es_source: ElasticsearchSource) -> None:
+    counts = es_source.recordset_counts("records", None, None)
+    assert counts == {"0ac6620a-ba21-405c-af5c-d62cf59464b8": 158, "synthetic-seed-7": N_SYNTHETIC}
+    terms = es_source.raw_terms("records", q("records", {"genus": "tetraodon"}), None)
+    assert "dwc:scientificName" in terms and terms == sorted(terms)
+
+
+@pytest.mark.parametrize(
+    ("rtype", "rq", "mq"),
+    [
+        ("records", None, None),
+        ("records", {"genus": "acer"}, None),
+        ("records", {"genus": "nosuchgenus"}, None),
+        ("mediarecords", None, {"format": "image/jpeg"}),
+        ("records", {"genus": "acer"}, {"format": "image/jpeg"}),
+    ],
+)
+def test_recordset_counts_by_count_agree_with_the_aggregation(
+    es_source: ElasticsearchSource,
+    monkeypatch: pytest.MonkeyPatch,
+    rtype: RecordType,
+    rq: dict[str, Any] | None,
+    mq: dict[str, Any] | None,
+) -> None:
+    rqn = q("records", rq) if rq else None
+    mqn = q("mediarecords", mq) if mq else None
+    counted = es_source._recordset_counts(rtype, rqn, mqn)
+    monkeypatch.setattr(es_source, "counted_recordsets", 0)
+    assert es_source._recordset_counts(rtype, rqn, mqn) == counted
+    # More recordsets than counted_recordsets: the aggregation answers.
+    monkeypatch.setattr(es_source, "counted_recordsets", 1)
+    assert es_source._counted_by_recordset(rtype, rqn, mqn) is None
+    monkeypatch.setattr(es_source, "counted_recordsets", 32)
+    if rtype == "records" and mq is None and sum(counted.values()):
+        # A recordset missing from the recordsets index: the counts do not add up to the
+        # query's count, and the aggregation answers.
+        client = es_source.es
+        real_search = client.search
+
+        def search(*args: Any, **kwargs: Any) -> Any:
+            answer = real_search(*args, **kwargs)
+            if kwargs.get("index") == es_source.recordsets_index:
+                hits = answer["hits"]["hits"]
+                answer["hits"]["hits"] = [h for h in hits if h["_id"] != max(counted)]
+            return answer
+
+        monkeypatch.setattr(client, "search", search)
+        assert es_source._counted_by_recordset(rtype, rqn, mqn) is None
+        assert es_source._recordset_counts(rtype, rqn, mqn) == counted
+
+
+def test_rq_and_mq_compose_across_indices(es_source: ElasticsearchSource, duck: Any) -> None:
+    rq = q("records", {"genus": "acer"})
+    mq = q("mediarecords", {"format": "image/jpeg"})
+    media_of_acer = es_source.count("mediarecords", rq, None)
+    acer_with_media = es_source.count("records", rq, mq)
+    # id_chunk=100 forces several chunks: counts add up over disjoint chunks.
+    assert 0 < acer_with_media <= es_source.count("records", rq, None)
+    assert media_of_acer >= acer_with_media
+    assert media_of_acer == duck.count("mediarecords", rq, None)
+    assert acer_with_media == duck.count("records", rq, mq)
+    media = rows(es_source.batches("mediarecords", rq, None, fields=["uuid"], batch_size=33))
+    parents = {r["coreid"] for r in rows(es_source.batches("records", rq, None, fields=["uuid"]))}
+    assert len(media) == media_of_acer and {m["coreid"] for m in media} <= parents
+
+
+@pytest.mark.parametrize(
+    ("rtype", "rq", "mq"),
+    [
+        ("records", {"genus": "acer"}, None),
+        ("records", {"country": "united states", "hasImage": True}, None),
+        ("records", {"datecollected": {"type": "range", "gte": "1900", "lte": "1950"}}, None),
+        ("records", None, {"format": "image/jpeg"}),
+        ("mediarecords", {"genus": "quercus"}, None),
+        ("records", {"data": {"type": "fulltext", "value": "red maple"}}, None),
+    ],
+)
+def test_same_rows_as_duckdb(
+    es_source: ElasticsearchSource,
+    duck: Any,
+    rtype: RecordType,
+    rq: dict[str, Any] | None,
+    mq: dict[str, Any] | None,
+) -> None:
+    rqn = q("records", rq) if rq else None
+    mqn = q("mediarecords", mq) if mq else None
+    names = ["uuid", "recordset", "datecollected", "geopoint", "scientificname"]
+    if rtype == "mediarecords":
+        names = ["uuid", "recordset", "format", "accessuri"]
+    terms = duck.raw_terms(rtype, rqn, mqn)
+    assert es_source.count(rtype, rqn, mqn) == duck.count(rtype, rqn, mqn)
+    assert es_source.recordset_counts(rtype, rqn, mqn) == duck.recordset_counts(rtype, rqn, mqn)
+
+    def norm(rs: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        # "" and missing are the same empty cell in the archive; the index drops empties.
+        return sorted(tuple((k, v if v != "" else None) for k, v in sorted(r.items())) for r in rs)
+
+    es_rows = rows(
+        es_source.batches(rtype, rqn, mqn, fields=names, raw_terms=terms, batch_size=250)
+    )
+    duck_rows = rows(duck.batches(rtype, rqn, mqn, fields=names, raw_terms=terms, batch_size=250))
+    assert len(es_rows) == len(duck_rows)
+    assert norm(es_rows) == norm(duck_rows)
+
+
+def test_pages_decoded_by_arrow_and_by_json_agree(
+    es_source: ElasticsearchSource, duck: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Patched where the reader looks it up, not where it is defined.
+    import downloader.sources.elasticsearch.source as es_module
+
+    assert es_module.reads_bytes(es_source.es)  # the production client hands back bytes
+    fields = sorted(catalogue.field_names("records"))
+    terms = duck.raw_terms("records", None, None)
+
+    def read() -> pa.Table:
+        batches = es_source.batches("records", None, None, fields=fields, raw_terms=terms)
+        return pa.Table.from_batches(list(batches))
+
+    by_arrow = read()
+    monkeypatch.setattr(es_module, "reads_bytes", lambda es: False)
+    by_json = read()
+    assert by_arrow.num_rows == N_SYNTHETIC + 158
+    assert by_arrow.equals(by_json)
+
+
+def test_unique_values_by_composite_aggregation(es_source: ElasticsearchSource) -> None:
+    got = rows(es_source.unique_values("genus", q("records", {"kingdom": "plantae"}), None))
+    values = [r["value"] for r in got]
+    assert values == sorted(values) and "acer" in values
+    assert sum(r["count"] for r in got) == es_source.count(
+        "records", q("records", {"kingdom": "plantae", "genus": {"type": "exists"}}), None
+    )
+
+
+def test_scrolls_are_cleared_even_when_the_reader_stops_early(
+    es_source: ElasticsearchSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = es_source.es
+    cleared: list[str] = []
+    real_clear = client.clear_scroll
+
+    def clear_scroll(*args: Any, **kwargs: Any) -> Any:
+        cleared.append(kwargs["scroll_id"])
+        return real_clear(*args, **kwargs)
+
+    monkeypatch.setattr(client, "clear_scroll", clear_scroll)
+    batches = cast(
+        Generator[pa.RecordBatch, None, None],
+        es_source.batches("records", None, None, fields=["uuid"], batch_size=10),
+    )
+    next(batches)
+    assert cleared == []
+    batches.close()  # runs the generator's finally: the scroll is released
+    assert len(cleared) == 1
+    with pytest.raises(NotFoundError):
+        client.scroll(scroll_id=cleared[0], scroll="1m")
+
+
+@pytest.mark.parametrize(
+    ("rtype", "rq", "mq"),
+    [
+        ("records", None, None),
+        ("records", {"genus": "acer"}, {"format": "image/jpeg"}),
+        ("mediarecords", {"genus": "acer"}, None),
+    ],
+)
+def test_shared_reads_give_what_separate_reads_give(
+    es_source: ElasticsearchSource,
+    monkeypatch: pytest.MonkeyPatch,
+    rtype: RecordType,
+    rq: dict[str, Any] | None,
+    mq: dict[str, Any] | None,
+) -> None:
+    rqn = q("records", rq) if rq else None
+    mqn = q("mediarecords", mq) if mq else None
+    terms = es_source.raw_terms(rtype, rqn, mqn)
+    index_fields = ["uuid", "recordset", "datecollected", "geopoint"]
+    if rtype == "mediarecords":
+        index_fields = ["uuid", "format", "accessuri"]
+    reads: list[tuple[list[str], list[str]]] = [(index_fields, []), (["uuid"], terms)]
+
+    def table(batches: Iterator[pa.RecordBatch]) -> pa.Table:
+        return pa.Table.from_batches(list(batches))
+
+    separate = [
+        table(es_source.batches(rtype, rqn, mqn, fields=f, raw_terms=t, batch_size=70))
+        for f, t in reads
+    ]
+    assert separate[0].num_rows == es_source.count(rtype, rqn, mqn) > 0
+    # In order: the second read replays what the first one spooled.
+    first, second = es_source.shared_batches(rtype, rqn, mqn, reads, batch_size=70)
+    assert table(first()).equals(separate[0])
+    with monkeypatch.context() as patch:
+        patch.setattr(es_source, "_pages", None)  # the replay does not read the cluster
+        assert table(second()).equals(separate[1])
+    # The first abandoned, or out of order: each read goes to the cluster itself.
+    first, second = es_source.shared_batches(rtype, rqn, mqn, reads, batch_size=70)
+    started = cast(Generator[pa.RecordBatch, None, None], first())
+    next(started)
+    started.close()
+    assert table(second()).equals(separate[1])
+    assert table(first()).equals(separate[0])
+
+
+def test_unreachable_cluster_is_transient() -> None:
+    source = ElasticsearchSource(f"http://127.0.0.1:{free_port()}", timeout=1)
+    source.es = make_client(f"http://127.0.0.1:{free_port()}", timeout=1).options(max_retries=0)
+    with pytest.raises(SourceUnavailable, match="cannot be reached"):
+        source.count("records", None, None)
