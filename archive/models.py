@@ -84,6 +84,20 @@ class Citation:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordsetCredit:
+    """One recordset behind a download, for ``citations.txt`` and ``rights.txt``: its id,
+    its rows in the archive, and what the store knows of it (empty strings when nothing):
+    its name, a link to it, and the rights its publisher states (the intellectual rights of
+    its EML)."""
+
+    recordset: str
+    count: int
+    name: str = ""
+    url: str = ""
+    rights: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ExtraFile:
     """A plain file in the zip that is not part of the star schema, so it is not declared in
     ``meta.xml`` (readers such as python-dwca-reader ignore it), e.g. the ``deleted.csv`` of
@@ -124,8 +138,10 @@ class ArchiveSpec:
     ``files`` are written in the given order (and declared in meta.xml in that order).
     ``timestamp`` is the time stamped on every zip entry and in the citation files, so the
     same spec over the same data gives byte-identical archives; naive datetimes are UTC.
-    For the ``csv``/``tsv`` forms only the core file is written, and ``citations``, ``eml``
-    and ``extras`` are ignored. ``extras`` are written after the citations, undeclared.
+    For the ``csv``/``tsv`` forms only the core file is written, and ``citations``, ``eml``,
+    ``credits`` and ``extras`` are ignored. The zip forms always carry ``citations.txt`` and
+    ``rights.txt`` (from ``eml`` and ``credits``, see :mod:`archive.dwca`) after the citation
+    files; ``extras`` are written after those, undeclared.
     """
 
     form: Form
@@ -134,6 +150,7 @@ class ArchiveSpec:
     eml: EmlInfo
     timestamp: datetime
     extras: Sequence[ExtraFile] = ()
+    credits: Sequence[RecordsetCredit] = ()
 
     @property
     def core(self) -> DataFile:

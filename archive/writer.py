@@ -9,9 +9,9 @@ hashes (sha256) and writes to the sink. So reading, encoding and compression sha
 cores, and memory stays flat: at most a few pieces and chunks of a few MiB are in flight
 whatever the archive's size (and Arrow allocates from :func:`archive.memory.use_compact_pool`).
 
-Zip entries, in this order: the data files (in spec order), the citation files, the extra
-files, eml.xml, meta.xml. Every entry carries ``spec.timestamp``, so the same spec over the
-same data gives the same bytes.
+Zip entries, in this order: the data files (in spec order), the citation files,
+citations.txt, rights.txt, the extra files, eml.xml, meta.xml. Every entry carries
+``spec.timestamp``, so the same spec over the same data gives the same bytes.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from archive.eml import eml_xml
 from archive.errors import ArchiveCancelled, ArchiveError
 from archive.memory import use_compact_pool
 from archive.meta import meta_xml
-from archive.models import ArchiveResult, ArchiveSpec, DataFile
+from archive.models import ArchiveResult, ArchiveSpec, DataFile, EmlInfo
 from archive.zipstream import Deflate, HashingSink, ZipStream
 
 #: Encoded bytes aimed at per chunk handed to the writer thread.
@@ -111,6 +111,7 @@ def _check_spec(spec: ArchiveSpec) -> None:
     names = [f.filename for f in spec.files]
     if dwca.is_zip(spec.form):
         names += [c.filename for c in spec.citations] + [dwca.EML_XML, dwca.META_XML]
+        names += [dwca.CITATIONS_TXT, dwca.RIGHTS_TXT]
         names += [e.filename for e in spec.extras]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -308,6 +309,11 @@ def _write_zip(
     ]
     for citation, text in zip(spec.citations, texts, strict=True):
         thread.call(archive.add, citation.filename, text.encode("utf-8"))
+    eml = _written_eml(spec, counter)
+    citations = dwca.render_citations(eml, spec.credits, accessed=spec.timestamp)
+    thread.call(archive.add, dwca.CITATIONS_TXT, citations.encode("utf-8"))
+    rights = dwca.render_rights(eml, spec.credits)
+    thread.call(archive.add, dwca.RIGHTS_TXT, rights.encode("utf-8"))
     for extra in spec.extras:
         if cancel():
             raise ArchiveCancelled(f"cancelled before writing {extra.filename}")
@@ -315,8 +321,15 @@ def _write_zip(
         for chunk in extra.chunks():
             thread.call(archive.write, chunk)
         thread.call(archive.finish)
-    # The EML states the counts actually written where the archive has such files, so it
-    # stays true even if the data changed between the service's count and the stream.
+    thread.call(archive.add, dwca.EML_XML, eml_xml(eml, citation=texts[0] if texts else None))
+    thread.call(archive.add, dwca.META_XML, meta_xml(spec.files, delimiter=delimiter))
+    thread.call(archive.close)
+
+
+def _written_eml(spec: ArchiveSpec, counter: _Progress) -> EmlInfo:
+    """``spec.eml`` with the counts actually written where the archive has such files, so
+    that eml.xml and citations.txt stay true even if the data changed between the service's
+    count and the stream."""
     eml = spec.eml
     written = {
         kind: [f for f in spec.files if f.kind == kind] for kind in ("records", "mediarecords")
@@ -327,6 +340,4 @@ def _write_zip(
         eml = replace(
             eml, media_count=max(counter.rows[f.filename] for f in written["mediarecords"])
         )
-    thread.call(archive.add, dwca.EML_XML, eml_xml(eml, citation=texts[0] if texts else None))
-    thread.call(archive.add, dwca.META_XML, meta_xml(spec.files, delimiter=delimiter))
-    thread.call(archive.close)
+    return eml

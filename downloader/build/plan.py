@@ -23,8 +23,10 @@ from archive import (
     Column,
     DataFile,
     EmlInfo,
+    RecordsetCredit,
     dwca,
 )
+from archive.eml import stated_rights
 from downloader.backends import Context
 from downloader.build.deletions import deleted_file
 from downloader.interfaces import EXPORT_KEY_PREFIX, RecordSource
@@ -58,7 +60,10 @@ def _media_ids(
 
 
 @dataclass(frozen=True)
-class _Plan:
+class ArchivePlan:
+    """What :func:`plan_archive` decided: the archive's spec, the counts per record type,
+    and the rows per recordset."""
+
     spec: ArchiveSpec
     counts: dict[str, int]
     recordsets: dict[str, int]
@@ -107,6 +112,10 @@ def _type_files(
         # iDigBio orders the indexed columns by index field name; scripts written against its
         # archives pick columns by position (idigbio:geoPoint is column 37), so we do too.
         index_fields = sorted(catalogue.field_names(rtype))
+    # Without a field list the verbatim file is always written, header only when no
+    # matching row has a verbatim term (an empty result), so that every download has the
+    # same file set and scripts opening occurrence_raw.csv do not break on an empty result.
+    every_file = raw_terms is None
     if raw_terms is None:
         raw_terms = src.raw_terms(rtype, rq, mq)
     row_type = dwca.OCCURRENCE if rtype == "records" else dwca.MULTIMEDIA
@@ -142,11 +151,13 @@ def _type_files(
         )
 
     raw: DataFile | None = None
-    if terms:
-        read_raw = readers[-1]
+    if terms or every_file:
+        read_raw = readers[-1] if terms else None
         raw_cols: list[Column] = dwca.raw_columns(terms)
 
         def make_raw() -> Iterable[pa.RecordBatch]:
+            if read_raw is None:
+                return iter(())
             if own_id:
                 return _media_ids(read_raw(), 1, drop=True)
             return read_raw()
@@ -161,6 +172,24 @@ def _type_files(
     return indexed, raw
 
 
+def _credits(src: RecordSource, recordsets: dict[str, int], template: str) -> list[RecordsetCredit]:
+    """What citations.txt and rights.txt say of each recordset: its count, and its name and
+    the rights its EML states where the source knows them (the embedded store does, through
+    ``recordsets`` and ``recordset_eml`` beyond the protocol; other sources give ids only).
+    A link is written when ``recordset_url_template`` makes one."""
+    names: dict[str, str] = {}
+    listing = getattr(src, "recordsets", None)
+    if callable(listing):
+        names = {info.recordset: info.name for info in listing()}
+    eml_of = getattr(src, "recordset_eml", None)
+    credits = []
+    for recordset, count in sorted(recordsets.items()):
+        url = template.format(id=recordset) if template and template != "{id}" else ""
+        rights = stated_rights(eml_of(recordset)) if callable(eml_of) else ""
+        credits.append(RecordsetCredit(recordset, count, names.get(recordset, ""), url, rights))
+    return credits
+
+
 def _with_core(files: list[DataFile], core: DataFile) -> list[DataFile]:
     from dataclasses import replace
 
@@ -169,9 +198,10 @@ def _with_core(files: list[DataFile], core: DataFile) -> list[DataFile]:
 
 def plan_archive(
     ctx: Context, job: Job, src: RecordSource, *, batch_size: int | None = None
-) -> _Plan:
-    """Count, tally recordsets and describe the archive of ``job`` (nothing is read yet
-    beyond counts). The files per core type:
+) -> ArchivePlan:
+    """Count, tally recordsets and describe the archive of ``job`` (only counts are read).
+
+    The files per core type, all of them written even when nothing matches:
 
     - ``records`` (default): occurrence.csv (indexed, the core), occurrence_raw.csv
       (verbatim terms), multimedia.csv and multimedia_raw.csv (media of those records);
@@ -251,7 +281,8 @@ def plan_archive(
                     template,
                 )
             )
-        if counts["mediarecords"] or core_type == "mediarecords":
+        # Always there beside the media files, even with no media (it then says 0 records).
+        if counts["mediarecords"] or core_type in ("records", "mediarecords"):
             media_sets = (
                 recordsets
                 if rs_type == "mediarecords"
@@ -266,6 +297,7 @@ def plan_archive(
                     template,
                 )
             )
+    credits = _credits(src, recordsets, template) if dwca.is_zip(form) else []
     created = job.created or now_utc()
     eml = EmlInfo(
         title=f"Darwin Core Archive download {job.id}",
@@ -290,8 +322,9 @@ def plan_archive(
         eml=eml,
         timestamp=created,
         extras=[deleted] if deleted else [],
+        credits=credits,
     )
-    return _Plan(spec=spec, counts=counts, recordsets=recordsets)
+    return ArchivePlan(spec=spec, counts=counts, recordsets=recordsets)
 
 
 def archive_filename(job: Job) -> str:

@@ -19,13 +19,14 @@ from typing import Any
 from archive import (
     ArchiveCancelled,
     ArchiveError,
+    ArchiveResult,
     ArchiveSpec,
     DataFile,
     dwca,
     write_archive,
 )
 from downloader.backends import Context
-from downloader.build.plan import archive_filename, archive_key, plan_archive
+from downloader.build.plan import ArchivePlan, archive_filename, archive_key, plan_archive
 from downloader.build.progress import ProgressReporter
 from downloader.errors import SourceUnavailable, StorageUnavailable
 from downloader.links import content_type, download_url, job_base_url, status_url
@@ -89,18 +90,7 @@ def build_archive(job_id: str, ctx: Context) -> Job | None:
     settings = ctx.settings
     job = ctx.jobs.claim(job_id, max_attempts=settings.max_attempts)
     if job is None:
-        current = ctx.jobs.get(job_id)
-        if (
-            current is not None
-            and current.state == "PENDING"
-            and ctx.jobs.is_cancel_requested(job_id)
-        ):
-            current.state = "CANCELLED"
-            current.completed = now_utc()
-            ctx.jobs.save(current)
-            return current
-        log.info("job %s not claimed (missing, finished or running elsewhere)", job_id)
-        return None
+        return _not_claimed(ctx, job_id)
     if job.attempts > settings.max_attempts:
         return fail_job(
             ctx,
@@ -179,28 +169,7 @@ def build_archive(job_id: str, ctx: Context) -> Job | None:
                 f"logged under download id {job.id}; please try again, and tell the "
                 "service's operators if it happens again.",
             )
-        completed = now_utc()
-        job.state = "SUCCESS"
-        job.completed = completed
-        # A recordset export is a cache kept until it is replaced or deleted (see
-        # downloader.service.exports); a download lives for retention_days.
-        job.expires = (
-            None if job.kind == "export" else completed + timedelta(days=settings.retention_days)
-        )
-        job.size = result.size
-        job.sha256 = result.sha256
-        job.archive_key = key
-        job.filename = filename
-        job.counts = {"records": result.records, "mediarecords": result.mediarecords}
-        unique_key = _UNIQUE_COUNT_KEYS.get(job.request.get("core_type", "records"))
-        if unique_key:
-            # A uniquelocality/uniquenames core holds distinct values, not records; say how
-            # many, or the status would report an archive of rows as empty.
-            job.counts[unique_key] = result.rows.get(plan.spec.core.filename, 0)
-        job.recordset_count = len(plan.recordsets)
-        job.total_records = sum(job.counts.values())
-        job.records_written = job.total_records
-        job.error = None
+        _succeeded(job, plan, result, key, filename, retention_days=settings.retention_days)
     ctx.jobs.save(job)
     log.info("job %s done: %d bytes, %s", job.id, job.size, job.counts)
     notify_ready(ctx, job)
@@ -209,6 +178,51 @@ def build_archive(job_id: str, ctx: Context) -> Job | None:
 
 #: The ``counts`` key under which a unique-values core reports its rows.
 _UNIQUE_COUNT_KEYS = {"uniquelocality": "localities", "uniquenames": "names"}
+
+
+def _not_claimed(ctx: Context, job_id: str) -> Job | None:
+    """A job that could not be claimed: a queued job whose cancel was asked for becomes
+    CANCELLED here (its worker is the first to see it); anything else is left alone."""
+    current = ctx.jobs.get(job_id)
+    if current is not None and current.state == "PENDING" and ctx.jobs.is_cancel_requested(job_id):
+        current.state = "CANCELLED"
+        current.completed = now_utc()
+        ctx.jobs.save(current)
+        return current
+    log.info("job %s not claimed (missing, finished or running elsewhere)", job_id)
+    return None
+
+
+def _succeeded(
+    job: Job,
+    plan: ArchivePlan,
+    result: ArchiveResult,
+    key: str,
+    filename: str,
+    *,
+    retention_days: float,
+) -> None:
+    """Record a published archive in ``job``: SUCCESS, size, sha256, counts and expiry."""
+    completed = now_utc()
+    job.state = "SUCCESS"
+    job.completed = completed
+    # A recordset export is a cache kept until it is replaced or deleted (see
+    # downloader.service.exports); a download lives for retention_days.
+    job.expires = None if job.kind == "export" else completed + timedelta(days=retention_days)
+    job.size = result.size
+    job.sha256 = result.sha256
+    job.archive_key = key
+    job.filename = filename
+    job.counts = {"records": result.records, "mediarecords": result.mediarecords}
+    unique_key = _UNIQUE_COUNT_KEYS.get(job.request.get("core_type", "records"))
+    if unique_key:
+        # A uniquelocality/uniquenames core holds distinct values, not records; say how
+        # many, or the status would report an archive of rows as empty.
+        job.counts[unique_key] = result.rows.get(plan.spec.core.filename, 0)
+    job.recordset_count = len(plan.recordsets)
+    job.total_records = sum(job.counts.values())
+    job.records_written = job.total_records
+    job.error = None
 
 
 def _kinds(spec: ArchiveSpec) -> list[DataFile]:

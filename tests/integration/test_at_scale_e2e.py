@@ -23,9 +23,9 @@ from typing import Any
 import boto3
 import pytest
 import requests
-from downloader.ingest.cluster import export_store
 from dwca.read import DwCAReader
 
+from downloader.ingest.cluster import export_store
 from downloader.ingest.load import ingest_synthetic, store_path
 from downloader.sources.elasticsearch import ElasticsearchSource
 from query.validate import validate_query

@@ -27,6 +27,7 @@ from dwca.read import DwCAReader
 from downloader.backends import make_context
 from downloader.config import load_settings
 from downloader.service import downloads as service
+from tests.support.schemas import check_archive_xml
 from tests.support.smtp import Inbox, free_port, smtp_server
 
 pytestmark = pytest.mark.integration
@@ -150,6 +151,7 @@ def test_acer_download_end_to_end(data_dir: Path, acer_count: int, inbox: Inbox)
         assert len(body) == final["size"]
         archive = data_dir / "acer.zip"
         archive.write_bytes(body)
+        check_archive_xml(archive)
         with DwCAReader(str(archive)) as reader:
             rows = list(reader)
             assert len(rows) == acer_count
@@ -209,6 +211,7 @@ def test_jobs_queued_or_interrupted_while_down_run_after_a_restart(
             assert final["task_status"] == "SUCCESS", final
             path = data_dir / f"{job['id']}.zip"
             path.write_bytes(server.get(final["download_url"][len(server.url) :]).content)
+            check_archive_xml(path)
             with DwCAReader(str(path)) as reader:
                 assert len(list(reader)) == final["counts"]["records"]
         assert ctx.jobs.get(interrupted["id"]).attempts == 2  # type: ignore[union-attr]  # exists

@@ -4,7 +4,8 @@ Every archive a test writes goes through :func:`read_archive`, which opens it wi
 python-dwca-reader and checks what a user of the archive relies on: the structure of
 meta.xml (one core with ``<id>``, extensions with ``<coreid>``, the declared dialect), the
 core row count, the term of every declared column, each extension row's link to a core row,
-and the EML that meta.xml points to.
+and the EML that meta.xml points to; and validates meta.xml and eml.xml against the schemas
+they name (:mod:`tests.support.schemas`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dwca.read import DwCAReader
 
 from archive import ArchiveSpec, Citation, Column, DataFile, EmlInfo, dwca
 from archive.models import FileKind, Form
+from tests.support.schemas import check_archive_xml
 
 TEXT_NS = "{http://rs.tdwg.org/dwc/text/}"
 EML_NS = "{eml://ecoinformatics.org/eml-2.1.1}"
@@ -117,13 +119,12 @@ class ReadBack:
 
 
 def check_meta_structure(meta: ElementTree.Element, delimiter: str) -> None:
-    """meta.xml follows the TDWG text schema and declares the dialect we write.
+    """meta.xml declares the dialect we write, in the shape the text guide describes.
 
-    The schema itself is not available offline, so this checks its rules: root ``archive``
-    in the text namespace with ``metadata``; exactly one ``core`` and it comes first; then
-    only ``extension`` elements; each with ``files/location``, ``id`` (core) or ``coreid``
-    (extension) at index 0, at least one ``field`` with an integer index and a term; only
-    the schema's attributes.
+    Beyond the schema (which :func:`read_archive` validates against): root ``archive`` with
+    ``metadata``; exactly one ``core`` and it comes first; then only ``extension`` elements;
+    each with ``files/location``, ``id`` (core) or ``coreid`` (extension) at index 0, at
+    least one ``field`` with an integer index and a term; only the schema's attributes.
     """
     assert meta.tag == f"{TEXT_NS}archive"
     assert meta.get("metadata") == "eml.xml"
@@ -164,11 +165,13 @@ def read_archive(path: Path, archive_spec: ArchiveSpec) -> ReadBack:
     assert len(names) == len(set(names))
     expected = [f.filename for f in archive_spec.files]
     expected += [c.filename for c in archive_spec.citations]
+    expected += [dwca.CITATIONS_TXT, dwca.RIGHTS_TXT]
     expected += [e.filename for e in archive_spec.extras] + ["eml.xml", "meta.xml"]
     assert names == expected
     meta = ElementTree.fromstring(texts["meta.xml"])
     assert texts["meta.xml"].startswith('<?xml version="1.0" encoding="UTF-8"?>')
     check_meta_structure(meta, delimiter)
+    check_archive_xml(path)
     for data_file in archive_spec.files:
         content = raw[data_file.filename]
         assert not content.startswith(b"\xef\xbb\xbf"), "no BOM"

@@ -10,6 +10,8 @@ import pytest
 
 from archive import COREID, Citation, Column, dwca
 from query import fields as catalogue
+from query.fields import RecordType
+from tests.support.schemas import local_name
 
 
 @pytest.mark.parametrize(
@@ -62,11 +64,22 @@ def test_index_columns_come_from_the_catalogue() -> None:
         Column("idigbio:uuid", "http://portal.idigbio.org/terms/uuid"),
         Column("dwc:scientificName", "http://rs.tdwg.org/dwc/terms/scientificName"),
         Column("idigbio:geoPoint", "http://portal.idigbio.org/terms/geoPoint"),
-        Column("idigbio:eventDate", "http://portal.idigbio.org/terms/eventDate"),
+        # iDigBio's header, but the index field name as the local name: dwc:eventDate is
+        # in the same file (see test_no_two_columns_of_an_indexed_file_share_a_local_name).
+        Column("idigbio:eventDate", "http://portal.idigbio.org/terms/datecollected"),
     ]
     every = dwca.index_columns("mediarecords", catalogue.field_names("mediarecords"))
     assert [c.header for c in every[1:]] == [f.csv_header for f in catalogue.fields("mediarecords")]
     assert all(c.term_uri for c in every[1:])
+
+
+@pytest.mark.parametrize("rtype", ["records", "mediarecords"])
+def test_no_two_columns_of_an_indexed_file_share_a_local_name(rtype: RecordType) -> None:
+    # Readers that key columns by the local name of their term (ALA's dwcahandler, pandas
+    # users renaming columns) must tell every indexed column apart, case aside.
+    columns = dwca.index_columns(rtype, catalogue.field_names(rtype))
+    names = [local_name(c.term_uri or "").lower() for c in columns[1:]]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
 
 
 def test_unknown_index_field_is_named() -> None:

@@ -163,6 +163,8 @@ def test_default_archive_has_every_file_linked_and_typed(tmp_path: Path, form: F
         f"multimedia_raw.{ext}",
         "records.citation.txt",
         "mediarecords.citation.txt",
+        "citations.txt",
+        "rights.txt",
         "eml.xml",
         "meta.xml",
     ]
@@ -172,7 +174,7 @@ def test_default_archive_has_every_file_linked_and_typed(tmp_path: Path, form: F
     dwc = "http://rs.tdwg.org/dwc/terms/"
     assert first[f"{term}geoPoint"] == '{"lat": 42.5, "lon": -71.25}'
     assert json.loads(first[f"{term}geoPoint"]) == {"lat": 42.5, "lon": -71.25}
-    assert first[f"{term}eventDate"] == "1990-05-01T00:00:00+00:00"
+    assert first[f"{term}datecollected"] == "1990-05-01T00:00:00+00:00"
     assert first[f"{term}hasImage"] == "true"
     assert first[f"{term}recordIds"] == '["urn:a", "urn:b"]'
     assert second[f"{dwc}scientificName"] == 'acer "red", maple'
@@ -181,7 +183,7 @@ def test_default_archive_has_every_file_linked_and_typed(tmp_path: Path, form: F
     assert second[f"{term}hasImage"] == "false"
     assert third[f"{dwc}scientificName"] == "érable\nrouge"
     assert third[f"{term}geoPoint"] == '{"lat": -0.0, "lon": 2.0}'
-    assert third[f"{term}eventDate"] == "2001-01-02T03:04:05+00:00"
+    assert third[f"{term}datecollected"] == "2001-01-02T03:04:05+00:00"
     assert third[f"{term}hasImage"] == ""
 
     raw = back.extension_rows[f"occurrence_raw.{ext}"]

@@ -24,6 +24,7 @@ from downloader.service import exports
 from downloader.storage.local import LocalStorage
 from notify.smtp import LogMailer
 from tests.support.http import api_server
+from tests.support.schemas import check_archive_xml
 
 ADMIN = "admin-secret"
 DWC = "http://rs.tdwg.org/dwc/terms/"
@@ -127,8 +128,10 @@ class Archive:
 
 
 def read_zip(content: bytes, where: Path) -> Archive:
-    """Write ``content`` to ``where`` and open it with python-dwca-reader."""
+    """Write ``content`` to ``where``, validate its meta.xml and eml.xml against the schemas
+    they name, and open it with python-dwca-reader."""
     where.write_bytes(content)
+    check_archive_xml(where)
     with zipfile.ZipFile(where) as zf:
         assert zf.testzip() is None
         names = zf.namelist()

@@ -21,6 +21,7 @@ from downloader.service import downloads as service
 from downloader.service.downloads import cancel_download
 from downloader.storage.local import LocalStorage
 from notify.smtp import LogMailer
+from tests.support.schemas import check_archive_xml
 from tests.unit.downloader.fakes import FakeSource
 
 DWC = "http://rs.tdwg.org/dwc/terms/"
@@ -55,9 +56,14 @@ def request(ctx: Context, email: str | None = "ana@example.org", **params: Any) 
 
 
 def archive_path(ctx: Context, job_id: str) -> Path:
+    """Where the job's archive is; a zip's meta.xml and eml.xml are checked against the
+    schemas they name, and its columns' local names, on the way."""
     job = ctx.jobs.get(job_id)
     assert job is not None and job.archive_key
-    return Path(ctx.settings.data_dir) / "archives" / job.archive_key
+    path = Path(ctx.settings.data_dir) / "archives" / job.archive_key
+    if path.suffix == ".zip" and path.exists():
+        check_archive_xml(path)
+    return path
 
 
 def test_default_archive_has_core_extensions_citations_and_eml(tmp_path: Path) -> None:
@@ -348,3 +354,94 @@ def test_dispatcher_stops_a_build_over_the_time_limit_and_says_so(tmp_path: Path
     assert job is not None and job.state == "FAILURE"
     assert "longer than the limit of 1 minute" in (job.error or "")
     assert [m["To"] for m in ctx.mailer.sent] == ["ana@example.org"]  # type: ignore[attr-defined]  # LogMailer
+
+
+IDIGBIO = "http://portal.idigbio.org/terms/"
+
+
+@pytest.mark.parametrize("core_type", ["records", "mediarecords"])
+def test_an_empty_result_keeps_every_file_header_only(tmp_path: Path, core_type: str) -> None:
+    # Scripts that open occurrence_raw.csv must not break on a download matching nothing.
+    ctx = make_ctx(tmp_path)
+    job = build_archive(request(ctx, rq='{"genus": "nothing"}', core_type=core_type), ctx)
+    assert job is not None and job.state == "SUCCESS", job and job.error
+    assert job.counts["records"] == job.counts["mediarecords"] == 0
+    data_files = ["multimedia.csv", "multimedia_raw.csv"]
+    citations = ["mediarecords.citation.txt"]
+    if core_type == "records":
+        data_files = ["occurrence.csv", "occurrence_raw.csv", *data_files]
+        citations = ["records.citation.txt", *citations]
+    with zipfile.ZipFile(archive_path(ctx, job.id)) as zf:
+        assert zf.namelist() == [
+            *data_files,
+            *citations,
+            "citations.txt",
+            "rights.txt",
+            "eml.xml",
+            "meta.xml",
+        ]
+        for name in data_files:
+            lines = zf.read(name).decode().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("coreid"), name
+        assert zf.read(data_files[1]) == b"coreid\n"
+        assert "0 records" in zf.read(citations[-1]).decode()
+    with DwCAReader(str(archive_path(ctx, job.id))) as reader:
+        declared = [reader.descriptor.core.file_location]
+        declared += [e.file_location for e in reader.descriptor.extensions]
+        assert declared == data_files
+        assert list(reader) == []
+
+
+def test_a_result_without_media_still_has_the_media_files(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path)
+    # The fake source gives media to every third record: all acer, no quercus.
+    job = build_archive(request(ctx, rq='{"genus": "quercus"}'), ctx)
+    assert job is not None and job.state == "SUCCESS", job and job.error
+    assert job.counts["records"] == 10 and job.counts["mediarecords"] == 0
+    with DwCAReader(str(archive_path(ctx, job.id))) as reader:
+        assert [e.file_location for e in reader.descriptor.extensions] == [
+            "occurrence_raw.csv",
+            "multimedia.csv",
+            "multimedia_raw.csv",
+        ]
+        assert len(list(reader)) == 10
+
+
+@pytest.mark.parametrize("form", ["dwca-csv", "dwca-tsv"])
+@pytest.mark.parametrize("core_type", ["records", "mediarecords", "uniquelocality", "uniquenames"])
+@pytest.mark.parametrize("rq", ['{"genus": "acer"}', '{"genus": "nothing"}'])
+def test_every_column_has_its_own_local_name_and_is_read(
+    tmp_path: Path, form: str, core_type: str, rq: str
+) -> None:
+    # ALA's dwcahandler keys columns by the local name of their term and refused archives
+    # where idigbio:eventDate and dwc:eventDate shared one (archive_path checks the local
+    # names, as dwcahandler does, and validates meta.xml and eml.xml).
+    ctx = make_ctx(tmp_path)
+    job = build_archive(request(ctx, rq=rq, form=form, core_type=core_type), ctx)
+    assert job is not None and job.state == "SUCCESS", job and job.error
+    path = archive_path(ctx, job.id)
+    with zipfile.ZipFile(path) as zf:
+        delimiter = "\t" if form == "dwca-tsv" else ","
+        headers = {
+            name: zf.read(name).decode().split("\n", 1)[0].split(delimiter)
+            for name in zf.namelist()
+            if name.endswith((".csv", ".tsv"))
+        }
+    with DwCAReader(str(path)) as reader:
+        descriptors = [reader.descriptor.core, *reader.descriptor.extensions]
+        for descriptor in descriptors:
+            # python-dwca-reader keys a row's data by term: one key per declared column.
+            terms = [f["term"] for f in descriptor.fields]
+            assert len(set(terms)) == len(terms)
+            assert len(descriptor.fields) == max(1, len(headers[descriptor.file_location]) - 1)
+        for row in reader:
+            assert len(row.data) == len(reader.descriptor.core.fields)
+    if core_type == "records":
+        with DwCAReader(str(path)) as reader:
+            core = reader.descriptor.core
+            by_term = {f["term"]: f["index"] for f in core.fields}
+            # iDigBio's header is kept; the interpreted date has its own local name.
+            assert headers[core.file_location][by_term[IDIGBIO + "datecollected"]] == (
+                "idigbio:eventDate"
+            )
+            assert headers[core.file_location][by_term[DWC + "eventDate"]] == "dwc:eventDate"

@@ -9,9 +9,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from downloader.ingest.cluster import export_store
 
 from downloader.build.deletions import DELETED_HEADER, deleted_file
+from downloader.ingest.cluster import export_store
 from downloader.ingest.load import ingest_synthetic, store_path
 from downloader.interfaces import DeletionLog
 from downloader.sources.duckdb import DuckDBSource

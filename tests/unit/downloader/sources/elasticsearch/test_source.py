@@ -14,10 +14,10 @@ from typing import Any, cast
 
 import pyarrow as pa
 import pytest
-from downloader.ingest.cluster import export_store
 from elasticsearch import NotFoundError
 
 from downloader.errors import SourceUnavailable
+from downloader.ingest.cluster import export_store
 from downloader.ingest.load import ingest_archive, ingest_synthetic, store_path
 from downloader.sources.elasticsearch import ElasticsearchSource, make_client
 from query import fields as catalogue
