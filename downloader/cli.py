@@ -395,7 +395,11 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _register_cleanup(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("cleanup", help="delete expired archives and mark their jobs expired")
+    p = sub.add_parser(
+        "cleanup",
+        help="delete expired archives and mark their jobs expired; under Celery, queue again "
+        "the jobs whose worker died",
+    )
     _add_data_dir(p)
     p.set_defaults(func=_cleanup)
 
@@ -404,10 +408,22 @@ def _cleanup(args: argparse.Namespace) -> int:
     from downloader.backends import make_context
     from downloader.service.downloads import cleanup_expired
 
-    expired = cleanup_expired(make_context(_settings(args)))
+    settings = _settings(args)
+    ctx = make_context(settings)
+    expired = cleanup_expired(ctx)
     print(f"{len(expired)} expired archive(s) deleted")
     for job_id in expired:
         print(f"  {job_id}")
+    if settings.dispatcher == "celery":
+        # The embedded dispatcher recovers its own jobs when serve starts; under Celery a
+        # job whose worker died is queued again here (serve also does it on its own).
+        from downloader.build import requeue_stale
+        from downloader.dispatch import make_dispatcher
+
+        requeued = requeue_stale(ctx, make_dispatcher(settings))
+        print(f"{len(requeued)} job(s) whose worker died queued again")
+        for job_id in requeued:
+            print(f"  {job_id}")
     return 0
 
 

@@ -176,6 +176,13 @@ class JobStore(Protocol):
         """Jobs that should run (queued, or running when their worker died): for restart."""
         ...
 
+    def requeue_stale(self) -> list[str]:
+        """Put every STARTED job whose heartbeat is older than the staleness window back to
+        PENDING, atomically per job (so that of several processes sweeping, one requeues
+        it); the ids requeued, for the caller to dispatch again. Their attempts stay
+        counted, so a job that keeps killing its worker is given up after ``max_attempts``."""
+        ...
+
     def expired_jobs(self, now: datetime) -> list[Job]:
         """Successful jobs whose ``expires`` is before ``now``."""
         ...

@@ -15,8 +15,10 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 
 from downloader.api import archives, base, downloads, exports, health, jobs
 from downloader.backends import Context, make_context
+from downloader.build import requeue_stale
 from downloader.config import Settings
 from downloader.dispatch import make_dispatcher
+from downloader.interfaces import Dispatcher
 from downloader.service import downloads as service
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,20 @@ def _run_cleanup(ctx: Context) -> None:
         log.exception("cleanup of expired archives failed")
 
 
+def _run_requeue(ctx: Context, dispatcher: Dispatcher) -> None:
+    try:
+        requeue_stale(ctx, dispatcher)
+    except Exception:
+        # The next sweep tries again (the job store may be unreachable for a moment).
+        log.exception("requeue of jobs whose worker died failed")
+
+
+def requeue_interval(settings: Settings) -> float:
+    """Seconds between sweeps for jobs whose worker died: half the staleness window, so a
+    dead worker's job is queued again at most 1.5 windows after its last heartbeat."""
+    return max(0.5, settings.stale_job_seconds / 2)
+
+
 async def serve(settings: Settings) -> None:
     """Run the HTTP API, the worker pool (local dispatcher) and the cleanup loop until
     SIGINT or SIGTERM."""
@@ -140,6 +156,15 @@ async def serve(settings: Settings) -> None:
     if settings.cleanup_interval_seconds > 0:
         loop.run_in_executor(executor, _run_cleanup, ctx)
         cleanup.start()
+    # Under Celery nobody watches the workers' processes: jobs whose heartbeat went stale
+    # are queued again from here (see downloader.build.recovery). The local dispatcher
+    # watches its own processes.
+    requeue = PeriodicCallback(
+        lambda: loop.run_in_executor(executor, _run_requeue, ctx, dispatcher),
+        requeue_interval(settings) * 1000,
+    )
+    if not isinstance(dispatcher, LocalDispatcher):
+        requeue.start()
     stop = asyncio.Event()
     aio = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -157,6 +182,7 @@ async def serve(settings: Settings) -> None:
     finally:
         log.info("shutting down")
         cleanup.stop()
+        requeue.stop()
         server.stop()
         if isinstance(dispatcher, LocalDispatcher):
             # Running builds are stopped; their jobs stay STARTED and run again at the next

@@ -52,6 +52,18 @@ class RetryLater(Exception):
         self.cause = cause
 
 
+class RunningElsewhere(Exception):
+    """The job is STARTED and its heartbeat is fresh: another worker builds it, or one that
+    died moments ago has not gone stale yet. A queue that redelivers a dead worker's
+    message at once (Celery, when a pool process is killed) must try again once the
+    heartbeat could be stale, not drop the message; local workers just exit.
+    """
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} is being built by another worker")
+        self.job_id = job_id
+
+
 def notify_ready(ctx: Context, job: Job) -> None:
     """Mail every address of the (freshly reloaded) job that its archive is ready."""
     current = ctx.jobs.get(job.id) or job
@@ -82,10 +94,11 @@ def build_archive(job_id: str, ctx: Context) -> Job | None:
     """Build the archive of job ``job_id``: claim, count, write, publish, record, notify.
 
     Returns the job in its final state, or None when there was nothing to do (unknown job,
-    already finished, cancelled before it started, or running in another worker). Raises
-    :class:`RetryLater` after a transient error when attempts remain (the job is PENDING
-    again). Every other outcome is recorded in the job, never raised: SUCCESS with size,
-    sha256, counts and expiry; FAILURE with a message a researcher can act on; CANCELLED.
+    already finished, or cancelled before it started). Raises :class:`RunningElsewhere` when
+    the job is STARTED with a fresh heartbeat, and :class:`RetryLater` after a transient
+    error when attempts remain (the job is PENDING again). Every other outcome is recorded
+    in the job, never raised: SUCCESS with size, sha256, counts and expiry; FAILURE with a
+    message a researcher can act on; CANCELLED.
     """
     settings = ctx.settings
     job = ctx.jobs.claim(job_id, max_attempts=settings.max_attempts)
@@ -182,14 +195,17 @@ _UNIQUE_COUNT_KEYS = {"uniquelocality": "localities", "uniquenames": "names"}
 
 def _not_claimed(ctx: Context, job_id: str) -> Job | None:
     """A job that could not be claimed: a queued job whose cancel was asked for becomes
-    CANCELLED here (its worker is the first to see it); anything else is left alone."""
+    CANCELLED here (its worker is the first to see it); a live STARTED job raises
+    :class:`RunningElsewhere`; anything else is left alone."""
     current = ctx.jobs.get(job_id)
     if current is not None and current.state == "PENDING" and ctx.jobs.is_cancel_requested(job_id):
         current.state = "CANCELLED"
         current.completed = now_utc()
         ctx.jobs.save(current)
         return current
-    log.info("job %s not claimed (missing, finished or running elsewhere)", job_id)
+    if current is not None and current.state == "STARTED":
+        raise RunningElsewhere(job_id)
+    log.info("job %s not claimed (missing or finished)", job_id)
     return None
 
 

@@ -9,9 +9,18 @@ Delivery, and why it is safe to lose a worker at any moment:
 - ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged only after
   the build finished, so a worker killed mid-build leaves its message to be delivered again.
 - Redis has no real acknowledgements: an unacknowledged message returns to the queue once
-  ``visibility_timeout`` has passed. It is set above the hard time limit (a running build is
-  never handed out twice) and above the job store's staleness window (when it does come
-  back, the job's heartbeat has stopped and the claim succeeds).
+  ``visibility_timeout`` has passed. It is derived from the hard time limit (limit + a tenth,
+  at most a minute, so a running build is never handed out twice) and never below the job
+  store's staleness window; with the documented six-hour limit that is about six hours.
+  So the broker is not what brings a dead worker's job back: ``serve`` sweeps every half
+  staleness window for STARTED jobs whose heartbeat went stale and queues them again
+  (:mod:`downloader.build.recovery`), so such a job is built again within about
+  ``stale_job_seconds`` + the sweep, whatever the time limit. When the message itself comes
+  back later, the claim finds the job built (or being built) and nothing is done twice.
+- A pool process killed mid-build (the OOM killer) makes Celery redeliver its message at
+  once, while the heartbeat is still fresh: that delivery looks again one staleness window
+  later, when it can claim the job, instead of acknowledging it and leaving the job STARTED
+  (see ``tasks.build_archive``).
 - ``worker_prefetch_multiplier = 1``: builds take minutes to hours; a worker must not hold
   queued messages that idle workers could start.
 - The job store's claim decides whether a delivery builds anything, so duplicates are cheap.

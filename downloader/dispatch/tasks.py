@@ -15,7 +15,7 @@ from billiard.exceptions import TimeLimitExceeded
 from celery import Task
 
 from downloader.backends import Context, make_context
-from downloader.build import RetryLater, fail_job
+from downloader.build import RetryLater, RunningElsewhere, fail_job
 from downloader.build import build_archive as build_archive_job
 from downloader.config import load_settings
 from downloader.dispatch.celery_app import app
@@ -62,11 +62,34 @@ class BuildTask(Task):
         )
 
 
+#: How many times a delivery that finds its job live elsewhere looks again, one staleness
+#: window apart, before it leaves the job to its worker (and to serve's sweep for dead
+#: workers, downloader.build.recovery).
+ELSEWHERE_LOOKS = 2
+
+
 @app.task(bind=True, base=BuildTask, name="downloader.build_archive", max_retries=None)
-def build_archive(self: Task, job_id: str) -> str | None:
-    """Build the archive of ``job_id``; returns the job's final state (or None)."""
+def build_archive(self: Task, job_id: str, looked: int = 0) -> str | None:
+    """Build the archive of ``job_id``; returns the job's final state (or None).
+
+    ``looked`` counts the deliveries that found the job live elsewhere (see
+    :class:`~downloader.build.RunningElsewhere`).
+    """
+    ctx = worker_context()
     try:
-        job = build_archive_job(job_id, worker_context())
+        job = build_archive_job(job_id, ctx)
+    except RunningElsewhere as exc:
+        # Killing a pool process makes Celery redeliver at once, while the dead build's
+        # heartbeat is still fresh: look again once it could be stale, so that the job is
+        # claimed then, instead of dropping the message and leaving the job STARTED.
+        if looked >= ELSEWHERE_LOOKS:
+            log.info("job %s is being built elsewhere; leaving it to that worker", job_id)
+            return None
+        delay = ctx.settings.stale_job_seconds + 1
+        log.info("%s; looking again in %g s", exc, delay)
+        raise self.retry(
+            args=[job_id], kwargs={"looked": looked + 1}, countdown=delay, max_retries=None
+        ) from exc
     except RetryLater as exc:
         # The domain code put the job back to PENDING and counts attempts itself, giving up
         # with a FAILURE after ``max_attempts``; Celery only has to wait and redeliver.

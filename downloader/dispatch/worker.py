@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from downloader.backends import make_context
-from downloader.build import RetryLater, build_archive
+from downloader.build import RetryLater, RunningElsewhere, build_archive
 from downloader.config import Settings
 
 
@@ -23,7 +23,9 @@ def run_job(job_id: str, settings: Settings) -> int:
     ctx = make_context(settings)
     try:
         build_archive(job_id, ctx)
-    except RetryLater:
+    except (RetryLater, RunningElsewhere):
+        # The dispatcher watches the job: it runs it again (after a transient error) or
+        # its own process is still building it.
         return 0
     return 0
 

@@ -96,6 +96,16 @@ redis.call('HSET', KEYS[1], 'records_written', ARGV[1], 'total_records', ARGV[2]
 return 1
 """
 
+#: KEYS: job hash. ARGV: now (epoch), stale seconds. Returns 1 when the job was STARTED with
+#: a heartbeat older than the staleness window and is now PENDING, 0 otherwise.
+_REQUEUE_STALE = """
+local h = redis.call('HMGET', KEYS[1], 'state', 'heartbeat')
+if h[1] ~= 'STARTED' then return 0 end
+if tonumber(ARGV[1]) - tonumber(h[2] or '0') < tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'PENDING')
+return 1
+"""
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -395,6 +405,19 @@ class RedisJobStore:
         """PENDING and STARTED jobs, oldest first (STARTED ones may have lost their worker)."""
         ids = self.redis.zrange(self._active_key, 0, -1)
         return [j for j in self._load_many(list(ids)) if j.state in _ACTIVE_STATES]
+
+    @_edge
+    def requeue_stale(self) -> list[str]:
+        """STARTED jobs whose heartbeat is older than ``stale_after_seconds`` go back to
+        PENDING (a script per job, so of several sweeping processes one wins); their ids,
+        oldest first."""
+        requeued = []
+        now = repr(time.time())
+        stale = repr(float(self.stale_after_seconds))
+        for job_id in self.redis.zrange(self._active_key, 0, -1):
+            if self.redis.eval(_REQUEUE_STALE, 1, self._job_key(job_id), now, stale):
+                requeued.append(str(job_id))
+        return requeued
 
     @_edge
     def expired_jobs(self, now: datetime) -> list[Job]:

@@ -427,6 +427,23 @@ class SQLiteJobStore:
             ).fetchall()
             return [_from_row(r, self._emails(conn, r["id"])) for r in rows]
 
+    def requeue_stale(self) -> list[str]:
+        """STARTED jobs whose heartbeat is older than ``stale_after_seconds`` go back to
+        PENDING (one transaction); their ids, oldest first."""
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT id FROM jobs WHERE state = 'STARTED' AND COALESCE(heartbeat, 0) < ? "
+                "ORDER BY created",
+                (time.time() - self.stale_after_seconds,),
+            ).fetchall()
+            ids = [r["id"] for r in rows]
+            for job_id in ids:
+                row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                job = _from_row(row, self._emails(conn, job_id))
+                job.state = "PENDING"
+                self._write(conn, job)
+            return ids
+
     def expired_jobs(self, now: datetime) -> list[Job]:
         """Successful jobs whose ``expires`` is before ``now``."""
         with self._reader() as conn:

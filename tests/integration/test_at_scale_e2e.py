@@ -57,12 +57,15 @@ class Stack:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
 
-    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+    def start_worker(self, name: str, *, pool: str = "solo", **env: str) -> subprocess.Popen[bytes]:
         log = self.tmp / f"{name}.log"
         self.logs.append(log)
+        argv = [str(BIN / "downloader"), "worker", "--pool", pool, "--hostname", f"{name}@e2e"]
+        if pool == "prefork":
+            argv += ["--concurrency", "1"]
         proc = subprocess.Popen(
-            [str(BIN / "downloader"), "worker", "--pool", "solo", "--hostname", f"{name}@e2e"],
-            env=self.env,
+            argv,
+            env={**self.env, **env},
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: SIGKILL reaches every child
@@ -162,7 +165,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             # Short limits so that redelivery after a kill happens within the test: the
             # broker's visibility timeout follows the hard limit (see celery_app).
             "DOWNLOADER_JOB_TIME_LIMIT_SECONDS": "20",
-            "DOWNLOADER_STALE_JOB_SECONDS": "3",
+            "DOWNLOADER_STALE_JOB_SECONDS": "6",
             "DOWNLOADER_MAX_ATTEMPTS": "2",
             "DOWNLOADER_CLEANUP_INTERVAL_SECONDS": "0",
         }
@@ -263,6 +266,77 @@ def test_killed_worker_leaves_the_job_retried_and_complete(stack: Stack) -> None
     assert final["records_written"] == final["total_records"]
     _check_archive(stack, final, rq)
     assert len(_published(stack)) == len(before) + 1
+
+
+def _only_workers(stack: Stack, *started: subprocess.Popen[bytes]) -> None:
+    """Kill every worker but ``started``: a worker of an earlier test, with the short time
+    limit of the stack's environment, would restore unacknowledged messages after 22 s and
+    hide what the test looks at."""
+    for proc in stack.workers:
+        if proc not in started:
+            stack.kill(proc)
+
+
+def _mid_build(status: dict[str, Any]) -> bool:
+    return bool(
+        status["task_status"] == "STARTED"
+        and 0 < status["records_written"] < status["total_records"]
+    )
+
+
+#: The documented production time limit: the broker's visibility timeout follows it (about
+#: six hours), so only serve's sweep for stale heartbeats can bring a dead worker's job back
+#: within the test.
+PRODUCTION_LIMIT = {"DOWNLOADER_JOB_TIME_LIMIT_SECONDS": "21600"}
+
+
+def test_a_worker_killed_cold_and_restarted_finishes_the_job_within_the_stale_window(
+    stack: Stack,
+) -> None:
+    _only_workers(stack)
+    worker = stack.start_worker("cold1", **PRODUCTION_LIMIT)
+    before = _published(stack)
+    rq = {"kingdom": "animalia"}
+    status = stack.request(rq, "cold@example.org")
+    stack.wait(status["status_url"], _mid_build)
+    stack.kill(worker)
+    stack.start_worker("cold2", **PRODUCTION_LIMIT)  # back at once, within stale_job_seconds
+    started = time.monotonic()
+    final, _ = stack.wait(status["status_url"], lambda s: s["complete"], timeout=120)
+    assert final["task_status"] == "SUCCESS", final
+    assert final["records_written"] == final["total_records"]
+    # stale_job_seconds (6 s) + serve's sweep + the build itself, not the six hours the
+    # broker would have waited.
+    assert time.monotonic() - started < 90
+    _check_archive(stack, final, rq)
+    assert len(_published(stack)) == len(before) + 1
+    for proc in stack.workers:
+        stack.kill(proc)
+
+
+def test_a_killed_pool_process_has_its_job_built_again_not_dropped(stack: Stack) -> None:
+    import psutil
+
+    _only_workers(stack)
+    # Celery notices a dead pool process within about five seconds; with the stack's 6 s
+    # window the heartbeat would be stale by then, so this worker judges by a longer one.
+    worker = stack.start_worker(
+        "pool1", pool="prefork", DOWNLOADER_STALE_JOB_SECONDS="10", **PRODUCTION_LIMIT
+    )
+    before = _published(stack)
+    rq = {"kingdom": "fungi"}
+    status = stack.request(rq, "oom@example.org")
+    stack.wait(status["status_url"], _mid_build)
+    # What the OOM killer does: the pool process dies, its parent stays up and Celery
+    # redelivers the message at once, while the dead build's heartbeat is still fresh.
+    (child,) = psutil.Process(worker.pid).children()
+    child.kill()
+    final, _ = stack.wait(status["status_url"], lambda s: s["complete"], timeout=120)
+    assert final["task_status"] == "SUCCESS", final
+    assert final["records_written"] == final["total_records"]
+    _check_archive(stack, final, rq)
+    assert len(_published(stack)) == len(before) + 1
+    stack.kill(worker)
 
 
 def test_search_cluster_down_gives_failure_with_a_reason(stack: Stack) -> None:
