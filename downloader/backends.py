@@ -90,6 +90,8 @@ class Context:
     dispatcher: Dispatcher | None = None
     #: Makes a record source; default: :func:`make_source` over ``settings``.
     source_factory: Callable[[], RecordSource] | None = None
+    #: The rate limits' counters (:mod:`downloader.service.limits`), made on first use.
+    rate_counters: object | None = field(default=None, repr=False)
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
     def source(self) -> RecordSource:

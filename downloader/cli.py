@@ -388,9 +388,15 @@ def _worker(args: argparse.Namespace) -> int:
     _settings(args)  # a bad configuration stops here with a clear message
     from downloader.dispatch.celery_app import run_worker
 
-    run_worker(
-        concurrency=args.concurrency, loglevel=args.loglevel, pool=args.pool, hostname=args.hostname
-    )
+    try:
+        run_worker(
+            concurrency=args.concurrency,
+            loglevel=args.loglevel,
+            pool=args.pool,
+            hostname=args.hostname,
+        )
+    except ConfigError as exc:  # e.g. the S3 bucket is missing and s3_create_bucket is off
+        raise SystemExit(f"downloader: configuration error: {exc}") from exc
     return 0
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, fields
+import re
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -37,6 +38,7 @@ class Settings:
     host: str
     port: int
     base_url: str
+    allowed_hosts: str
     record_source: str
     job_store: str
     dispatcher: str
@@ -54,6 +56,14 @@ class Settings:
     max_body_bytes: int
     max_query_bytes: int
     max_uuid_selection: int
+    client_timeout_seconds: float
+    max_download_records: int
+    new_jobs_per_minute: int
+    active_jobs_per_requester: int
+    emails_per_address_per_day: int
+    max_queued_jobs: int
+    limits_storage_url: str = field(repr=False)
+    trust_forwarded_for: bool
     publisher_name: str
     publisher_url: str
     intellectual_rights: str
@@ -62,7 +72,7 @@ class Settings:
     smtp_port: int
     smtp_security: str
     smtp_user: str
-    smtp_password: str
+    smtp_password: str = field(repr=False)
     mail_from: str
     smtp_timeout_seconds: float
     redis_url: str
@@ -70,7 +80,13 @@ class Settings:
     elasticsearch_url: str
     elasticsearch_index_prefix: str
     elasticsearch_timeout_seconds: float
+    elasticsearch_api_key: str = field(repr=False)
+    elasticsearch_username: str
+    elasticsearch_password: str = field(repr=False)
+    elasticsearch_ca_certs: str
+    elasticsearch_verify_certs: bool
     s3_bucket: str
+    s3_create_bucket: bool
     s3_endpoint_url: str
     s3_region: str
     s3_prefix: str
@@ -83,6 +99,18 @@ class Settings:
     def data_path(self) -> Path:
         """``data_dir`` as a path."""
         return Path(self.data_dir)
+
+    @property
+    def allowed_host_list(self) -> list[str]:
+        """The ``allowed_hosts`` entries, split, stripped and lower-cased."""
+        return [h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()]
+
+    @property
+    def limits_storage(self) -> str:
+        """Where the rate counters live (``limits_storage_url``, else by the job store)."""
+        if self.limits_storage_url:
+            return self.limits_storage_url
+        return self.redis_url if self.job_store == "redis" else "memory://"
 
     @property
     def admin_token_list(self) -> list[str]:
@@ -170,10 +198,19 @@ def _build(raw: dict[str, Any], *, origin: str) -> Settings:
             raise ConfigError(f"setting {name} must be a positive number, got {values[name]}")
     if not 0 < values["port"] < 65536:
         raise ConfigError(f"setting port must be between 1 and 65535, got {values['port']}")
-    for name in ("stale_job_seconds", "dispatch_poll_seconds"):
+    for name in ("stale_job_seconds", "dispatch_poll_seconds", "client_timeout_seconds"):
         if values[name] <= 0:
             raise ConfigError(f"setting {name} must be a positive number, got {values[name]}")
-    for name in ("reuse_window_hours", "retention_days", "cleanup_interval_seconds"):
+    for name in (
+        "reuse_window_hours",
+        "retention_days",
+        "cleanup_interval_seconds",
+        "max_download_records",
+        "new_jobs_per_minute",
+        "active_jobs_per_requester",
+        "emails_per_address_per_day",
+        "max_queued_jobs",
+    ):
         if values[name] < 0:
             raise ConfigError(f"setting {name} must not be negative, got {values[name]}")
     if values["storage"] == "s3" and values["s3_exports_prefix"].startswith(values["s3_prefix"]):
@@ -183,8 +220,40 @@ def _build(raw: dict[str, Any], *, origin: str) -> Settings:
             f"s3_prefix ({values['s3_prefix']!r}): objects under s3_prefix expire after "
             "retention_days, and recordset exports are kept until deleted"
         )
+    _check_elasticsearch_auth(values)
+    _check_allowed_hosts(values["allowed_hosts"])
     values["base_url"] = values["base_url"].rstrip("/")
     return Settings(**values)
+
+
+#: One ``allowed_hosts`` entry: ``*``, or a host name (``.`` first for its subdomains too).
+_ALLOWED_HOST = re.compile(r"^(\*|\.?[a-z0-9](?:[a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\])$")
+
+
+def _check_allowed_hosts(text: str) -> None:
+    for entry in (h.strip().lower() for h in text.split(",")):
+        if entry and not _ALLOWED_HOST.match(entry):
+            raise ConfigError(
+                f"setting allowed_hosts: {entry!r} is not a host name; give names such as "
+                "downloads.example.org or .example.org (no scheme, port or path), "
+                "separated by commas"
+            )
+
+
+def _check_elasticsearch_auth(values: dict[str, Any]) -> None:
+    if values["elasticsearch_api_key"] and values["elasticsearch_username"]:
+        raise ConfigError(
+            "settings elasticsearch_api_key and elasticsearch_username are both set: give an "
+            "API key or a user and password, not both"
+        )
+    if bool(values["elasticsearch_username"]) != bool(values["elasticsearch_password"]):
+        raise ConfigError(
+            "settings elasticsearch_username and elasticsearch_password go together: set both "
+            "for basic auth, or neither"
+        )
+    ca_certs = values["elasticsearch_ca_certs"]
+    if ca_certs and values["record_source"] == "elasticsearch" and not Path(ca_certs).is_file():
+        raise ConfigError(f"setting elasticsearch_ca_certs names {ca_certs!r}, which is not a file")
 
 
 def load_settings(

@@ -227,6 +227,11 @@ class Storage(Protocol):
         storage, a presigned or public URL for S3."""
         ...
 
+    def check(self) -> None:
+        """Raise, saying why, when archives cannot be written here (the directory is not
+        writable, the bucket is missing, S3 refuses or cannot be reached): for readiness."""
+        ...
+
 
 class Dispatcher(Protocol):
     """Runs ``build_archive(job_id)`` somewhere: local worker processes or Celery."""

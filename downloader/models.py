@@ -52,3 +52,6 @@ class Job:
     #: The service's public base URL as the first requester reached it, so a worker (which
     #: has no request) can put absolute links into emails when ``base_url`` is not configured.
     base_url: str | None = None
+    #: Who the job is counted against for ``active_jobs_per_requester``: ``email:<address>``
+    #: or ``client:<address>`` of the request that created it (None: not counted).
+    requester: str | None = None

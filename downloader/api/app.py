@@ -49,7 +49,7 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
         "%d %s %s (%s) %.2fms",
         status,
         request.method,
-        request.uri,
+        base.redact_uri(request.uri or ""),
         request.remote_ip,
         1000.0 * request.request_time(),
     )
@@ -78,6 +78,7 @@ def make_app(ctx: Context, *, executor: Executor | None = None) -> tornado.web.A
         (rf"/archives/{_ID}/?", archives.ArchiveHandler, args),
         (rf"/archives/{_ID}/([^/]+)", archives.ArchiveHandler, args),
         (r"/healthz", health.HealthHandler, args),
+        (r"/readyz", health.ReadyHandler, args),
     ]
     return tornado.web.Application(
         routes,
@@ -91,17 +92,21 @@ def make_app(ctx: Context, *, executor: Executor | None = None) -> tornado.web.A
 def make_server(app: tornado.web.Application, settings: Settings) -> tornado.httpserver.HTTPServer:
     """An HTTP server for ``app``.
 
-    Its own body limit is far above ``max_body_bytes`` because the handlers enforce that one
-    themselves (with a 413 JSON answer); Tornado's limit would just drop the connection. For
-    the same reason its header limit leaves room for an ``rq`` and an ``mq`` of
-    ``max_query_bytes`` each, percent-encoded (up to three bytes per byte), in a GET's URL:
-    such a query gets its answer (or its 400 naming the limit) instead of a closed connection.
+    Its own body and head limits are far above ``max_body_bytes`` and
+    :func:`~downloader.api.base.url_limit` because the handlers enforce those themselves
+    (413, 414 and 431 JSON answers saying to POST); Tornado's limits would just drop the
+    connection. A client that sends its head or body too slowly is cut off after
+    ``client_timeout_seconds``.
     """
     return tornado.httpserver.HTTPServer(
         app,
         max_body_size=max(settings.max_body_bytes * 4, 16 * 1024 * 1024),
-        max_header_size=max(64 * 1024, 8 * settings.max_query_bytes),
-        xheaders=False,
+        max_header_size=max(base.SERVER_HEAD_BYTES, 2 * base.url_limit(settings)),
+        idle_connection_timeout=settings.client_timeout_seconds,
+        body_timeout=settings.client_timeout_seconds,
+        # remote_ip (the per-client limits, the access log) from X-Real-IP/X-Forwarded-For
+        # only when a proxy that overwrites them is in front (trust_forwarded_for).
+        xheaders=settings.trust_forwarded_for,
     )
 
 
@@ -142,6 +147,12 @@ async def serve(settings: Settings) -> None:
         removed = ctx.storage.remove_stale_temporaries()
         if removed:
             log.info("removed %d partial archive(s) left by an interrupted run", removed)
+    ensure_bucket = getattr(ctx.storage, "ensure_bucket", None)
+    if settings.s3_create_bucket and ensure_bucket is not None:
+        try:
+            ensure_bucket()
+        except Exception as exc:  # S3 down at start: /readyz says so; serve still answers
+            log.warning("could not create the S3 bucket %s: %s", settings.s3_bucket, exc)
     executor = ThreadPoolExecutor(16, thread_name_prefix="downloader-http")
     app = make_app(ctx, executor=executor)
     server = make_server(app, settings)

@@ -13,17 +13,23 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode
 
 from tornado import httputil
 from tornado.ioloop import IOLoop
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
+from downloader import links
 from downloader.backends import Context
+from downloader.config import Settings
 from downloader.errors import JobNotFound, RequestError, SourceUnavailable, StorageUnavailable
 from downloader.service import downloads as service
+from downloader.service.jobs import is_admin
+from downloader.service.limits import Caller
 from query.errors import QueryError
 
 log = logging.getLogger(__name__)
@@ -61,6 +67,55 @@ def _error_body(exc: BaseException | None, status: int, reason: str) -> tuple[in
     return 500, {"error": "internal error; it has been logged", "name": "InternalError"}
 
 
+#: Query parameters whose values never reach the access log: tokens (``?token=`` is one way
+#: to give the admin or cancel token) and the requester's address.
+SECRET_PARAMETERS = frozenset({"token", "cancel_token", "admin_token", "email"})
+_NOT_ADDRESS = r"\s/?&=@\"'<>(),;:{}\[\]"
+#: An email address, each part bounded so that a long line costs linear time to scan.
+_EMAIL = re.compile(rf"[^{_NOT_ADDRESS}]{{1,64}}@[^{_NOT_ADDRESS}]{{1,253}}\.[A-Za-z]{{2,24}}")
+
+
+#: An access-log line shows at most this much of a URI (a uuid selection can be 750 KB).
+MAX_LOGGED_URI = 2000
+
+
+def _no_address(text: str) -> str:
+    return _EMAIL.sub("[email]", text) if "@" in text else text
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` as the access log shows it: cut to :data:`MAX_LOGGED_URI`, secret parameters'
+    values replaced with ``[redacted]``, any other email address with ``[email]``."""
+    path, sep, query = uri[:MAX_LOGGED_URI].partition("?")
+    path = _no_address(path)
+    if sep:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode(
+            [
+                (k, "[redacted]" if k.lower() in SECRET_PARAMETERS else _no_address(v))
+                for k, v in pairs
+            ],
+            safe='[]{}:,"',
+        )
+    logged = path + sep + query
+    if len(uri) > MAX_LOGGED_URI:
+        logged = f"{logged}... ({len(uri)} characters)"
+    return logged
+
+
+#: Largest total of request headers accepted (431 beyond), the request line aside.
+MAX_HEADER_BYTES = 64 * 1024
+#: What the HTTP server itself reads before it gives up on a request's head and closes the
+#: connection: far above :func:`url_limit`, so that any sensible client gets a JSON answer.
+SERVER_HEAD_BYTES = 8 * 1024 * 1024
+
+
+def url_limit(settings: Settings) -> int:
+    """Longest request URL accepted (414 beyond): room for an ``rq`` and an ``mq`` of
+    ``max_query_bytes`` each, percent-encoded (up to three bytes per byte), at least 64 KiB."""
+    return max(64 * 1024, 8 * settings.max_query_bytes)
+
+
 class BaseHandler(RequestHandler):
     """JSON responses, CORS for the portal, the error mapping, and the executor."""
 
@@ -91,6 +146,27 @@ class BaseHandler(RequestHandler):
         self.set_header("Access-Control-Max-Age", "21600")
         self.set_header("Content-Type", "application/json; charset=utf-8")
 
+    def prepare(self) -> None:
+        """Refuse a request line or headers too long to be a sensible GET, with the one
+        JSON error shape (Tornado's own limit, far above, only closes the connection)."""
+        limit = url_limit(self.ctx.settings)
+        if len(self.request.uri or "") > limit:
+            raise RequestError(
+                f"the request's URL is {len(self.request.uri or '')} bytes, more than the "
+                f"{limit} accepted; send the query by POST, as JSON "
+                '({"rq": {...}}) or a form, to the same path',
+                status=414,
+                name="URITooLong",
+            )
+        size = sum(len(k) + len(v) + 4 for k, v in self.request.headers.get_all())
+        if size > MAX_HEADER_BYTES:
+            raise RequestError(
+                f"the request's headers are {size} bytes, more than the {MAX_HEADER_BYTES} "
+                "accepted; send the query in the body of a POST, not in a header",
+                status=431,
+                name="RequestHeaderFieldsTooLarge",
+            )
+
     def options(self, *args: str) -> None:
         """CORS preflight: the headers above and no body."""
         self.set_status(204)
@@ -116,8 +192,38 @@ class BaseHandler(RequestHandler):
 
     @property
     def base_url(self) -> str:
-        """The configured public base URL, else the one this request reached us at."""
-        return self.ctx.settings.base_url or f"{self.request.protocol}://{self.request.host}"
+        """The base URL of this request's links (:func:`downloader.links.request_base_url`):
+        ``base_url``, else the request's Host if it is in ``allowed_hosts``, else the
+        address this connection reached, never a Host the client made up."""
+        return links.request_base_url(
+            self.ctx.settings,
+            scheme=self.request.protocol,
+            host_header=self.request.headers.get("Host", ""),
+            local_address=self._local_address(),
+        )
+
+    def _local_address(self) -> tuple[str, int] | None:
+        """The socket's own address and port, if the connection still has one."""
+        stream = getattr(self.request.connection, "stream", None)
+        sock = getattr(stream, "socket", None)
+        if sock is None:
+            return None
+        try:
+            name = sock.getsockname()
+        except OSError:
+            return None
+        if isinstance(name, tuple) and len(name) >= 2:
+            return str(name[0]), int(name[1])
+        return None
+
+    def caller(self) -> Caller:
+        """Who is asking, for the limits: the client's address (Tornado's ``remote_ip``,
+        from ``X-Real-IP``/``X-Forwarded-For`` only with ``trust_forwarded_for``) and
+        whether it gave an admin token."""
+        return Caller(
+            client=self.request.remote_ip or "unknown",
+            admin=is_admin(self.ctx, request_token(self)),
+        )
 
     async def run(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking service call on the thread pool."""
@@ -139,7 +245,10 @@ class BaseHandler(RequestHandler):
         self.set_status(status)
         if status == 405:
             self.set_header("Allow", ", ".join(self.allowed_methods()))
-        elif status == 401:
+        retry_after = getattr(exc, "retry_after", None)
+        if isinstance(retry_after, int):
+            self.set_header("Retry-After", str(retry_after))
+        if status == 401:
             # RFC 9110 15.5.2: a 401 says how to authenticate.
             self.set_header("WWW-Authenticate", 'Bearer realm="downloader"')
         self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -151,7 +260,7 @@ class BaseHandler(RequestHandler):
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         """Client mistakes are logged briefly; only unexpected errors carry a traceback."""
         if isinstance(value, (QueryError, RequestError, JobNotFound, HTTPError)):
-            log.info("%s %s: %s", self.request.method, self.request.uri, value)
+            log.info("%s %s: %s", self.request.method, redact_uri(self.request.uri or ""), value)
         else:
             super().log_exception(typ, value, tb)
 
@@ -171,6 +280,7 @@ class ParamsHandler(BaseHandler):
 
     def prepare(self) -> None:
         """Refuse a declared oversized body before reading it."""
+        super().prepare()
         self._chunks, self._received, self._too_large = [], 0, False
         limit = self.ctx.settings.max_body_bytes
         length = self.request.headers.get("Content-Length")
@@ -318,4 +428,5 @@ class NotFoundHandler(BaseHandler):
 
     def prepare(self) -> None:
         """Every method of an unknown path is a 404."""
+        super().prepare()
         raise HTTPError(404, "no such endpoint: %s", self.request.path)

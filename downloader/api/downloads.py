@@ -34,6 +34,7 @@ class DownloadHandler(ParamsHandler):
             source=None if source is None else str(source),
             force=force,
             base_url=self.base_url,
+            caller=self.caller(),
         )
         self.write_json(doc)
 

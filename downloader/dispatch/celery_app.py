@@ -99,12 +99,16 @@ app = make_celery()
 
 
 def prepare_storage(settings: Settings) -> None:
-    """Best-effort S3 set-up when a worker starts: the lifecycle rule that expires archives
-    ``retention_days`` after upload (explicit cleanup remains the main mechanism)."""
+    """S3 set-up when a worker starts: the bucket must exist (it is created when
+    ``s3_create_bucket`` is on; otherwise a missing bucket stops the worker with a
+    :class:`~downloader.errors.ConfigError` saying so, instead of builds failing one by
+    one), then, best effort, the lifecycle rule that expires archives ``retention_days``
+    after upload (explicit cleanup remains the main mechanism)."""
     if settings.storage != "s3":
         return
     import logging
 
+    from downloader.errors import ConfigError
     from downloader.storage.s3 import S3Storage
 
     storage = S3Storage(
@@ -114,6 +118,13 @@ def prepare_storage(settings: Settings) -> None:
         prefix=settings.s3_prefix,
         exports_prefix=settings.s3_exports_prefix,
     )
+    if settings.s3_create_bucket:
+        storage.ensure_bucket()
+    else:
+        try:
+            storage.check()
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{exc} (the worker cannot store archives without it)") from exc
     try:
         storage.apply_lifecycle(settings.retention_days)
     except Exception as exc:  # a missing permission must not stop the worker

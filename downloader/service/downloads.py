@@ -25,6 +25,8 @@ from downloader.backends import Context
 from downloader.errors import ArchiveGone, JobNotFound, RequestError
 from downloader.links import content_type, download_url, status_url
 from downloader.models import TERMINAL_STATES, Job, now_utc
+from downloader.service import limits
+from downloader.service.limits import Caller
 from notify.addresses import check_address
 from notify.errors import InvalidAddress
 from notify.service import send_ready_email
@@ -124,13 +126,16 @@ def request_download(
     source: str | None = None,
     force: Any = False,
     base_url: str,
+    caller: Caller | None = None,
 ) -> dict[str, Any]:
     """Validate a download request, reuse or create its job, dispatch a new one; the status.
 
     Everything is checked before a job exists, so a bad request is a 4xx now, never a job
     that fails later. A new job is saved before it is dispatched, so a worker can always
     load it. A reused job still notifies this requester: at once if it is already done.
-    Only the response that created a job holds its ``cancel_token``.
+    Only the response that created a job holds its ``cancel_token``. With a ``caller``
+    (every HTTP request), :mod:`downloader.service.limits` applies: a request that would
+    start a new job or send an email is counted and may be refused.
     """
     address = parse_email(email)
     forced = parse_flag(force, key="force")
@@ -150,9 +155,18 @@ def request_download(
         base_url=base,
         # Only the creator learns it (below): it lets them cancel the job they started.
         cancel_token=secrets.token_urlsafe(24),
+        requester=caller.requester(address) if caller else None,
     )
     window = ctx.settings.reuse_window_hours
     reuse_after = now - timedelta(hours=window)
+    if caller is not None:
+        reusable = None if forced or window == 0 else _reusable(ctx, candidate, reuse_after)
+        if reusable is None:
+            limits.check_new_job(
+                ctx, caller, email=address, count_records=lambda: _count(ctx, request)
+            )
+        elif address and address not in reusable.emails:
+            limits.check_email(ctx, caller, address)
     job, created = ctx.jobs.create_or_reuse(
         candidate, reuse_after=reuse_after, force=forced or window == 0
     )
@@ -180,6 +194,28 @@ def request_download(
         # Returned once, to the requester who created the job; see downloader.service.jobs.
         doc["cancel_token"] = job.cancel_token
     return doc
+
+
+def _reusable(ctx: Context, candidate: Job, reuse_after: datetime) -> Job | None:
+    """The job :meth:`JobStore.create_or_reuse` would answer ``candidate`` with, if any
+    (so that limits count only requests that start a job)."""
+    for job in ctx.jobs.jobs_for_hash(candidate.query_hash, kind="download"):
+        if (
+            job.data_version == candidate.data_version
+            and job.state in ("PENDING", "STARTED", "SUCCESS")
+            and job.created is not None
+            and job.created > reuse_after
+            and not ctx.jobs.is_cancel_requested(job.id)
+        ):
+            return job
+    return None
+
+
+def _count(ctx: Context, request: Any) -> int:
+    """How many records the core of ``request``'s archive is drawn from (media records for
+    a media core), as :func:`count` reports it in ``itemCount``."""
+    core: RecordType = "mediarecords" if request.core_type == "mediarecords" else "records"
+    return ctx.source().count(core, request.rq, request.mq)
 
 
 def _iso(value: datetime | None) -> str | None:

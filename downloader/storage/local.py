@@ -94,6 +94,13 @@ class LocalStorage:
         stem = _check_key(key).rsplit(".", 1)[0]
         return f"{base_url.rstrip('/')}/archives/{quote(stem)}/{quote(filename)}"
 
+    def check(self) -> None:
+        """Raise when the archive directory is missing or not writable."""
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"the archive directory {self.root} does not exist")
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise PermissionError(f"the archive directory {self.root} is not writable")
+
     def remove_stale_temporaries(self) -> int:
         """Delete temporary files left by writers that died; returns how many were removed.
 

@@ -412,6 +412,20 @@ class S3Storage:
 
     # -- bucket set-up -------------------------------------------------------------------
 
+    def check(self) -> None:
+        """Raise when the bucket is missing (:class:`FileNotFoundError`), refused
+        (:class:`PermissionError`) or S3 cannot be reached (``StorageUnavailable``)."""
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            translated = _translate(exc, f"checking bucket {self.bucket}")
+            if isinstance(translated, FileNotFoundError):
+                raise FileNotFoundError(
+                    f"the S3 bucket {self.bucket} does not exist: create it, or set "
+                    "s3_create_bucket: true"
+                ) from exc
+            raise translated from exc
+
     def ensure_bucket(self) -> None:
         """Create the bucket when it does not exist (deployments usually create it)."""
         try:

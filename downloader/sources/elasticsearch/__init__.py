@@ -33,12 +33,13 @@ Modules, each importing only those above it:
 - :mod:`.writer`: :class:`ElasticsearchWriter`, index creation and bulk writes.
 """
 
-from downloader.sources.elasticsearch.client import PlainJsonNode, make_client
+from downloader.sources.elasticsearch.client import ClusterAuth, PlainJsonNode, make_client
 from downloader.sources.elasticsearch.hits import hits_to_batch
 from downloader.sources.elasticsearch.source import DeletedDocument, ElasticsearchSource
 from downloader.sources.elasticsearch.writer import ElasticsearchWriter, document_from_row
 
 __all__ = [
+    "ClusterAuth",
     "DeletedDocument",
     "ElasticsearchSource",
     "ElasticsearchWriter",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from elastic_transport import HttpHeaders, Serializer, TransportError, Urllib3HttpNode
@@ -99,9 +100,41 @@ def reads_bytes(es: Elasticsearch) -> bool:
         return False
 
 
-def make_client(urls: str | Sequence[str], *, timeout: float = 30.0) -> Elasticsearch:
+@dataclass(frozen=True)
+class ClusterAuth:
+    """How to reach a secured cluster: an API key or a user and password, and TLS trust.
+
+    ``ca_certs`` is a PEM file of the CA that signed the nodes' certificates (empty: the
+    system's CAs); ``verify_certs=False`` accepts any certificate (test clusters only).
+    The secrets are kept out of ``repr``, so they never reach a log line.
+    """
+
+    api_key: str = field(default="", repr=False)
+    username: str = ""
+    password: str = field(default="", repr=False)
+    ca_certs: str = ""
+    verify_certs: bool = True
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`elasticsearch.Elasticsearch` for these settings."""
+        options: dict[str, Any] = {}
+        if self.api_key:
+            options["api_key"] = self.api_key
+        if self.username:
+            options["basic_auth"] = (self.username, self.password)
+        if self.ca_certs:
+            options["ca_certs"] = self.ca_certs
+        if not self.verify_certs:
+            options["verify_certs"] = False
+            options["ssl_show_warn"] = False
+        return options
+
+
+def make_client(
+    urls: str | Sequence[str], *, timeout: float = 30.0, auth: ClusterAuth | None = None
+) -> Elasticsearch:
     """The official client for comma-separated ``urls``, with retries on timeouts and on
-    overloaded or restarting nodes (429, 502, 503, 504)."""
+    overloaded or restarting nodes (429, 502, 503, 504), authenticated by ``auth``."""
     hosts = [u.strip() for u in urls.split(",")] if isinstance(urls, str) else list(urls)
     return Elasticsearch(
         [h for h in hosts if h],
@@ -111,6 +144,7 @@ def make_client(urls: str | Sequence[str], *, timeout: float = 30.0) -> Elastics
         max_retries=3,
         retry_on_status=(429, 502, 503, 504),
         serializers={JSON_BYTES: _BytesSerializer()},
+        **(auth or ClusterAuth()).client_options(),
     )
 
 

@@ -46,6 +46,7 @@ from downloader.errors import BuildFailed
 from downloader.sources.elasticsearch.client import (
     KEEP_ALIVE,
     MAX_PAGE,
+    ClusterAuth,
     call,
     make_client,
     page_size,
@@ -139,11 +140,12 @@ class ElasticsearchSource:
         timeout: float = 30.0,
         client: Elasticsearch | None = None,
         id_chunk: int = ID_CHUNK,
+        auth: ClusterAuth | None = None,
     ) -> None:
         self.index_prefix = index_prefix
         self.timeout = timeout
         self.id_chunk = id_chunk
-        self.es = client if client is not None else make_client(urls, timeout=timeout)
+        self.es = client if client is not None else make_client(urls, timeout=timeout, auth=auth)
         #: Up to this many recordsets, recordset tallies are counts per recordset.
         self.counted_recordsets = COUNTED_RECORDSETS
         #: recordset_counts answers: (rtype, rq and mq as JSON) -> (data version, counts).
@@ -156,6 +158,13 @@ class ElasticsearchSource:
             settings.elasticsearch_url,
             index_prefix=settings.elasticsearch_index_prefix,
             timeout=settings.elasticsearch_timeout_seconds,
+            auth=ClusterAuth(
+                api_key=settings.elasticsearch_api_key,
+                username=settings.elasticsearch_username,
+                password=settings.elasticsearch_password,
+                ca_certs=settings.elasticsearch_ca_certs,
+                verify_certs=settings.elasticsearch_verify_certs,
+            ),
         )
 
     def index(self, rtype: RecordType) -> str:

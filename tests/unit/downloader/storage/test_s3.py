@@ -13,7 +13,9 @@ import pytest
 import requests
 from dwca.read import DwCAReader
 
-from downloader.errors import StorageUnavailable
+from downloader.config import Settings, load_settings
+from downloader.dispatch.celery_app import prepare_storage
+from downloader.errors import ConfigError, StorageUnavailable
 from downloader.interfaces import EXPORT_KEY_PREFIX
 from downloader.storage.s3 import DEFAULT_PART_SIZE, LIFECYCLE_RULE_ID, S3Storage
 from tests.support.redis_server import free_port
@@ -206,3 +208,31 @@ def test_a_rule_that_would_expire_exports_is_refused(
     with pytest.raises(ValueError, match="exports"):
         storage.apply_lifecycle(30)
     assert storage.lifecycle_rules() == before
+
+
+def _s3_settings(endpoint: str, bucket: str, **overrides: object) -> Settings:
+    values = {"storage": "s3", "s3_bucket": bucket, "s3_endpoint_url": endpoint, **overrides}
+    return load_settings({}, overrides=values)
+
+
+def test_check_names_a_missing_bucket_and_the_setting_that_creates_it(endpoint: str) -> None:
+    S3Storage(BUCKET, endpoint_url=endpoint).check()
+    with pytest.raises(FileNotFoundError, match=r"no-such-bucket.*s3_create_bucket"):
+        S3Storage("no-such-bucket", endpoint_url=endpoint).check()
+
+
+def test_worker_start_refuses_a_missing_bucket(endpoint: str) -> None:
+    with pytest.raises(ConfigError, match=r"missing-bucket-refused.*s3_create_bucket"):
+        prepare_storage(_s3_settings(endpoint, "missing-bucket-refused"))
+    buckets = boto3.client("s3", endpoint_url=endpoint).list_buckets()["Buckets"]
+    assert "missing-bucket-refused" not in [b["Name"] for b in buckets]
+
+
+def test_worker_start_creates_the_bucket_when_asked(endpoint: str) -> None:
+    prepare_storage(_s3_settings(endpoint, "created-at-start", s3_create_bucket=True))
+    storage = S3Storage("created-at-start", endpoint_url=endpoint)
+    storage.check()
+    rules = boto3.client("s3", endpoint_url=endpoint).get_bucket_lifecycle_configuration(
+        Bucket="created-at-start"
+    )["Rules"]
+    assert LIFECYCLE_RULE_ID in [r["ID"] for r in rules]
