@@ -12,6 +12,7 @@ truncated archive never becomes visible.
 
 from __future__ import annotations
 
+import errno
 import logging
 from datetime import timedelta
 from typing import Any
@@ -149,21 +150,6 @@ def build_archive(job_id: str, ctx: Context) -> Job | None:
             ctx.jobs.save(job)
             log.info("job %s cancelled", job.id)
             return job
-        except TRANSIENT as exc:
-            _discard(ctx, key, writer)
-            if job.attempts < settings.max_attempts:
-                job.state = "PENDING"
-                ctx.jobs.save(job)
-                log.warning("job %s: transient error, will retry: %s", job.id, exc)
-                raise RetryLater(job.id, exc) from exc
-            what = "record store" if isinstance(exc, SourceUnavailable) else "archive storage"
-            return fail_job(
-                ctx,
-                job,
-                f"The {what} could not be reached in {job.attempts} attempts ({exc}). "
-                "This is a problem on our side, not with your query: please request the "
-                "download again later.",
-            )
         except ArchiveError as exc:
             _discard(ctx, key, writer)
             return fail_job(
@@ -174,14 +160,7 @@ def build_archive(job_id: str, ctx: Context) -> Job | None:
             )
         except Exception as exc:
             _discard(ctx, key, writer)
-            log.exception("job %s failed unexpectedly", job.id)
-            return fail_job(
-                ctx,
-                job,
-                f"An unexpected error stopped the build ({type(exc).__name__}). It has been "
-                f"logged under download id {job.id}; please try again, and tell the "
-                "service's operators if it happens again.",
-            )
+            return _stopped(ctx, job, exc)
         _succeeded(job, plan, result, key, filename, retention_days=settings.retention_days)
     ctx.jobs.save(job)
     log.info("job %s done: %d bytes, %s", job.id, job.size, job.counts)
@@ -249,6 +228,66 @@ def _kinds(spec: ArchiveSpec) -> list[DataFile]:
         if f.kind != "other":
             seen.setdefault(f.kind, f)
     return list(seen.values())
+
+
+#: The errors of a full disk or an exhausted quota.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """Whether ``exc``, or an error it was raised from, says a disk is full."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _NO_SPACE:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _stopped(ctx: Context, job: Job, exc: Exception) -> Job:
+    """The outcome of a build stopped by ``exc`` (its partial file already discarded): a
+    full disk fails at once; a transient error is retried while attempts remain (raising
+    :class:`RetryLater`), then fails; anything else is our bug, logged and explained."""
+    if out_of_space(exc):
+        return _no_space(ctx, job, exc)
+    if isinstance(exc, TRANSIENT):
+        if job.attempts < ctx.settings.max_attempts:
+            job.state = "PENDING"
+            ctx.jobs.save(job)
+            log.warning("job %s: transient error, will retry: %s", job.id, exc)
+            raise RetryLater(job.id, exc) from exc
+        what = "record store" if isinstance(exc, SourceUnavailable) else "archive storage"
+        return fail_job(
+            ctx,
+            job,
+            f"The {what} could not be reached in {job.attempts} attempts ({exc}). "
+            "This is a problem on our side, not with your query: please request the "
+            "download again later.",
+        )
+    log.error("job %s failed unexpectedly", job.id, exc_info=exc)
+    return fail_job(
+        ctx,
+        job,
+        f"An unexpected error stopped the build ({type(exc).__name__}). It has been "
+        f"logged under download id {job.id}; please try again, and tell the "
+        "service's operators if it happens again.",
+    )
+
+
+def _no_space(ctx: Context, job: Job, exc: BaseException) -> Job:
+    """Fail ``job`` for a full disk: not the query's fault and not worth an immediate
+    retry. The partial file is already gone, the service keeps answering, and the next
+    build succeeds once the operators have made room."""
+    log.error("job %s: out of disk space: %s", job.id, exc)
+    return fail_job(
+        ctx,
+        job,
+        "The service ran out of disk space while writing this archive, so it was not "
+        "finished (its partial file has been removed). This is a problem on our side, not "
+        "with your query: please request the download again later.",
+    )
 
 
 def _discard(ctx: Context, key: str, writer: Any) -> None:

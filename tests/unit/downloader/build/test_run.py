@@ -4,6 +4,7 @@ local dispatcher's recovery of interrupted jobs."""
 
 from __future__ import annotations
 
+import errno
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -445,3 +446,66 @@ def test_every_column_has_its_own_local_name_and_is_read(
                 "idigbio:eventDate"
             )
             assert headers[core.file_location][by_term[DWC + "eventDate"]] == "dwc:eventDate"
+
+
+class _FillingFile:
+    """A real temporary file on a disk that fills up after ``room`` more bytes."""
+
+    def __init__(self, file: Any, disk: FullDisk) -> None:
+        self._file = file
+        self._disk = disk
+
+    def write(self, data: bytes) -> int:
+        if self._disk.room is not None:
+            if len(data) > self._disk.room:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self._disk.room -= len(data)
+        return int(self._file.write(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._file, name)
+
+
+class FullDisk(LocalStorage):
+    """Local storage whose disk has ``room`` bytes left (None: plenty)."""
+
+    room: int | None = None
+
+    def open_writer(self, key: str) -> Any:
+        return _FillingFile(super().open_writer(key), self)
+
+
+def test_a_full_disk_fails_the_build_saying_so_and_a_later_one_succeeds(
+    tmp_path: Path,
+) -> None:
+    ctx = make_ctx(tmp_path)
+    disk = FullDisk(tmp_path / "archives")
+    ctx.storage = disk
+    disk.room = 2000  # the build starts, then the disk is full part-way through
+    job = build_archive(request(ctx), ctx)
+    assert job is not None and job.state == "FAILURE" and job.attempts == 1
+    assert "out of disk space" in (job.error or "") and "partial file" in (job.error or "")
+    assert list((tmp_path / "archives").iterdir()) == []  # the partial file is gone
+    [mail] = ctx.mailer.sent  # type: ignore[attr-defined]  # LogMailer
+    assert "out of disk space" in mail.get_content()
+    # Space is back: the same request is a new job (a failed one is never reused).
+    disk.room = None
+    again = build_archive(request(ctx), ctx)
+    assert again is not None and again.state == "SUCCESS" and again.id != job.id
+    with DwCAReader(str(archive_path(ctx, again.id))) as reader:
+        assert len(list(reader)) == again.counts["records"]
+
+
+def test_a_disk_full_at_publish_is_the_same_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = make_ctx(tmp_path)
+
+    def no_room(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("downloader.storage.local.os.fsync", no_room)
+    job = build_archive(request(ctx), ctx)
+    assert job is not None and job.state == "FAILURE" and job.attempts == 1
+    assert "out of disk space" in (job.error or "")
+    assert list((tmp_path / "archives").iterdir()) == []
