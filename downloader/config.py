@@ -57,6 +57,7 @@ class Settings:
     max_query_bytes: int
     max_uuid_selection: int
     client_timeout_seconds: float
+    shutdown_grace_seconds: float
     max_download_records: int
     new_jobs_per_minute: int
     active_jobs_per_requester: int
@@ -205,6 +206,7 @@ def _build(raw: dict[str, Any], *, origin: str) -> Settings:
         "reuse_window_hours",
         "retention_days",
         "cleanup_interval_seconds",
+        "shutdown_grace_seconds",
         "max_download_records",
         "new_jobs_per_minute",
         "active_jobs_per_requester",

@@ -4,8 +4,10 @@ workers and the periodic expiry cleanup, all in one process."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
+import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
@@ -177,9 +179,16 @@ async def serve(settings: Settings) -> None:
     if not isinstance(dispatcher, LocalDispatcher):
         requeue.start()
     stop = asyncio.Event()
+    hurry = threading.Event()  # a second signal: stop waiting for running builds
     aio = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            hurry.set()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        aio.add_signal_handler(sig, stop.set)
+        aio.add_signal_handler(sig, on_signal)
     log.info(
         "serving on http://%s:%d (data in %s, %s workers)",
         settings.host,
@@ -191,12 +200,20 @@ async def serve(settings: Settings) -> None:
     try:
         await stop.wait()
     finally:
-        log.info("shutting down")
         cleanup.stop()
         requeue.stop()
-        server.stop()
+        server.stop()  # no new connections, so no new jobs
         if isinstance(dispatcher, LocalDispatcher):
-            # Running builds are stopped; their jobs stay STARTED and run again at the next
-            # start (the attempt is counted).
-            await aio.run_in_executor(None, dispatcher.stop)
+            grace = settings.shutdown_grace_seconds
+            log.info(
+                "shutting down: waiting up to %g s for %d running build(s) (a second signal "
+                "stops them at once; they are handed back and run again at the next start)",
+                grace,
+                len(dispatcher.running),
+            )
+            await aio.run_in_executor(
+                None, functools.partial(dispatcher.stop, grace=grace, hurry=hurry)
+            )
+        else:
+            log.info("shutting down")
         executor.shutdown(wait=False, cancel_futures=True)

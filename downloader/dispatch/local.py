@@ -66,13 +66,29 @@ class LocalDispatcher:
         self._thread = threading.Thread(target=self._loop, name="local-dispatcher", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop supervising and terminate running builds (their jobs stay STARTED and are
-        retried at the next start)."""
+    def stop(
+        self,
+        timeout: float = 10.0,
+        *,
+        grace: float = 0.0,
+        hurry: threading.Event | None = None,
+    ) -> None:
+        """Stop starting builds; let running ones finish for up to ``grace`` seconds (or
+        until ``hurry`` is set), then terminate the rest and hand their jobs back: PENDING
+        again, the interrupted attempt not counted, so the next start builds them."""
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        deadline = time.monotonic() + grace
+        while self._running and time.monotonic() < deadline:
+            if hurry is not None and hurry.is_set():
+                break
+            self._settle_finished()
+            if self._running:
+                time.sleep(0.1)
+        self._settle_finished()
+        stopped = list(self._running)
         for run in list(self._running.values()):
             run.process.terminate()
         for run in list(self._running.values()):
@@ -81,6 +97,30 @@ class LocalDispatcher:
                 run.process.kill()
                 run.process.join(timeout)
         self._running.clear()
+        for job_id in stopped:
+            self._hand_back(job_id)
+
+    def _settle_finished(self) -> None:
+        """Forget the builds whose process has ended (each recorded its own outcome; one
+        that did not is interrupted, as when it crashes)."""
+        for job_id, run in list(self._running.items()):
+            if not run.process.is_alive():
+                run.process.join()
+                del self._running[job_id]
+                job = self.ctx.jobs.get(job_id)
+                if job is not None and job.state == "STARTED":
+                    self._interrupted(job_id, "its worker process ended during shutdown")
+
+    def _hand_back(self, job_id: str) -> None:
+        """A build stopped by a shutdown: its job is queued again, this attempt uncounted."""
+        job = self.ctx.jobs.get(job_id)
+        if job is None or job.state != "STARTED":
+            return  # it recorded its outcome just before it was stopped
+        self._discard_partial(job_id)
+        job.state = "PENDING"
+        job.attempts = max(0, job.attempts - 1)
+        self.ctx.jobs.save(job)
+        log.info("job %s handed back at shutdown; it runs again at the next start", job_id)
 
     def recover(self) -> None:
         """Requeue (or give up on) jobs left STARTED by a previous run of the service."""

@@ -7,6 +7,7 @@ the same :func:`~downloader.build.build_archive` as a Celery task.
 from __future__ import annotations
 
 import logging
+import signal
 
 from downloader.backends import make_context
 from downloader.build import RetryLater, RunningElsewhere, build_archive
@@ -19,6 +20,9 @@ def run_job(job_id: str, settings: Settings) -> int:
     0 when the job reached a final state or will be retried, 1 for an error outside the
     build itself (the dispatcher then treats the job as interrupted).
     """
+    # Ctrl-C in serve's terminal reaches the whole process group: serve decides when a
+    # build stops (after shutdown_grace_seconds), by terminating this process.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _configure_worker_logging()
     ctx = make_context(settings)
     try:
