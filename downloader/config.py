@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -168,7 +169,10 @@ def _coerce(name: str, value: Any, typ: type, origin: str) -> Any:
     raise ConfigError(f"setting {name} has an unsupported type")  # pragma: no cover
 
 
-def _build(raw: dict[str, Any], *, origin: str) -> Settings:
+def _build(raw: dict[str, Any], *, origin: str, origins: dict[str, str] | None = None) -> Settings:
+    """Settings from ``raw``; a bad value's message names where it came from (``origins``
+    per setting, else ``origin``)."""
+    origins = origins or {}
     hints = get_type_hints(Settings)
     known = {f.name for f in fields(Settings)}
     unknown = sorted(set(raw) - known)
@@ -177,7 +181,9 @@ def _build(raw: dict[str, Any], *, origin: str) -> Settings:
     missing = sorted(known - set(raw))
     if missing:
         raise ConfigError(f"setting(s) missing from {origin}: {', '.join(missing)}")
-    values = {name: _coerce(name, raw[name], hints[name], origin) for name in known}
+    values = {
+        name: _coerce(name, raw[name], hints[name], origins.get(name, origin)) for name in known
+    }
     for name, choices in _CHOICES.items():
         if values[name] not in choices:
             raise ConfigError(
@@ -222,6 +228,7 @@ def _build(raw: dict[str, Any], *, origin: str) -> Settings:
             f"s3_prefix ({values['s3_prefix']!r}): objects under s3_prefix expire after "
             "retention_days, and recordset exports are kept until deleted"
         )
+    _check_elasticsearch_urls(values["elasticsearch_url"])
     _check_elasticsearch_auth(values)
     _check_allowed_hosts(values["allowed_hosts"])
     values["base_url"] = values["base_url"].rstrip("/")
@@ -239,6 +246,27 @@ def _check_allowed_hosts(text: str) -> None:
                 f"setting allowed_hosts: {entry!r} is not a host name; give names such as "
                 "downloads.example.org or .example.org (no scheme, port or path), "
                 "separated by commas"
+            )
+
+
+def _check_elasticsearch_urls(text: str) -> None:
+    for url in (u.strip() for u in text.split(",")):
+        if not url:
+            continue
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError(f"setting elasticsearch_url: {url!r} is not a URL ({exc})") from exc
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                f"setting elasticsearch_url: {url!r} must be http:// or https:// with a host, "
+                "such as http://127.0.0.1:9200"
+            )
+        if port is None:
+            raise ConfigError(
+                f"setting elasticsearch_url: {url!r} has no port, which the client needs; "
+                f"add it, such as {parts.scheme}://{parts.hostname}:9200"
             )
 
 
@@ -274,11 +302,14 @@ def load_settings(
             raise ConfigError(f"unknown setting(s) in {other}: {', '.join(unknown)}")
         raw.update(extra)
         origin = other
+    origins: dict[str, str] = {}
     for name in list(raw):
         key = ENV_PREFIX + name.upper()
         if key in env:
             raw[name] = env[key]
+            origins[name] = f"environment variable {key}"
     for name, value in (overrides or {}).items():
         if value is not None:
             raw[name] = value
-    return _build(raw, origin=origin)
+            origins[name] = "command line"
+    return _build(raw, origin=origin, origins=origins)

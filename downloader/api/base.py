@@ -259,8 +259,13 @@ class BaseHandler(RequestHandler):
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         """Client mistakes are logged briefly; only unexpected errors carry a traceback."""
+        uri = redact_uri(self.request.uri or "")
         if isinstance(value, (QueryError, RequestError, JobNotFound, HTTPError)):
-            log.info("%s %s: %s", self.request.method, redact_uri(self.request.uri or ""), value)
+            log.info("%s %s: %s", self.request.method, uri, value)
+        elif isinstance(value, (SourceUnavailable, StorageUnavailable)):
+            # Expected while a dependency is down (the client gets a 503 saying so): one
+            # line, no traceback; /readyz tells the operator which dependency it is.
+            log.warning("%s %s: 503: %s", self.request.method, uri, value)
         else:
             super().log_exception(typ, value, tb)
 

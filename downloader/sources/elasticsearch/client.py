@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -20,6 +21,12 @@ from elastic_transport._node import NodeApiResponse  # not re-exported at the to
 from elasticsearch import ApiError, Elasticsearch
 
 from downloader.errors import BuildFailed, SourceUnavailable
+
+#: The client logs every request at INFO (a build makes thousands); only its warnings
+#: reach our logs unless an operator sets this logger's level explicitly.
+_REQUEST_LOG = logging.getLogger("elastic_transport.transport")
+if _REQUEST_LOG.level == logging.NOTSET:
+    _REQUEST_LOG.setLevel(logging.WARNING)
 
 T = TypeVar("T")
 

@@ -67,3 +67,25 @@ def test_every_setting_is_documented_in_config_yaml_and_readme() -> None:
         match = re.search(rf"((?:^#.*\n)+)^{f.name}:", yaml_text, re.MULTILINE)
         assert match, f"{f.name} has no comment above it in config.yaml"
         assert f"`{f.name}`" in readme, f"{f.name} is missing from the README's reference"
+
+
+def test_a_bad_environment_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="environment variable DOWNLOADER_PORT"):
+        load_settings({"DOWNLOADER_PORT": "eighty"})
+    with pytest.raises(ConfigError, match="command line"):
+        load_settings({}, overrides={"workers": "many"})
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://es.example.org", "no port"),
+        ("es.example.org:9200", "http:// or https://"),
+        ("http://127.0.0.1:9200,https://es2", "no port"),
+        ("http://es:port", "not a URL"),
+    ],
+)
+def test_an_elasticsearch_url_the_client_cannot_use_is_a_config_error(url: str, says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        load_settings({"DOWNLOADER_ELASTICSEARCH_URL": url})
+    assert load_settings({"DOWNLOADER_ELASTICSEARCH_URL": "https://es:443"}).elasticsearch_url
