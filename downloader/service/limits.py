@@ -22,6 +22,7 @@ active jobs come from the job store, which every process shares already.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -35,6 +36,8 @@ from limits.strategies import MovingWindowRateLimiter
 from downloader.backends import Context
 from downloader.config import Settings
 from downloader.errors import RequestError
+
+log = logging.getLogger(__name__)
 
 #: Seconds a client is told to wait when the whole service is full.
 QUEUE_FULL_RETRY_SECONDS = 60
@@ -76,6 +79,19 @@ class RateCounters:
             else None,
             emails=RateLimitItemPerDay(per_day, namespace=_NAMESPACE) if per_day else None,
         )
+
+    def allows(self, item: RateLimitItem, *identifiers: str, count: bool) -> bool:
+        """Whether ``identifiers`` are within ``item`` (counting this one when ``count``).
+
+        A counter store that cannot be reached (Redis down) lets the request through,
+        logged: a limit is a guard, and the job store reports a real outage itself.
+        """
+        check = self.limiter.hit if count else self.limiter.test
+        try:
+            return bool(check(item, *identifiers))
+        except Exception as exc:  # the storage's own errors vary by backend
+            log.warning("rate limit %s not checked: its counters cannot be reached: %s", item, exc)
+            return True
 
     def retry_after(self, item: RateLimitItem, *identifiers: str) -> int:
         """Whole seconds until ``identifiers`` may be counted against ``item`` again."""
@@ -128,8 +144,8 @@ def check_new_job(
         return
     if email and rates.emails is not None and not _email_allowed(rates, email, count=False):
         raise _too_many_emails(ctx, rates, email)
-    if rates.new_jobs is not None and not rates.limiter.hit(
-        rates.new_jobs, "new-jobs", caller.client
+    if rates.new_jobs is not None and not rates.allows(
+        rates.new_jobs, "new-jobs", caller.client, count=True
     ):
         wait = rates.retry_after(rates.new_jobs, "new-jobs", caller.client)
         raise LimitExceeded(
@@ -186,8 +202,7 @@ def _check_active(ctx: Context, caller: Caller, email: str | None) -> None:
 def _email_allowed(rates: RateCounters, address: str, *, count: bool) -> bool:
     if rates.emails is None:
         return True
-    check = rates.limiter.hit if count else rates.limiter.test
-    return check(rates.emails, "emails", address.lower())
+    return rates.allows(rates.emails, "emails", address.lower(), count=count)
 
 
 def check_email(ctx: Context, caller: Caller, address: str) -> None:

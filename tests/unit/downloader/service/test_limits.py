@@ -167,3 +167,11 @@ def test_two_api_processes_share_the_counters_through_redis(tmp_path: Path) -> N
         assert _ask(urls[1], 1).status_code == 200
         _refused(_ask(urls[0], 2), 429, "new_jobs_per_minute")
         _refused(_ask(urls[1], 3), 429, "new_jobs_per_minute")
+
+
+def test_unreachable_counters_let_requests_through(tmp_path: Path) -> None:
+    from tests.support.smtp import free_port
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    with _serve(tmp_path, new_jobs_per_minute=1, limits_storage_url=dead) as (url, _ctx):
+        assert [_ask(url, n).status_code for n in range(3)] == [200, 200, 200]
