@@ -15,6 +15,7 @@ import requests
 from downloader.backends import Context
 from downloader.build import build_archive
 from downloader.config import load_settings
+from downloader.interfaces import Mailer
 from downloader.jobs.sqlite import SQLiteJobStore
 from downloader.models import Job
 from downloader.storage.local import LocalStorage
@@ -62,30 +63,35 @@ class Api:
         return self.get(f"/v2/download/{status['id']}").json()
 
 
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[Api]:
-    settings = load_settings(
-        {},
-        overrides={
-            "data_dir": str(tmp_path),
-            "max_body_bytes": 4096,
-            "progress_every": 5,
-            "batch_size": 7,
-        },
-    )
-    dispatcher = RecordingDispatcher()
-    mailer = LogMailer(sender="d@example.org")
-    source = FakeSource(30)
-    ctx = Context(
+def local_context(
+    tmp_path: Path,
+    *,
+    records: int = 30,
+    mailer: Mailer | None = None,
+    **overrides: Any,
+) -> Context:
+    """An embedded context in ``tmp_path`` (SQLite jobs, local archives) over a
+    :class:`FakeSource` of ``records``, a :class:`RecordingDispatcher` and ``mailer``
+    (default: a LogMailer), with ``overrides`` on the default settings."""
+    settings = load_settings({}, overrides={"data_dir": str(tmp_path), **overrides})
+    source = FakeSource(records)
+    return Context(
         settings=settings,
         jobs=SQLiteJobStore(tmp_path / "jobs.sqlite3"),
         storage=LocalStorage(tmp_path / "archives"),
-        mailer=mailer,
-        dispatcher=dispatcher,
+        mailer=mailer or LogMailer(sender="d@example.org"),
+        dispatcher=RecordingDispatcher(),
         source_factory=lambda: source,
     )
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    ctx = local_context(tmp_path, max_body_bytes=4096, progress_every=5, batch_size=7)
+    assert isinstance(ctx.dispatcher, RecordingDispatcher)
+    assert isinstance(ctx.mailer, LogMailer)
     with api_server(ctx) as url:
-        yield Api(url, ctx, dispatcher, mailer)
+        yield Api(url, ctx, ctx.dispatcher, ctx.mailer)
 
 
 def assert_acer_status(doc: dict[str, Any], api: Api) -> None:

@@ -17,30 +17,18 @@ import requests
 
 from downloader.backends import Context
 from downloader.build import build_archive
-from downloader.config import load_settings
-from downloader.jobs.sqlite import SQLiteJobStore
-from downloader.storage.local import LocalStorage
 from notify.smtp import SMTPMailer
 from tests.support.http import api_server
 from tests.support.smtp import Inbox, smtp_server
-from tests.unit.downloader.conftest import ACER, RecordingDispatcher
-from tests.unit.downloader.fakes import FakeSource
+from tests.unit.downloader.conftest import ACER, local_context
 
 EVIL = "evil.example"
 
 
 @contextmanager
 def _serve(tmp_path: Path, inbox: Inbox, **overrides: Any) -> Iterator[tuple[str, Context]]:
-    settings = load_settings({}, overrides={"data_dir": str(tmp_path), **overrides})
-    source = FakeSource(30)
-    ctx = Context(
-        settings=settings,
-        jobs=SQLiteJobStore(tmp_path / "jobs.sqlite3"),
-        storage=LocalStorage(tmp_path / "archives"),
-        mailer=SMTPMailer(inbox.host, inbox.port, sender="d@example.org", timeout=10),
-        dispatcher=RecordingDispatcher(),
-        source_factory=lambda: source,
-    )
+    mailer = SMTPMailer(inbox.host, inbox.port, sender="d@example.org", timeout=10)
+    ctx = local_context(tmp_path, mailer=mailer, **overrides)
     with api_server(ctx) as url:
         yield url, ctx
 

@@ -12,14 +12,8 @@ from urllib.parse import urlsplit
 import requests
 
 from downloader.api.base import MAX_HEADER_BYTES, url_limit
-from downloader.backends import Context
-from downloader.config import load_settings
-from downloader.jobs.sqlite import SQLiteJobStore
-from downloader.storage.local import LocalStorage
-from notify.smtp import LogMailer
 from tests.support.http import api_server
-from tests.unit.downloader.conftest import Api, RecordingDispatcher
-from tests.unit.downloader.fakes import FakeSource
+from tests.unit.downloader.conftest import Api, local_context
 
 
 def _selection(n: int) -> str:
@@ -57,16 +51,7 @@ def test_oversized_headers_are_a_431_json(api: Api) -> None:
 
 
 def test_a_client_that_never_finishes_its_request_is_cut_off(tmp_path: Path) -> None:
-    settings = load_settings({}, overrides={"data_dir": str(tmp_path), "client_timeout_seconds": 1})
-    source = FakeSource(3)
-    ctx = Context(
-        settings=settings,
-        jobs=SQLiteJobStore(tmp_path / "jobs.sqlite3"),
-        storage=LocalStorage(tmp_path / "archives"),
-        mailer=LogMailer(sender="d@example.org"),
-        dispatcher=RecordingDispatcher(),
-        source_factory=lambda: source,
-    )
+    ctx = local_context(tmp_path, records=3, client_timeout_seconds=1)
     with api_server(ctx) as url:
         parts = urlsplit(url)
         assert parts.hostname is not None and parts.port is not None

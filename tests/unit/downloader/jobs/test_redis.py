@@ -13,6 +13,7 @@ import pytest
 from downloader.jobs.redis import RedisJobStore
 from downloader.models import Job
 from tests.support.redis_server import flush, free_port, running_redis
+from tests.unit.downloader.jobs.store_checks import check_requeue_stale
 
 pytestmark = pytest.mark.integration
 
@@ -191,25 +192,5 @@ def test_get_if_changed_follows_every_writer(store: RedisJobStore) -> None:
 def test_requeue_stale_puts_only_silent_started_jobs_back_to_pending(
     store: RedisJobStore,
 ) -> None:
-    silent, _ = store.create_or_reuse(make_job("silent"), reuse_after=None)
-    queued, _ = store.create_or_reuse(make_job("queued"), reuse_after=None)
-    done, _ = store.create_or_reuse(make_job("done"), reuse_after=None)
-    for job in (silent, done):
-        assert store.claim(job.id, max_attempts=3) is not None
-    finished = store.get(done.id)
-    assert finished is not None
-    finished.state = "SUCCESS"
-    store.save(finished)
-    # Within the staleness window nothing is requeued: the worker may be alive.
-    assert store.requeue_stale() == []
     impatient = RedisJobStore(store.url, stale_after_seconds=0)
-    assert impatient.requeue_stale() == [silent.id]
-    back = store.get(silent.id)
-    assert back is not None and back.state == "PENDING" and back.attempts == 1
-    assert {j.id: j.state for j in store.pending_jobs()} == {
-        silent.id: "PENDING",
-        queued.id: "PENDING",
-    }
-    assert impatient.requeue_stale() == []  # done once; a second sweeper finds nothing
-    again = store.claim(silent.id, max_attempts=3)
-    assert again is not None and again.attempts == 2
+    check_requeue_stale(store, impatient, make_job)

@@ -13,6 +13,7 @@ import pytest
 
 from downloader.jobs.sqlite import SQLiteJobStore
 from downloader.models import Job
+from tests.unit.downloader.jobs.store_checks import check_requeue_stale
 
 
 def make_job(query_hash: str = "h1", data_version: str = "1", **kw: object) -> Job:
@@ -185,25 +186,4 @@ def test_jobs_survive_reopening_the_file(tmp_path: Path) -> None:
 def test_requeue_stale_puts_only_silent_started_jobs_back_to_pending(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite3"
     patient = SQLiteJobStore(path, stale_after_seconds=3600)
-    silent, _ = patient.create_or_reuse(make_job("silent"), reuse_after=None)
-    queued, _ = patient.create_or_reuse(make_job("queued"), reuse_after=None)
-    done, _ = patient.create_or_reuse(make_job("done"), reuse_after=None)
-    for job in (silent, done):
-        assert patient.claim(job.id, max_attempts=3) is not None
-    finished = patient.get(done.id)
-    assert finished is not None
-    finished.state = "SUCCESS"
-    patient.save(finished)
-    # Within the staleness window nothing is requeued: the worker may be alive.
-    assert patient.requeue_stale() == []
-    impatient = SQLiteJobStore(path, stale_after_seconds=0)
-    assert impatient.requeue_stale() == [silent.id]
-    back = patient.get(silent.id)
-    assert back is not None and back.state == "PENDING" and back.attempts == 1
-    assert {j.id: j.state for j in patient.pending_jobs()} == {
-        silent.id: "PENDING",
-        queued.id: "PENDING",
-    }
-    assert impatient.requeue_stale() == []  # done once; a second sweeper finds nothing
-    again = patient.claim(silent.id, max_attempts=3)
-    assert again is not None and again.attempts == 2
+    check_requeue_stale(patient, SQLiteJobStore(path, stale_after_seconds=0), make_job)

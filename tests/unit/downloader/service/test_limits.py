@@ -15,14 +15,9 @@ import requests
 
 from downloader.backends import Context
 from downloader.build import build_archive
-from downloader.config import load_settings
-from downloader.jobs.sqlite import SQLiteJobStore
-from downloader.storage.local import LocalStorage
-from notify.smtp import LogMailer
 from tests.support.http import api_server
 from tests.support.redis_server import running_redis
-from tests.unit.downloader.conftest import RecordingDispatcher
-from tests.unit.downloader.fakes import FakeSource
+from tests.unit.downloader.conftest import local_context
 
 ADMIN = "admin-secret-token"
 #: Every limit off; each test turns on the one it looks at.
@@ -38,16 +33,7 @@ OFF = {
 
 @contextmanager
 def _serve(tmp_path: Path, **limits: Any) -> Iterator[tuple[str, Context]]:
-    settings = load_settings({}, overrides={"data_dir": str(tmp_path), **OFF, **limits})
-    source = FakeSource(30)
-    ctx = Context(
-        settings=settings,
-        jobs=SQLiteJobStore(tmp_path / "jobs.sqlite3"),
-        storage=LocalStorage(tmp_path / "archives"),
-        mailer=LogMailer(sender="d@example.org"),
-        dispatcher=RecordingDispatcher(),
-        source_factory=lambda: source,
-    )
+    ctx = local_context(tmp_path, **{**OFF, **limits})
     with api_server(ctx) as url:
         yield url, ctx
 
