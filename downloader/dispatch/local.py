@@ -84,10 +84,10 @@ class LocalDispatcher:
         while self._running and time.monotonic() < deadline:
             if hurry is not None and hurry.is_set():
                 break
-            self._settle_finished()
+            self._reap()
             if self._running:
                 time.sleep(0.1)
-        self._settle_finished()
+        self._reap()
         stopped = list(self._running)
         for run in list(self._running.values()):
             run.process.terminate()
@@ -99,17 +99,6 @@ class LocalDispatcher:
         self._running.clear()
         for job_id in stopped:
             self._hand_back(job_id)
-
-    def _settle_finished(self) -> None:
-        """Forget the builds whose process has ended (each recorded its own outcome; one
-        that did not is interrupted, as when it crashes)."""
-        for job_id, run in list(self._running.items()):
-            if not run.process.is_alive():
-                run.process.join()
-                del self._running[job_id]
-                job = self.ctx.jobs.get(job_id)
-                if job is not None and job.state == "STARTED":
-                    self._interrupted(job_id, "its worker process ended during shutdown")
 
     def _hand_back(self, job_id: str) -> None:
         """A build stopped by a shutdown: its job is queued again, this attempt uncounted."""

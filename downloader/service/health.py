@@ -18,7 +18,8 @@ from downloader.backends import Context
 _NO_JOB = "00000000-0000-0000-0000-000000000000"
 
 
-def _job_store(ctx: Context) -> dict[str, Any]:
+def job_store(ctx: Context) -> dict[str, Any]:
+    """Read the job store once (liveness needs no more); its kind."""
     ctx.jobs.get(_NO_JOB)
     return {"kind": ctx.settings.job_store}
 
@@ -66,7 +67,7 @@ def _dispatcher(ctx: Context) -> dict[str, Any]:
 def checks(ctx: Context) -> dict[str, Callable[[], dict[str, Any]]]:
     """The readiness checks of this process, by name; each returns details or raises."""
     return {
-        "job_store": lambda: _job_store(ctx),
+        "job_store": lambda: job_store(ctx),
         "record_source": lambda: _record_source(ctx),
         "storage": lambda: _storage(ctx),
         "dispatcher": lambda: _dispatcher(ctx),
