@@ -17,9 +17,10 @@ position), so ingesting the same archive again keeps every uuid.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 
 from downloader.errors import DownloaderError
@@ -37,6 +37,7 @@ from downloader.ingest.derive import (
     date_sql,
     dqs_values,
     fulltext_tokens,
+    json_object_sql,
     media_select,
     parse_loose_date,
     quote_ident,
@@ -49,8 +50,9 @@ from downloader.ingest.read import (
     ROW_COLUMN,
     ArchiveRejected,
     VerbatimArchive,
-    read_archive,
+    open_archive,
 )
+from downloader.ingest.stage import Progress, StagedArchive, stage_archive, stage_tables
 from query.fields import RecordType, fields
 from query.sql import DUCKDB_TYPES
 
@@ -78,6 +80,11 @@ class IngestResult:
     name: str
     source: str
     deleted: int
+    #: Other extensions kept: (file stem, rows).
+    extensions: tuple[tuple[str, int], ...] = ()
+    #: Malformed rows skipped under ``skip_bad_rows``: (file, rows).
+    skipped: tuple[tuple[str, int], ...] = ()
+    warnings: tuple[str, ...] = ()
 
 
 def store_path(data_dir: str | Path) -> Path:
@@ -102,86 +109,93 @@ def schema_sql(prefix: str = "") -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {prefix}store_meta (key VARCHAR, value VARCHAR)",
         f"CREATE TABLE IF NOT EXISTS {prefix}deleted_records (uuid VARCHAR, recordset VARCHAR, "
         "deleted_at TIMESTAMP, rtype VARCHAR)",
+        # Extensions other than media, kept verbatim with the record they belong to.
+        f"CREATE TABLE IF NOT EXISTS {prefix}extension_rows (recordset VARCHAR, "
+        "rowtype VARCHAR, file VARCHAR, coreid VARCHAR, position BIGINT, data JSON)",
+        f"CREATE TABLE IF NOT EXISTS {prefix}extension_files (recordset VARCHAR, "
+        "rowtype VARCHAR, file VARCHAR, terms VARCHAR[], row_count BIGINT)",
     ]
 
 
 # --- phase 1: derive --------------------------------------------------------------------------
 
 
-def _in_row_order(table: pa.Table) -> pa.Table:
-    """``table`` sorted by ``_row`` (readers and the generator already give that order)."""
-    rows = np.asarray(table[ROW_COLUMN])
-    if rows.size and bool(np.any(rows[1:] < rows[:-1])):
-        return table.sort_by(ROW_COLUMN)
-    return table
-
-
-def _computed(table: pa.Table, rtype: RecordType) -> dict[str, pa.Array]:
-    """The columns computed in Arrow rather than SQL (faster there): ``_dqs``, ``_fulltext``."""
-    return {"_dqs": dqs_values(table, rtype), "_fulltext": fulltext_tokens(table)}
-
-
-def _extend(table: pa.Table, columns: pa.Table, computed: dict[str, pa.Array]) -> pa.Table:
-    """``table`` with the row-aligned ``columns`` and ``computed`` arrays appended."""
-    for name, column in zip(columns.column_names, columns.columns, strict=True):
-        table = table.append_column(name, column)
-    for name, array in computed.items():
-        table = table.append_column(name, array)
-    # DuckDB scans a registered Arrow table one record batch per thread: a table made of
-    # one huge chunk would be derived on a single core.
-    return pa.Table.from_batches(table.to_batches(max_chunksize=_SCAN_BATCH_ROWS), table.schema)
-
-
-def _stage_keys(
-    con: duckdb.DuckDBPyConnection,
-    archive: VerbatimArchive,
-    core_computed: Future[dict[str, pa.Array]],
-    media_computed: Future[dict[str, pa.Array]] | None,
+def _computed_batches(
+    con: duckdb.DuckDBPyConnection, view: str, terms: Sequence[str], rtype: RecordType, out: str
 ) -> None:
-    """Register core_k / media_k: the verbatim tables with record keys, uuids, media
-    parents and the Arrow-computed columns appended.
+    """``out`` (``_row``, ``_fulltext``, ``_dqs``): the columns computed in Arrow rather than
+    SQL (faster there), batch by batch so memory stays bounded."""
+    con.execute(f"CREATE TABLE {out} (_row BIGINT, _fulltext VARCHAR[], _dqs DOUBLE)")
+    cols = ", ".join([ROW_COLUMN, *(quote_ident(t) for t in terms)])
+    reader = con.cursor()
+    writer = con.cursor()
+    try:
+        result = reader.sql(f"SELECT {cols} FROM {view}").to_arrow_reader(_SCAN_BATCH_ROWS)
+        for batch in result:
+            table = pa.Table.from_batches([batch])
+            table = table.cast(
+                pa.schema(
+                    [
+                        pa.field(f.name, pa.int64() if f.name == ROW_COLUMN else pa.string())
+                        for f in table.schema
+                    ]
+                )
+            )
+            chunk = pa.table(
+                {
+                    "_row": table[ROW_COLUMN],
+                    "_fulltext": fulltext_tokens(table),
+                    "_dqs": dqs_values(table, rtype),
+                }
+            )
+            writer.register("_computed_chunk", chunk)
+            writer.execute(f"INSERT INTO {out} SELECT * FROM _computed_chunk")
+            writer.unregister("_computed_chunk")
+    finally:
+        reader.close()
+        writer.close()
 
-    Only the narrow key columns go through DuckDB (and back, in ``_row`` order); the wide
-    verbatim columns stay in Arrow and are scanned once, by the final SELECT. Copying them
-    into a temp table and dragging them through the key window cost more than the rest.
-    """
-    core = _in_row_order(archive.core)
-    con.register("core_v", core)
-    core_cols = Columns(core.column_names, alias="c")
+
+def _stage_keys(con: duckdb.DuckDBPyConnection, recordset: str, has_media: bool) -> None:
+    """core_k / media_k: record keys and uuids (and media parents), narrow tables that the
+    final SELECTs join back to the verbatim views by ``_row``."""
+    core_cols = Columns(_view_columns(con, "core_v"), alias="c")
     occ = core_cols.term("dwc:occurrenceID")
     record_hash = uuid5_hash_sql("$recordset || '\\' || _key")
-    keys = con.sql(
+    con.execute(
         f"""
+        CREATE TABLE core_k AS
         WITH k AS (
-            SELECT c.{ROW_COLUMN}, coalesce(nullif(trim(c.{ID_COLUMN}), ''), {occ},
-                                           'row:' || c.{ROW_COLUMN}) AS _k0
+            SELECT c.{ROW_COLUMN}, c._given_uuid,
+                   coalesce(nullif(trim(c._kid), ''), {occ}, 'row:' || c.{ROW_COLUMN}) AS _k0
             FROM core_v AS c
         ), n AS (
             SELECT *, row_number() OVER (PARTITION BY _k0 ORDER BY {ROW_COLUMN}) AS _n FROM k
         ), keyed AS (
-            SELECT {ROW_COLUMN}, _k0 || CASE WHEN _n > 1 THEN '#' || _n ELSE '' END AS _key
+            SELECT {ROW_COLUMN}, CASE WHEN _n = 1 THEN _given_uuid END AS _given,
+                   _k0 || CASE WHEN _n > 1 THEN '#' || _n ELSE '' END AS _key
             FROM n
         )
-        SELECT _key, {uuid_from_hash_sql("_h")} AS _uuid
-        FROM (SELECT *, {record_hash} AS _h FROM keyed) ORDER BY {ROW_COLUMN}
+        SELECT {ROW_COLUMN}, _key, coalesce(_given, {uuid_from_hash_sql("_h")}) AS _uuid
+        FROM (SELECT *, {record_hash} AS _h FROM keyed)
         """,
-        params={"recordset": archive.recordset_id},
-    ).to_arrow_table()
-    con.register("core_k", _extend(core, keys, core_computed.result()))
-    if archive.media is None or media_computed is None:
+        {"recordset": recordset},
+    )
+    con.execute(
+        f"CREATE TABLE parents AS SELECT c.{ID_COLUMN} AS _pid, min(k._uuid) AS _parent "
+        f"FROM core_v AS c JOIN core_k AS k ON k.{ROW_COLUMN} = c.{ROW_COLUMN} "
+        f"WHERE c.{ID_COLUMN} IS NOT NULL GROUP BY c.{ID_COLUMN}"
+    )
+    if not has_media:
         return
-    media = _in_row_order(archive.media)
-    con.register("media_v", media)
-    media_cols = Columns(media.column_names, alias="m")
+    media_cols = Columns(_view_columns(con, "media_v"), alias="m")
     locator = media_cols.term("ac:accessURI", "dcterms:identifier", "dc:identifier")
     sep = "'\\'"
     media_hash = uuid5_hash_sql("'media\\' || $recordset || '\\' || _key")
-    keys = con.sql(
+    con.execute(
         f"""
-        WITH parents AS (
-            SELECT {ID_COLUMN} AS _pid, min(_uuid) AS _parent FROM core_k
-            WHERE {ID_COLUMN} IS NOT NULL GROUP BY {ID_COLUMN}
-        ), k AS (
+        CREATE TABLE media_k AS
+        WITH k AS (
             SELECT m.{ROW_COLUMN}, p._parent,
                    coalesce(m.{ID_COLUMN}, '') || {sep} ||
                    coalesce({locator}, 'row:' || m.{ROW_COLUMN}) AS _k0
@@ -193,12 +207,15 @@ def _stage_keys(
                    _k0 || CASE WHEN _n > 1 THEN '#' || _n ELSE '' END AS _key
             FROM n
         )
-        SELECT _key, _parent, {uuid_from_hash_sql("_h")} AS _uuid
-        FROM (SELECT *, {media_hash} AS _h FROM keyed) ORDER BY {ROW_COLUMN}
+        SELECT {ROW_COLUMN}, _key, _parent, {uuid_from_hash_sql("_h")} AS _uuid
+        FROM (SELECT *, {media_hash} AS _h FROM keyed)
         """,
-        params={"recordset": archive.recordset_id},
-    ).to_arrow_table()
-    con.register("media_k", _extend(media, keys, media_computed.result()))
+        {"recordset": recordset},
+    )
+
+
+def _view_columns(con: duckdb.DuckDBPyConnection, view: str) -> list[str]:
+    return [row[0] for row in con.execute(f"DESCRIBE {view}").fetchall()]
 
 
 def _stage_datemap(con: duckdb.DuckDBPyConnection, columns: Sequence[str]) -> str | None:
@@ -208,7 +225,7 @@ def _stage_datemap(con: duckdb.DuckDBPyConnection, columns: Sequence[str]) -> st
     cols = Columns(columns, alias="c")
     event = cols.term(EVENT_DATE)
     rows = con.execute(
-        f"SELECT DISTINCT {event} FROM core_k AS c "
+        f"SELECT DISTINCT {event} FROM core_v AS c "
         f"WHERE {event} IS NOT NULL AND ({date_sql(event)}) IS NULL"
     ).fetchall()
     raws = [r[0] for r in rows]
@@ -220,54 +237,103 @@ def _stage_datemap(con: duckdb.DuckDBPyConnection, columns: Sequence[str]) -> st
     return "datemap_v"
 
 
-def derive(
-    con: duckdb.DuckDBPyConnection, archive: VerbatimArchive, *, now: datetime
-) -> tuple[int, int]:
-    """Compute ``records_d`` and ``media_d`` temp tables (store columns, by name) in ``con``
-    from an archive's verbatim tables. Returns (record count, media count)."""
+def _filled_terms(con: duckdb.DuckDBPyConnection, view: str, terms: Sequence[str]) -> list[str]:
+    """The terms some row of ``view`` fills in, sorted."""
+    if not terms:
+        return []
+    counts = con.execute(
+        "SELECT " + ", ".join(f"count({quote_ident(t)})" for t in terms) + f" FROM {view}"
+    ).fetchone()
+    assert counts is not None
+    return sorted(t for t, n in zip(terms, counts, strict=True) if n)
+
+
+@dataclass
+class Derived:
+    """What :func:`derive` left in the staging database for :func:`write_recordset`."""
+
+    records: int
+    media: int
+    record_terms: list[str]
+    media_terms: list[str] | None
+    extensions: list[tuple[str, str, list[str], int]]  # (rowType, file stem, terms, rows)
+
+
+def derive(con: duckdb.DuckDBPyConnection, staged: StagedArchive, *, now: datetime) -> Derived:
+    """Compute the ``records_d``, ``media_d`` and ``extensions_d`` tables (store columns, by
+    name) in the staging database from its verbatim views (see :mod:`.stage`)."""
     # Rows need no particular order in the store (readers keep whatever row order it has);
     # letting DuckDB drop insertion order makes the bulk copies cheaper.
     con.execute("SET preserve_insertion_order = false")
-    # Tokenising runs in Arrow and numpy, which release the GIL: do it on a second thread
-    # while DuckDB computes the keys and uuids.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        core_computed = pool.submit(_computed, archive.core, "records")
-        media_computed = (
-            pool.submit(_computed, archive.media, "mediarecords")
-            if archive.media is not None
-            else None
-        )
-        _stage_keys(con, archive, core_computed, media_computed)
-    params = {"recordset": archive.recordset_id, "version": 0, "now": now}
+    has_media = staged.media_terms is not None
+    core_terms = staged.core_terms
+    _computed_batches(con, "core_v", core_terms, "records", "core_c")
+    if has_media:
+        _computed_batches(con, "media_v", staged.media_terms or [], "mediarecords", "media_c")
+    _stage_keys(con, staged.recordset_id, has_media)
+    params = {"recordset": staged.recordset_id, "version": 0, "now": now}
     media_agg = None
-    if archive.media is not None:
+    if has_media:
+        con.execute(
+            "CREATE VIEW media_kx AS SELECT v.*, k._key, k._parent, k._uuid, c._fulltext, c._dqs "
+            f"FROM media_v AS v JOIN media_k AS k ON k.{ROW_COLUMN} = v.{ROW_COLUMN} "
+            f"JOIN media_c AS c ON c._row = v.{ROW_COLUMN}"
+        )
         _run(
             con,
-            "CREATE TEMP TABLE media_d AS "
-            + media_select(archive.media.column_names, source="media_k"),
+            "CREATE TABLE media_d AS " + media_select(staged.media_terms or [], source="media_kx"),
             params,
         )
         con.execute(
-            "CREATE TEMP TABLE media_agg AS SELECT coreid AS _parent, "
+            "CREATE TABLE media_agg AS SELECT coreid AS _parent, "
             "list(uuid ORDER BY uuid) AS _media, bool_or(mediatype = 'images') AS _has_image "
             "FROM media_d WHERE coreid IS NOT NULL GROUP BY coreid"
         )
         media_agg = "media_agg"
-    datemap = _stage_datemap(con, archive.core.column_names)
+    datemap = _stage_datemap(con, core_terms)
+    con.execute(
+        "CREATE VIEW core_kx AS SELECT v.*, k._key, k._uuid, c._fulltext, c._dqs "
+        f"FROM core_v AS v JOIN core_k AS k ON k.{ROW_COLUMN} = v.{ROW_COLUMN} "
+        f"JOIN core_c AS c ON c._row = v.{ROW_COLUMN}"
+    )
     _run(
         con,
-        "CREATE TEMP TABLE records_d AS "
-        + record_select(
-            archive.core.column_names,
-            source="core_k",
-            media_agg=media_agg,
-            datemap=datemap,
-        ),
+        "CREATE TABLE records_d AS "
+        + record_select(core_terms, source="core_kx", media_agg=media_agg, datemap=datemap),
         params,
     )
-    n_records = _scalar(con, "SELECT count(*) FROM records_d")
-    n_media = _scalar(con, "SELECT count(*) FROM media_d") if archive.media is not None else 0
-    return n_records, n_media
+    extensions = _derive_extensions(con, staged)
+    return Derived(
+        records=_scalar(con, "SELECT count(*) FROM records_d"),
+        media=_scalar(con, "SELECT count(*) FROM media_d") if has_media else 0,
+        record_terms=_filled_terms(con, "core_v", core_terms),
+        media_terms=_filled_terms(con, "media_v", staged.media_terms or []) if has_media else None,
+        extensions=extensions,
+    )
+
+
+def _derive_extensions(
+    con: duckdb.DuckDBPyConnection, staged: StagedArchive
+) -> list[tuple[str, str, list[str], int]]:
+    """``extensions_d``: every other extension's rows as verbatim JSON, each with the uuid
+    of the record it belongs to (NULL when its core id matches no record)."""
+    con.execute(
+        "CREATE TABLE extensions_d (rowtype VARCHAR, file VARCHAR, coreid VARCHAR, "
+        "position BIGINT, data JSON)"
+    )
+    out = []
+    for ext in staged.extensions:
+        cols = Columns(ext.terms, alias="e")
+        con.execute(
+            "INSERT INTO extensions_d SELECT $rowtype, $file, p._parent, "
+            f"e.{ROW_COLUMN}, ({json_object_sql(cols, sorted(ext.terms))})::JSON "
+            f"FROM {ext.table} AS e LEFT JOIN parents AS p ON p._pid = e.{ID_COLUMN}",
+            {"rowtype": ext.spec.row_type, "file": ext.spec.name},
+        )
+        out.append(
+            (ext.spec.row_type, ext.spec.name, _filled_terms(con, ext.table, ext.terms), ext.rows)
+        )
+    return out
 
 
 def _run(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> None:
@@ -283,16 +349,6 @@ def _scalar(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> Any
         params = {k: v for k, v in params.items() if f"${k}" in sql}
     row = con.execute(sql, params).fetchone()
     return row[0] if row else None
-
-
-def _terms(table: pa.Table | None) -> list[str]:
-    if table is None:
-        return []
-    return sorted(
-        name
-        for name, column in zip(table.column_names, table.columns, strict=True)
-        if not name.startswith("_") and column.null_count < len(column)
-    )
 
 
 # --- phase 2: write ---------------------------------------------------------------------------
@@ -341,14 +397,16 @@ def _sql_string(text: str) -> str:
 
 def write_recordset(
     con: duckdb.DuckDBPyConnection,
-    archive: VerbatimArchive,
+    staged: StagedArchive,
+    derived: Derived,
     *,
     now: datetime,
-    counts: tuple[int, int],
 ) -> IngestResult:
     """Replace the recordset in the attached store (see :func:`attached_store`) by the
-    ``records_d``/``media_d`` tables :func:`derive` made, in one transaction."""
-    rs = archive.recordset_id
+    ``records_d``/``media_d``/``extensions_d`` tables :func:`derive` made, in one
+    transaction: a failure or a kill before COMMIT leaves the previous version whole."""
+    rs = staged.recordset_id
+    has_media = derived.media_terms is not None
     con.execute("BEGIN TRANSACTION")
     try:
         version = (
@@ -360,7 +418,7 @@ def write_recordset(
             or 1
         )
         p = {"rs": rs, "now": now}
-        new_media = "media_d" if archive.media is not None else "(SELECT NULL AS uuid)"
+        new_media = "media_d" if has_media else "(SELECT NULL AS uuid)"
         deleted = _scalar(
             con,
             "SELECT count(*) FROM store.records WHERE recordset = $rs "
@@ -391,7 +449,7 @@ def write_recordset(
             "ON old.uuid = d.uuid",
             {"rs": rs, "version": version},
         )
-        if archive.media is not None:
+        if has_media:
             _run(
                 con,
                 "INSERT INTO store.mediarecords BY NAME SELECT d.* REPLACE ("
@@ -408,6 +466,20 @@ def write_recordset(
                 {"rs": rs, "version": version},
             )
         _run(con, "DELETE FROM store.deleted_records WHERE uuid IN (SELECT uuid FROM records_d)")
+        for table in ("extension_rows", "extension_files"):
+            _run(con, f"DELETE FROM store.{table} WHERE recordset = ?", [rs])
+        _run(
+            con,
+            "INSERT INTO store.extension_rows SELECT $rs, rowtype, file, coreid, position, data "
+            "FROM extensions_d",
+            {"rs": rs},
+        )
+        for rowtype, name, terms, count in derived.extensions:
+            _run(
+                con,
+                "INSERT INTO store.extension_files VALUES (?, ?, ?, ?, ?)",
+                [rs, rowtype, name, terms, count],
+            )
         _run(con, "DELETE FROM store.recordsets WHERE recordset = ?", [rs])
         _run(
             con,
@@ -415,14 +487,14 @@ def write_recordset(
             [
                 rs,
                 version,
-                archive.name,
-                archive.source,
+                staged.name,
+                staged.source,
                 now,
-                counts[0],
-                counts[1],
-                archive.eml,
-                _terms(archive.core),
-                _terms(archive.media),
+                derived.records,
+                derived.media,
+                staged.eml,
+                derived.record_terms,
+                derived.media_terms or [],
             ],
         )
         bump_data_version(con, prefix="store.")
@@ -433,11 +505,14 @@ def write_recordset(
     return IngestResult(
         recordset=rs,
         version=int(version),
-        records=counts[0],
-        media=counts[1],
-        name=archive.name,
-        source=archive.source,
+        records=derived.records,
+        media=derived.media,
+        name=staged.name,
+        source=staged.source,
         deleted=int(deleted or 0),
+        extensions=tuple((name, rows) for _, name, _, rows in derived.extensions),
+        skipped=tuple(staged.skipped),
+        warnings=tuple(staged.warnings),
     )
 
 
@@ -454,6 +529,58 @@ def bump_data_version(con: duckdb.DuckDBPyConnection, *, prefix: str = "") -> in
 
 # --- public entry points ----------------------------------------------------------------------
 
+#: DuckDB's memory for one ingest: it spills to the staging folder beyond this, so peak
+#: memory stays flat whatever the archive's size.
+STAGING_MEMORY = "600MB"
+
+
+@contextmanager
+def staging(data_dir: str | Path) -> Iterator[tuple[duckdb.DuckDBPyConnection, Path]]:
+    """A private DuckDB database in a fresh folder beside the store, removed afterwards."""
+    root = Path(data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=".ingest-", dir=root))
+    files = workdir / "files"
+    files.mkdir()
+    con = duckdb.connect(str(workdir / "stage.duckdb"))
+    try:
+        con.execute(f"SET memory_limit = '{STAGING_MEMORY}'")
+        con.execute(f"SET temp_directory = {_sql_string(str(workdir / 'spill'))}")
+        con.execute("SET preserve_insertion_order = true")
+        yield con, files
+    finally:
+        con.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _derive_and_write(
+    con: duckdb.DuckDBPyConnection,
+    data_dir: str | Path,
+    staged: StagedArchive,
+    *,
+    lock_timeout: float,
+    now: datetime | None,
+    progress: Progress | None,
+) -> IngestResult:
+    when = (now or datetime.now(UTC)).replace(tzinfo=None)
+    try:
+        if progress:
+            progress("deriving index fields", 0, 0)
+        derived = derive(con, staged, now=when)
+        if progress:
+            progress("writing the new version", 0, 0)
+        with attached_store(con, store_path(data_dir), lock_timeout=lock_timeout):
+            return write_recordset(con, staged, derived, now=when)
+    except duckdb.OutOfMemoryException as exc:
+        raise IngestError(f"{staged.source}: ingest ran out of memory: {exc}") from exc
+    except duckdb.IOException as exc:
+        raise IngestError(
+            f"{staged.source}: ingest failed writing to disk (is it full?); the store keeps "
+            f"its previous version: {exc}"
+        ) from exc
+    except duckdb.Error as exc:
+        raise IngestError(f"{staged.source}: ingest failed: {exc}") from exc
+
 
 def ingest_verbatim(
     data_dir: str | Path,
@@ -462,18 +589,47 @@ def ingest_verbatim(
     lock_timeout: float = 60.0,
     now: datetime | None = None,
 ) -> IngestResult:
-    """Derive and write one verbatim archive (read from a DwC-A or generated) as a recordset,
-    replacing that recordset's previous version."""
-    when = (now or datetime.now(UTC)).replace(tzinfo=None)
-    con = duckdb.connect(":memory:")
-    try:
-        counts = derive(con, archive, now=when)
-        with attached_store(con, store_path(data_dir), lock_timeout=lock_timeout):
-            return write_recordset(con, archive, now=when, counts=counts)
-    except duckdb.Error as exc:
-        raise IngestError(f"{archive.source}: ingest failed: {exc}") from exc
-    finally:
-        con.close()
+    """Derive and write one in-memory verbatim archive as a recordset, replacing that
+    recordset's previous version."""
+    return ingest_chunks(
+        data_dir,
+        [(archive.core, archive.media)],
+        source=archive.source,
+        recordset_id=archive.recordset_id,
+        name=archive.name,
+        eml=archive.eml,
+        lock_timeout=lock_timeout,
+        now=now,
+    )
+
+
+def ingest_chunks(
+    data_dir: str | Path,
+    chunks: Iterable[tuple[pa.Table, pa.Table | None]],
+    *,
+    source: str,
+    recordset_id: str,
+    name: str,
+    eml: str | None = None,
+    lock_timeout: float = 60.0,
+    now: datetime | None = None,
+    progress: Progress | None = None,
+) -> IngestResult:
+    """Ingest verbatim (core, media) Arrow tables given chunk by chunk, so a recordset of any
+    size is never whole in memory."""
+    with staging(data_dir) as (con, _files):
+        core_terms, media_terms = stage_tables(con, chunks)
+        staged = StagedArchive(
+            source=source,
+            recordset_id=recordset_id,
+            name=name,
+            eml=eml,
+            core_terms=core_terms,
+            media_terms=media_terms,
+        )
+        return _derive_and_write(
+            con, data_dir, staged, lock_timeout=lock_timeout, now=now, progress=progress
+        )
 
 
 def ingest_archive(
@@ -482,15 +638,26 @@ def ingest_archive(
     *,
     recordset: str | None = None,
     lock_timeout: float = 60.0,
+    skip_bad_rows: bool = False,
+    progress: Progress | None = None,
 ) -> IngestResult:
-    """Read a Darwin Core Archive (zip or folder) and load it as a recordset.
+    """Read a Darwin Core Archive (zip, folder or bare CSV) and load it as a recordset.
 
-    Raises :class:`downloader.ingest.read.ArchiveRejected` for an archive that is not an
-    Occurrence-core DwC-A, :class:`StoreLocked` when the store stays busy.
+    Raises :class:`downloader.ingest.read.ArchiveRejected` for an archive that holds no
+    occurrences or cannot be read (:class:`~downloader.ingest.stage.MalformedRows` names
+    bad rows by file and line), :class:`StoreLocked` when the store stays busy.
     """
-    return ingest_verbatim(
-        data_dir, read_archive(path, recordset_id=recordset), lock_timeout=lock_timeout
-    )
+    opened = open_archive(path, recordset_id=recordset)
+    try:
+        with staging(data_dir) as (con, files):
+            staged = stage_archive(
+                con, opened, workdir=files, skip_bad_rows=skip_bad_rows, progress=progress
+            )
+            return _derive_and_write(
+                con, data_dir, staged, lock_timeout=lock_timeout, now=None, progress=progress
+            )
+    finally:
+        opened.files.close()
 
 
 def ingest_synthetic(
@@ -500,12 +667,23 @@ def ingest_synthetic(
     seed: int = 0,
     recordset: str | None = None,
     lock_timeout: float = 60.0,
+    progress: Progress | None = None,
 ) -> IngestResult:
-    """Generate ``count`` synthetic records (deterministic for ``seed``) and load them."""
-    from downloader.ingest.synthetic import synthetic_archive
+    """Generate ``count`` synthetic records (deterministic for ``seed``) and load them,
+    generated and staged a chunk at a time."""
+    from downloader.ingest.synthetic import synthetic_chunks
 
-    archive = synthetic_archive(count, seed=seed, recordset_id=recordset)
-    return ingest_verbatim(data_dir, archive, lock_timeout=lock_timeout)
+    if count < 0:
+        raise ValueError("the number of synthetic records must not be negative")
+    return ingest_chunks(
+        data_dir,
+        synthetic_chunks(count, seed=seed),
+        source=f"synthetic:{count}:seed={seed}",
+        recordset_id=recordset or f"synthetic-seed-{seed}",
+        name=f"Synthetic records (seed {seed})",
+        lock_timeout=lock_timeout,
+        progress=progress,
+    )
 
 
 def stored_record_count(data_dir: str | Path) -> int:
@@ -524,6 +702,8 @@ def ingest_paths(
     *,
     recordset: str | None = None,
     lock_timeout: float = 60.0,
+    skip_bad_rows: bool = False,
+    progress: Progress | None = None,
     on_result: Callable[[IngestResult], None] | None = None,
     on_error: Callable[[str, Exception], None] | None = None,
 ) -> tuple[list[IngestResult], list[tuple[str, Exception]]]:
@@ -535,7 +715,14 @@ def ingest_paths(
     failures: list[tuple[str, Exception]] = []
     for path in paths:
         try:
-            result = ingest_archive(data_dir, path, recordset=recordset, lock_timeout=lock_timeout)
+            result = ingest_archive(
+                data_dir,
+                path,
+                recordset=recordset,
+                lock_timeout=lock_timeout,
+                skip_bad_rows=skip_bad_rows,
+                progress=progress,
+            )
         except (ArchiveRejected, IngestError) as exc:
             failures.append((str(path), exc))
             if on_error:
@@ -551,9 +738,11 @@ def ingest_paths(
 def describe(result: IngestResult) -> str:
     """One line a user reads after an archive was loaded."""
     removed = f", {result.deleted} removed since the last version" if result.deleted else ""
+    kept = "".join(f", {rows} {name} rows" for name, rows in result.extensions)
+    skipped = "".join(f"; {rows} malformed rows of {name} skipped" for name, rows in result.skipped)
     return (
         f"recordset {result.recordset} version {result.version}: {result.records} records, "
-        f"{result.media} media records{removed} ({result.source})"
+        f"{result.media} media records{kept}{removed}{skipped} ({result.source})"
     )
 
 
@@ -564,6 +753,7 @@ __all__ = [
     "StoreLocked",
     "describe",
     "ingest_archive",
+    "ingest_chunks",
     "ingest_paths",
     "ingest_synthetic",
     "ingest_verbatim",

@@ -13,6 +13,8 @@ the index flags appear. The same ``count`` and ``seed`` always give the same rec
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -164,9 +166,12 @@ def _pad(values: np.ndarray, width: int) -> pa.Array:
     return pc.utf8_lpad(_str(values), width, "0")
 
 
-def synthetic_tables(count: int, *, seed: int = 0) -> tuple[pa.Table, pa.Table]:  # noqa: PLR0915  (one statement per synthetic column, in the order of the archive)
-    """(core, media) verbatim tables of ``count`` synthetic records and their media."""
-    rng = np.random.default_rng(seed)
+def synthetic_tables(  # noqa: PLR0915  (one statement per synthetic column, in the order of the archive)
+    count: int, *, seed: int = 0, offset: int = 0, rng: np.random.Generator | None = None
+) -> tuple[pa.Table, pa.Table]:
+    """(core, media) verbatim tables of ``count`` synthetic records and their media; the
+    records' serial numbers start after ``offset`` (for chunks of one recordset)."""
+    rng = rng if rng is not None else np.random.default_rng(seed)
     n = count
     t = rng.integers(0, len(TAXA), n)
     taxa = list(zip(*TAXA, strict=True))
@@ -191,7 +196,7 @@ def synthetic_tables(count: int, *, seed: int = 0) -> tuple[pa.Table, pa.Table]:
     inst = list(zip(*INSTITUTIONS, strict=True))
     inst_code = pa.array(inst[0], pa.string()).take(pa.array(i))
     coll_code = pa.array(inst[1], pa.string()).take(pa.array(i))
-    serial = np.arange(1, n + 1) + seed * 10_000_000
+    serial = np.arange(1, n + 1) + offset + seed * 10_000_000
     catalog = _join(inst_code, "-", _pad(serial, 7))
     occurrence_id = _join("urn:catalog:", inst_code, ":", coll_code, ":", _pad(serial, 7))
 
@@ -315,6 +320,29 @@ def synthetic_tables(count: int, *, seed: int = 0) -> tuple[pa.Table, pa.Table]:
         }
     )
     return core, media
+
+
+#: Records generated at a time by :func:`synthetic_chunks` (memory stays flat beyond it).
+SYNTHETIC_CHUNK = 200_000
+
+
+def synthetic_chunks(
+    count: int, *, seed: int = 0, chunk: int = SYNTHETIC_CHUNK
+) -> Iterator[tuple[pa.Table, pa.Table]]:
+    """``count`` synthetic records as (core, media) chunks of at most ``chunk`` records.
+
+    The first chunk is exactly :func:`synthetic_tables` (``count``, ``seed``), so a store of
+    up to ``chunk`` records is the same whichever way it is made; later chunks draw from
+    their own seeded generators and continue the serial numbers.
+    """
+    done = 0
+    k = 0
+    while k == 0 or done < count:
+        n = min(chunk, count - done)
+        rng = np.random.default_rng(seed if k == 0 else [seed, k])
+        yield synthetic_tables(n, seed=seed, offset=done, rng=rng)
+        done += n
+        k += 1
 
 
 def synthetic_archive(

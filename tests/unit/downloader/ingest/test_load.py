@@ -13,7 +13,7 @@ import pytest
 
 from downloader.ingest.derive import UUID_NAMESPACE
 from downloader.ingest.load import ingest_archive, ingest_paths, store_path
-from downloader.ingest.read import ArchiveRejected, read_archive
+from downloader.ingest.read import ArchiveRejected, open_archive
 from downloader.sources.duckdb import DuckDBSource
 from query.fields import field_names
 from query.text import tokens
@@ -232,5 +232,7 @@ def test_recordset_keeps_eml_and_term_lists(tmp_path: Path) -> None:
 def test_read_archive_uses_file_name_without_eml(tmp_path: Path) -> None:
     copy = tmp_path / "my-csv-export.zip"
     shutil.copy(FIXTURES / "dwca-simple-csv.zip", copy)
-    assert read_archive(copy).recordset_id == "my-csv-export"
-    assert read_archive(copy, recordset_id="given").recordset_id == "given"
+    for given, expected in ((None, "my-csv-export"), ("given", "given")):
+        opened = open_archive(copy, recordset_id=given)
+        opened.files.close()
+        assert opened.recordset_id == expected
