@@ -191,72 +191,18 @@ def json_object_sql(cols: Columns, terms: Sequence[str]) -> str:
     return "'{' || concat_ws(',', " + ", ".join(parts) + ") || '}'"
 
 
-def fulltext_tokens(table: pa.Table) -> pa.ListArray:
-    """Per row of a verbatim table, the distinct ``fulltext`` tokens of all its term values.
-
-    Vectorised: each column's distinct values are tokenised once (Arrow's RE2 split on the
-    NFC-normalised, lower-cased text), then the token ids are gathered per row and
-    de-duplicated with numpy. Tokens of a row come out ordered by first appearance in the
-    table, which is stable for the same input.
-    """
-    n = table.num_rows
-    per_column: list[tuple[np.ndarray, np.ndarray, pa.ListArray]] = []
-    flat: list[pa.Array] = []
-    for name in table.column_names:
-        if name.startswith("_"):
-            continue
-        encoded = table[name].combine_chunks().dictionary_encode()
-        if len(encoded.dictionary) == 0:
-            continue
-        text = pc.utf8_lower(pc.utf8_normalize(encoded.dictionary, "NFC"))
-        split = pc.split_pattern_regex(text, SEPARATOR_PATTERN)
-        indices = encoded.indices
-        valid = np.asarray(indices.is_valid())
-        rows = np.flatnonzero(valid)
-        per_column.append((rows, np.asarray(indices.fill_null(0))[valid], split))
-        flat.append(split.flatten())
-    if not per_column:
-        return pa.array([None] * n, pa.list_(pa.string()))
-    vocab_encoded = pa.concat_arrays(flat).dictionary_encode()
-    vocabulary = vocab_encoded.dictionary
-    ids_all = np.asarray(vocab_encoded.indices).astype(np.int64)
-    row_parts: list[np.ndarray] = []
-    id_parts: list[np.ndarray] = []
-    position = 0
-    for rows, uniq_index, split in per_column:
-        offsets = np.asarray(split.offsets).astype(np.int64)
-        offsets -= offsets[0]
-        column_ids = ids_all[position : position + int(offsets[-1])]
-        position += int(offsets[-1])
-        starts = offsets[uniq_index]
-        lengths = offsets[uniq_index + 1] - starts
-        total = int(lengths.sum())
-        if total == 0:
-            continue
-        within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        row_parts.append(np.repeat(rows, lengths))
-        id_parts.append(column_ids[np.repeat(starts, lengths) + within])
-    empty = vocabulary.index("").as_py()
-    size = len(vocabulary)
-    if row_parts:
-        keys = np.concatenate(row_parts) * size + np.concatenate(id_parts)
-        if empty >= 0:
-            keys = keys[(keys % size) != empty]
-        # Sort, then drop repeats: numpy's np.unique hashes first, which is far slower here.
-        keys.sort()
-        if keys.size:
-            keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
-    else:
-        keys = np.zeros(0, dtype=np.int64)
-    row_of = keys // size
-    counts = np.bincount(row_of, minlength=n)
-    offsets_out = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets_out[1:])
-    values = vocabulary.take(pa.array(keys % size))
-    mask = pa.array(counts == 0)
-    return pa.LargeListArray.from_arrays(pa.array(offsets_out), values, mask=mask).cast(
-        pa.list_(pa.string())
+def fulltext_sql(cols: Columns, terms: Sequence[str]) -> str:
+    """SQL for a row's distinct ``fulltext`` tokens: the runs of letters and digits of all
+    its verbatim values, NFC-normalised and lower-cased (``query.text.tokens``), NULL when
+    there is none. One split of the joined values per row, on every core DuckDB has."""
+    if not terms:
+        return "CAST(NULL AS VARCHAR[])"
+    values = ", ".join(f"{cols.alias}.{quote_ident(t)}" for t in terms)
+    split = (
+        f"string_split_regex(lower(nfc_normalize(concat_ws(' ', {values}))), "
+        f"{quote_literal(SEPARATOR_PATTERN)})"
     )
+    return f"nullif(list_filter(list_distinct({split}), lambda x: x <> ''), [])"
 
 
 def generic_sql(f: Field, cols: Columns) -> tuple[str, str | None]:
@@ -330,15 +276,15 @@ def _flags_sql(conditions: Sequence[tuple[str, str]]) -> str:
     return f"nullif(list_filter([{items}], lambda x: x IS NOT NULL), [])"
 
 
-def dqs_values(table: pa.Table, rtype: RecordType) -> pa.Array:
-    """Per row, the share of the catalogue's verbatim source terms that are filled in (the
-    data quality score ``dqs``), computed with numpy over the verbatim table."""
+def dqs_sql(cols: Columns, rtype: RecordType) -> str:
+    """SQL for the data quality score ``dqs``: the share of the catalogue's verbatim source
+    terms that a row fills in."""
     terms = sorted({f.source_term for f in fields(rtype) if f.source_term})
-    filled = np.zeros(table.num_rows, dtype=np.int32)
-    for t in terms:
-        if t in table.column_names:
-            filled += np.asarray(table[t].is_valid(), dtype=np.int32)
-    return pa.array(np.round(filled / len(terms), 4))
+    present = [t for t in terms if t in cols]
+    if not present:
+        return "CAST(0 AS DOUBLE)"
+    filled = " + ".join(f"CAST({cols.alias}.{quote_ident(t)} IS NOT NULL AS INTEGER)" for t in present)
+    return f"round(({filled}) / {float(len(terms))}, 4)"
 
 
 def record_select(

@@ -35,8 +35,8 @@ from downloader.ingest.derive import (
     EVENT_DATE,
     Columns,
     date_sql,
-    dqs_values,
-    fulltext_tokens,
+    dqs_sql,
+    fulltext_sql,
     json_object_sql,
     media_select,
     parse_loose_date,
@@ -118,42 +118,6 @@ def schema_sql(prefix: str = "") -> list[str]:
 
 
 # --- phase 1: derive --------------------------------------------------------------------------
-
-
-def _computed_batches(
-    con: duckdb.DuckDBPyConnection, view: str, terms: Sequence[str], rtype: RecordType, out: str
-) -> None:
-    """``out`` (``_row``, ``_fulltext``, ``_dqs``): the columns computed in Arrow rather than
-    SQL (faster there), batch by batch so memory stays bounded."""
-    con.execute(f"CREATE TABLE {out} (_row BIGINT, _fulltext VARCHAR[], _dqs DOUBLE)")
-    cols = ", ".join([ROW_COLUMN, *(quote_ident(t) for t in terms)])
-    reader = con.cursor()
-    writer = con.cursor()
-    try:
-        result = reader.sql(f"SELECT {cols} FROM {view}").to_arrow_reader(_SCAN_BATCH_ROWS)
-        for batch in result:
-            table = pa.Table.from_batches([batch])
-            table = table.cast(
-                pa.schema(
-                    [
-                        pa.field(f.name, pa.int64() if f.name == ROW_COLUMN else pa.string())
-                        for f in table.schema
-                    ]
-                )
-            )
-            chunk = pa.table(
-                {
-                    "_row": table[ROW_COLUMN],
-                    "_fulltext": fulltext_tokens(table),
-                    "_dqs": dqs_values(table, rtype),
-                }
-            )
-            writer.register("_computed_chunk", chunk)
-            writer.execute(f"INSERT INTO {out} SELECT * FROM _computed_chunk")
-            writer.unregister("_computed_chunk")
-    finally:
-        reader.close()
-        writer.close()
 
 
 def _stage_keys(con: duckdb.DuckDBPyConnection, recordset: str, has_media: bool) -> None:
@@ -267,17 +231,17 @@ def derive(con: duckdb.DuckDBPyConnection, staged: StagedArchive, *, now: dateti
     con.execute("SET preserve_insertion_order = false")
     has_media = staged.media_terms is not None
     core_terms = staged.core_terms
-    _computed_batches(con, "core_v", core_terms, "records", "core_c")
-    if has_media:
-        _computed_batches(con, "media_v", staged.media_terms or [], "mediarecords", "media_c")
+    media_terms = staged.media_terms or []
     _stage_keys(con, staged.recordset_id, has_media)
     params = {"recordset": staged.recordset_id, "version": 0, "now": now}
     media_agg = None
     if has_media:
+        cols = Columns(media_terms, alias="v")
         con.execute(
-            "CREATE VIEW media_kx AS SELECT v.*, k._key, k._parent, k._uuid, c._fulltext, c._dqs "
-            f"FROM media_v AS v JOIN media_k AS k ON k.{ROW_COLUMN} = v.{ROW_COLUMN} "
-            f"JOIN media_c AS c ON c._row = v.{ROW_COLUMN}"
+            "CREATE VIEW media_kx AS SELECT v.*, k._key, k._parent, k._uuid, "
+            f"{fulltext_sql(cols, media_terms)} AS _fulltext, "
+            f"{dqs_sql(cols, 'mediarecords')} AS _dqs "
+            f"FROM media_v AS v JOIN media_k AS k ON k.{ROW_COLUMN} = v.{ROW_COLUMN}"
         )
         _run(
             con,
@@ -291,20 +255,18 @@ def derive(con: duckdb.DuckDBPyConnection, staged: StagedArchive, *, now: dateti
         )
         media_agg = "media_agg"
     datemap = _stage_datemap(con, core_terms)
+    cols = Columns(core_terms, alias="v")
     con.execute(
-        "CREATE VIEW core_kx AS SELECT v.*, k._key, k._uuid, c._fulltext, c._dqs "
-        f"FROM core_v AS v JOIN core_k AS k ON k.{ROW_COLUMN} = v.{ROW_COLUMN} "
-        f"JOIN core_c AS c ON c._row = v.{ROW_COLUMN}"
+        "CREATE VIEW core_kx AS SELECT v.*, k._key, k._uuid, "
+        f"{fulltext_sql(cols, core_terms)} AS _fulltext, {dqs_sql(cols, 'records')} AS _dqs "
+        f"FROM core_v AS v JOIN core_k AS k ON k.{ROW_COLUMN} = v.{ROW_COLUMN}"
     )
-    _run(
-        con,
-        "CREATE TABLE records_d AS "
-        + record_select(core_terms, source="core_kx", media_agg=media_agg, datemap=datemap),
-        params,
-    )
+    # A view: the records are derived once, by the INSERT into the store.
+    select = record_select(core_terms, source="core_kx", media_agg=media_agg, datemap=datemap)
+    con.execute("CREATE VIEW records_d AS " + _bind(select, params))
     extensions = _derive_extensions(con, staged)
     return Derived(
-        records=_scalar(con, "SELECT count(*) FROM records_d"),
+        records=_scalar(con, "SELECT count(*) FROM core_k"),
         media=_scalar(con, "SELECT count(*) FROM media_d") if has_media else 0,
         record_terms=_filled_terms(con, "core_v", core_terms),
         media_terms=_filled_terms(con, "media_v", staged.media_terms or []) if has_media else None,
@@ -334,6 +296,20 @@ def _derive_extensions(
             (ext.spec.row_type, ext.spec.name, _filled_terms(con, ext.table, ext.terms), ext.rows)
         )
     return out
+
+
+def _bind(sql: str, params: dict[str, Any]) -> str:
+    """``sql`` with its named parameters written in as literals (a view cannot take them);
+    only for the values ingest itself makes: the recordset id, version 0 and the time."""
+    for name, value in sorted(params.items(), key=lambda kv: -len(kv[0])):
+        if isinstance(value, datetime):
+            literal = f"TIMESTAMP {_sql_string(value.isoformat(sep=' '))}"
+        elif isinstance(value, int):
+            literal = str(value)
+        else:
+            literal = _sql_string(str(value))
+        sql = sql.replace(f"${name}", literal)
+    return sql
 
 
 def _run(con: duckdb.DuckDBPyConnection, sql: str, params: Any = None) -> None:
@@ -422,13 +398,13 @@ def write_recordset(
         deleted = _scalar(
             con,
             "SELECT count(*) FROM store.records WHERE recordset = $rs "
-            "AND uuid NOT IN (SELECT uuid FROM records_d)",
+            "AND uuid NOT IN (SELECT _uuid FROM core_k)",
             p,
         )
         _run(
             con,
             "INSERT INTO store.deleted_records SELECT uuid, recordset, $now, 'records' "
-            "FROM store.records WHERE recordset = $rs AND uuid NOT IN (SELECT uuid FROM records_d)",
+            "FROM store.records WHERE recordset = $rs AND uuid NOT IN (SELECT _uuid FROM core_k)",
             p,
         )
         _run(
@@ -465,7 +441,7 @@ def write_recordset(
                 f"DELETE FROM store.{table} WHERE recordset = $rs AND version <> $version",
                 {"rs": rs, "version": version},
             )
-        _run(con, "DELETE FROM store.deleted_records WHERE uuid IN (SELECT uuid FROM records_d)")
+        _run(con, "DELETE FROM store.deleted_records WHERE uuid IN (SELECT _uuid FROM core_k)")
         for table in ("extension_rows", "extension_files"):
             _run(con, f"DELETE FROM store.{table} WHERE recordset = ?", [rs])
         _run(
