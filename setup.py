@@ -38,6 +38,8 @@ setup(
         # Moving-window rate limits in memory or shared through Redis (the library behind
         # Flask-Limiter), rather than a hand-written bucket: downloader/service/limits.py.
         "limits>=5,<6",
+        # The progress bar of long ingests (rows, rows/s, ETA) on a terminal.
+        "tqdm>=4.66",
     ],
     extras_require={
         "test": [

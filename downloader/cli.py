@@ -92,6 +92,13 @@ def _register_ingest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="do nothing when the store already holds records",
     )
     p.add_argument(
+        "--skip-bad-rows",
+        action="store_true",
+        help="load an archive whose data files have malformed rows (a wrong number of "
+        "fields, bytes invalid in the declared encoding) without those rows, and count "
+        "them; by default such an archive is not loaded and the first rows are named",
+    )
+    p.add_argument(
         "--skip-unsupported",
         action="store_true",
         help="report archives that cannot be ingested (such as Taxon cores) as warnings and "
@@ -156,6 +163,7 @@ def _run_ingest(args: argparse.Namespace) -> int:  # noqa: C901  (one branch per
 
     def report_error(path: str, exc: Exception) -> None:
         skipped = args.skip_unsupported and isinstance(exc, ArchiveRejected)
+        bar.close()
         print(f"downloader ingest: {'skipped: ' if skipped else ''}{exc}", file=sys.stderr)
 
     queue_export = None if args.no_export else _export_hook(settings)
@@ -163,7 +171,10 @@ def _run_ingest(args: argparse.Namespace) -> int:  # noqa: C901  (one branch per
 
     def loaded(result: Any) -> None:
         nonlocal not_pushed
+        bar.close()
         print(describe(result))
+        for warning in result.warnings:
+            print(f"downloader ingest: warning: {warning}", file=sys.stderr)
         if push is not None:
             try:
                 print(push(result.recordset))
@@ -181,6 +192,7 @@ def _run_ingest(args: argparse.Namespace) -> int:  # noqa: C901  (one branch per
             print(f"downloader ingest: could not queue the export: {exc}", file=sys.stderr)
 
     failed = 0
+    bar = _ProgressBar(enabled=sys.stderr.isatty())
     try:
         if args.paths:
             _, failures = ingest_paths(
@@ -188,6 +200,8 @@ def _run_ingest(args: argparse.Namespace) -> int:  # noqa: C901  (one branch per
                 args.paths,
                 recordset=args.recordset,
                 lock_timeout=args.lock_timeout,
+                skip_bad_rows=args.skip_bad_rows,
+                progress=bar,
                 on_result=loaded,
                 on_error=report_error,
             )
@@ -203,7 +217,9 @@ def _run_ingest(args: argparse.Namespace) -> int:  # noqa: C901  (one branch per
                 seed=args.seed,
                 recordset=args.recordset,
                 lock_timeout=args.lock_timeout,
+                progress=bar,
             )
+            bar.close()
             loaded(result)
     except IngestError as exc:
         print(f"downloader ingest: {exc}", file=sys.stderr)
@@ -216,6 +232,43 @@ def _run_ingest(args: argparse.Namespace) -> int:  # noqa: C901  (one branch per
             file=sys.stderr,
         )
     return 1 if failed or not_pushed else 0
+
+
+class _ProgressBar:
+    """The ingest's progress as a tqdm bar per phase (rows, rows/s, ETA) on a terminal;
+    nothing otherwise (the one-line summary per archive is printed either way)."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar: Any = None
+        self._what = ""
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if what != self._what:
+            self.close()
+            self._what = what
+            self._bar = tqdm(
+                total=total or None,
+                desc=what,
+                unit=" rows",
+                unit_scale=True,
+                leave=False,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
+        bar = self._bar
+        if bar is not None and done > bar.n:
+            bar.update(done - bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+            self._what = ""
 
 
 class _IndexPusher:

@@ -43,10 +43,16 @@ class DownloadRequest:
     form: Form = "dwca-csv"
     record_fields: tuple[str, ...] | None = None
     mediarecord_fields: tuple[str, ...] | None = None
+    #: Whether a records archive carries the verbatim extensions (Identification,
+    #: MeasurementOrFact, ...) the matching records' recordsets were published with.
+    extensions: bool = True
 
     def canonical(self) -> dict[str, Any]:
-        """The request as iDigBio's ``query`` object, with normalised values."""
+        """The request as iDigBio's ``query`` object, with normalised values (``extensions``
+        only when it is turned off, so the hash of every iDigBio request stays as it was)."""
+        extra: dict[str, Any] = {} if self.extensions else {"extensions": False}
         return {
+            **extra,
             "core_source": self.core_source,
             "core_type": self.core_type,
             "form": self.form,
@@ -116,6 +122,26 @@ def _choice(params: Mapping[str, Any], name: str, allowed: tuple[str, ...], defa
     )
 
 
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+def _flag(params: Mapping[str, Any], name: str, default: bool) -> bool:
+    raw = params.get(name)
+    if isinstance(raw, bytes | bytearray):
+        raw = bytes(raw).decode("utf-8", "replace")
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return default
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().strip('"').lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise QueryError(name, f"{raw!r} is not a valid {name}; use true or false")
+
+
 def _field_list(params: Mapping[str, Any], name: str, rtype: RecordType) -> tuple[str, ...] | None:
     raw = _decode(name, params.get(name))
     if raw is None:
@@ -182,4 +208,5 @@ def parse_download_request(
         form=cast(Form, _choice(params, "form", FORMS, "dwca-csv")),
         record_fields=_field_list(params, "record_fields", "records"),
         mediarecord_fields=_field_list(params, "mediarecord_fields", "mediarecords"),
+        extensions=_flag(params, "extensions", True),
     )

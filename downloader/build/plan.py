@@ -172,6 +172,41 @@ def _type_files(
     return indexed, raw
 
 
+def _extension_files(src: RecordSource, request: dict[str, Any], taken: set[str]) -> list[DataFile]:
+    """The verbatim extensions (Identification, MeasurementOrFact, ...) of the matching
+    records, one file per rowType named after it (``identification.csv``), each row keyed
+    by its record's uuid. Only a source that keeps extensions (the embedded store) has
+    them; ``extensions=false`` leaves them out."""
+    listing = getattr(src, "extension_files", None)
+    read = getattr(src, "extension_batches", None)
+    if not callable(listing) or not callable(read) or not request.get("extensions", True):
+        return []
+    rq, mq = request.get("rq"), request.get("mq")
+    form = request.get("form", "dwca-csv")
+    batch_size = request.get("_batch_size", 10_000)
+    out = []
+    for extension in listing(rq, mq):
+        if not extension.terms:
+            continue
+        local = extension.row_type.rstrip("/").rsplit("/", 1)[-1] or extension.name
+        stem = re.sub(r"[^a-z0-9]+", "_", local.lower()).strip("_") or "extension"
+        name = f"{stem}.{dwca.file_extension(form)}"
+        while name in taken:
+            stem += "_extension"
+            name = f"{stem}.{dwca.file_extension(form)}"
+        taken.add(name)
+        out.append(
+            DataFile(
+                name,
+                extension.row_type,
+                dwca.raw_columns(extension.terms),
+                functools.partial(read, extension, rq, mq, batch_size=batch_size),
+                kind="other",
+            )
+        )
+    return out
+
+
 def _credits(src: RecordSource, recordsets: dict[str, int], template: str) -> list[RecordsetCredit]:
     """What citations.txt and rights.txt say of each recordset: its count, and its name and
     the rights its EML states where the source knows them (the embedded store does, through
@@ -265,6 +300,8 @@ def plan_archive(
         ),
     )
     files = _with_core(files, core)
+    if core_type == "records" and dwca.is_zip(form):
+        files += _extension_files(src, request, {f.filename for f in files})
 
     rs_type: RecordType = "mediarecords" if core_type == "mediarecords" else "records"
     recordsets = src.recordset_counts(rs_type, rq, mq)

@@ -33,10 +33,6 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from query.fields import Field, RecordType, fields
 
 #: The namespace of every uuid this store mints (uuid5 over recordset id and record key).
@@ -283,7 +279,9 @@ def dqs_sql(cols: Columns, rtype: RecordType) -> str:
     present = [t for t in terms if t in cols]
     if not present:
         return "CAST(0 AS DOUBLE)"
-    filled = " + ".join(f"CAST({cols.alias}.{quote_ident(t)} IS NOT NULL AS INTEGER)" for t in present)
+    filled = " + ".join(
+        f"CAST({cols.alias}.{quote_ident(t)} IS NOT NULL AS INTEGER)" for t in present
+    )
     return f"round(({filled}) / {float(len(terms))}, 4)"
 
 

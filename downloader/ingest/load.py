@@ -17,6 +17,8 @@ position), so ingesting the same archive again keeps every uuid.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import tempfile
 import time
@@ -52,7 +54,13 @@ from downloader.ingest.read import (
     VerbatimArchive,
     open_archive,
 )
-from downloader.ingest.stage import Progress, StagedArchive, stage_archive, stage_tables
+from downloader.ingest.stage import (
+    Phases,
+    Progress,
+    StagedArchive,
+    stage_archive,
+    stage_tables,
+)
 from query.fields import RecordType, fields
 from query.sql import DUCKDB_TYPES
 
@@ -510,12 +518,36 @@ def bump_data_version(con: duckdb.DuckDBPyConnection, *, prefix: str = "") -> in
 STAGING_MEMORY = "600MB"
 
 
+def _remove_stale_staging(root: Path) -> None:
+    """Remove the staging folders of ingests that were killed (their process is gone)."""
+    for folder in root.glob(".ingest-*"):
+        try:
+            pid = int((folder / "pid").read_text())
+        except (OSError, ValueError):
+            pid = 0
+        if pid <= 0:
+            with contextlib.suppress(OSError):
+                if folder.stat().st_mtime > time.time() - 60:
+                    continue  # just made; its pid file is on its way
+        else:
+            try:
+                os.kill(pid, 0)
+                continue  # still running
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @contextmanager
 def staging(data_dir: str | Path) -> Iterator[tuple[duckdb.DuckDBPyConnection, Path]]:
     """A private DuckDB database in a fresh folder beside the store, removed afterwards."""
     root = Path(data_dir)
     root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(root)
     workdir = Path(tempfile.mkdtemp(prefix=".ingest-", dir=root))
+    (workdir / "pid").write_text(str(os.getpid()))
     files = workdir / "files"
     files.mkdir()
     con = duckdb.connect(str(workdir / "stage.duckdb"))
@@ -536,15 +568,14 @@ def _derive_and_write(
     *,
     lock_timeout: float,
     now: datetime | None,
-    progress: Progress | None,
+    phases: Phases,
 ) -> IngestResult:
     when = (now or datetime.now(UTC)).replace(tzinfo=None)
     try:
-        if progress:
-            progress("deriving index fields", 0, 0)
+        rows = _scalar(con, "SELECT count(*) FROM core_v")
+        phases.start("keying records", rows)
         derived = derive(con, staged, now=when)
-        if progress:
-            progress("writing the new version", 0, 0)
+        phases.start("deriving and writing the new version", rows)
         with attached_store(con, store_path(data_dir), lock_timeout=lock_timeout):
             return write_recordset(con, staged, derived, now=when)
     except duckdb.OutOfMemoryException as exc:
@@ -593,7 +624,8 @@ def ingest_chunks(
 ) -> IngestResult:
     """Ingest verbatim (core, media) Arrow tables given chunk by chunk, so a recordset of any
     size is never whole in memory."""
-    with staging(data_dir) as (con, _files):
+    with staging(data_dir) as (con, _files), Phases(con, progress) as phases:
+        phases.start("generating records", 0)
         core_terms, media_terms = stage_tables(con, chunks)
         staged = StagedArchive(
             source=source,
@@ -604,7 +636,7 @@ def ingest_chunks(
             media_terms=media_terms,
         )
         return _derive_and_write(
-            con, data_dir, staged, lock_timeout=lock_timeout, now=now, progress=progress
+            con, data_dir, staged, lock_timeout=lock_timeout, now=now, phases=phases
         )
 
 
@@ -625,12 +657,12 @@ def ingest_archive(
     """
     opened = open_archive(path, recordset_id=recordset)
     try:
-        with staging(data_dir) as (con, files):
+        with staging(data_dir) as (con, files), Phases(con, progress) as phases:
             staged = stage_archive(
-                con, opened, workdir=files, skip_bad_rows=skip_bad_rows, progress=progress
+                con, opened, workdir=files, skip_bad_rows=skip_bad_rows, phases=phases
             )
             return _derive_and_write(
-                con, data_dir, staged, lock_timeout=lock_timeout, now=None, progress=progress
+                con, data_dir, staged, lock_timeout=lock_timeout, now=None, phases=phases
             )
     finally:
         opened.files.close()

@@ -266,6 +266,15 @@ class ArchiveFiles:
         finally:
             stream.close()
 
+    def size(self, name: str) -> int:
+        """A member's size in bytes (uncompressed)."""
+        member = self._member(name)
+        if self._zip is not None:
+            return self._zip.getinfo(member).file_size
+        if self.kind == "folder":
+            return (self.path / member).stat().st_size
+        return self.path.stat().st_size
+
     def local_path(self, name: str) -> Path | None:
         """The member's own path on disk, when it is a plain file (folders, bare files)."""
         if self.kind == "folder":

@@ -409,7 +409,7 @@ def stage_archive(
     *,
     workdir: Path,
     skip_bad_rows: bool = False,
-    progress: Progress | None = None,
+    phases: Phases,
 ) -> StagedArchive:
     """Stage every file an opened archive's layout names and define the views."""
     layout = opened.layout
@@ -445,7 +445,8 @@ def stage_archive(
                 warnings=staged.warnings,
             )
 
-        result = _with_progress(con, work, progress, spec.location)
+        phases.start(f"reading {spec.location}", estimated_rows(opened, spec))
+        result = work()
         done[table] = result
         if result.skipped:
             staged.skipped.append((spec.location, result.skipped))
@@ -465,34 +466,59 @@ def stage_archive(
     return staged
 
 
-def _with_progress(
-    con: duckdb.DuckDBPyConnection,
-    work: Callable[[], StagedFile],
-    progress: Progress | None,
-    what: str,
-) -> StagedFile:
-    """Run ``work`` while a thread reports DuckDB's query progress (percent of the file)."""
-    if progress is None:
-        return work()
-    stop = threading.Event()
+class Phases:
+    """Reports an ingest's phases to a :data:`Progress` callback, with DuckDB's progress of
+    the statement running in each, polled by a thread (``con.query_progress``)."""
 
-    def poll() -> None:
-        while not stop.wait(0.25):
+    def __init__(self, con: duckdb.DuckDBPyConnection, progress: Progress | None) -> None:
+        self._con = con
+        self._progress = progress
+        self._what = ""
+        self._total = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Phases:
+        if self._progress is not None:
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._report(100.0)
+
+    def start(self, what: str, total: int) -> None:
+        """A new phase of about ``total`` rows."""
+        self._report(100.0)
+        self._what, self._total = what, total
+        self._report(0.0)
+
+    def _report(self, percent: float) -> None:
+        if self._progress is not None and self._what:
+            self._progress(self._what, int(self._total * percent / 100), self._total)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.25):
             try:
-                pct = con.query_progress()
+                percent = self._con.query_progress()
             except duckdb.Error:
                 continue
-            if pct >= 0:
-                progress(f"reading {what}", int(pct * 10), 1000)
+            if percent >= 0:
+                self._report(min(percent, 100.0))
 
-    thread = threading.Thread(target=poll, daemon=True)
-    thread.start()
-    try:
-        return work()
-    finally:
-        stop.set()
-        thread.join()
-        progress(f"reading {what}", 1000, 1000)
+
+def estimated_rows(opened: OpenedArchive, spec: FileSpec) -> int:
+    """About how many rows a data file holds, from its size and its first megabyte."""
+    info = opened.files.size(spec.location)
+    with opened.files.open(spec.location) as f:
+        head = f.read(1 << 20)
+    lines = head.count(b"\n")
+    if not head or not lines:
+        return 0
+    return max(0, int(info * lines / len(head)) - spec.header_lines)
 
 
 # --- in-memory tables (tests, synthetic records) ----------------------------------------------

@@ -45,6 +45,7 @@ REQUEST_KEYS = (
     "form",
     "record_fields",
     "mediarecord_fields",
+    "extensions",
 )
 
 #: iDigBio's task_status values, derived from our internal state.

@@ -12,6 +12,11 @@ changed in between, and every DuckDB error becomes ``SourceUnavailable`` at this
 - :mod:`.verbatim`: verbatim terms split out of ``data`` for a stream, in C where built.
 """
 
-from downloader.sources.duckdb.source import DeletedRecord, DuckDBSource, RecordsetInfo
+from downloader.sources.duckdb.source import (
+    DeletedRecord,
+    DuckDBSource,
+    ExtensionFile,
+    RecordsetInfo,
+)
 
-__all__ = ["DeletedRecord", "DuckDBSource", "RecordsetInfo"]
+__all__ = ["DeletedRecord", "DuckDBSource", "ExtensionFile", "RecordsetInfo"]

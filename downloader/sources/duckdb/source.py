@@ -137,6 +137,15 @@ class _Missing(Exception):
     """The store file does not exist (an empty store)."""
 
 
+@dataclass(frozen=True)
+class ExtensionFile:
+    """A verbatim extension the store keeps: its rowType, file stem and terms."""
+
+    row_type: str
+    name: str
+    terms: list[str]
+
+
 class DuckDBSource:
     """Records and media records from the embedded DuckDB store (see ``RecordSource``)."""
 
@@ -497,6 +506,61 @@ class DuckDBSource:
             )
             for r in rows
         ]
+
+    def extension_files(
+        self, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+    ) -> list[ExtensionFile]:
+        """The verbatim extensions (other than media) that the recordsets of the matching
+        records were published with, one per rowType, with every term any of them uses."""
+        matching = self.recordset_counts("records", rq, mq)
+        if not matching:
+            return []
+        rows = self._query(
+            "SELECT rowtype, min(file), list_sort(list_distinct(flatten(list(terms)))) "
+            "FROM extension_files WHERE list_contains(?, recordset) "
+            "GROUP BY rowtype ORDER BY rowtype",
+            [sorted(matching)],
+        )
+        return [ExtensionFile(row_type=r[0], name=r[1], terms=list(r[2] or [])) for r in rows]
+
+    def extension_batches(
+        self,
+        extension: ExtensionFile,
+        rq: dict[str, Any] | None,
+        mq: dict[str, Any] | None,
+        *,
+        batch_size: int = 10_000,
+    ) -> Iterator[pa.RecordBatch]:
+        """The extension's rows that belong to the matching records, as batches of
+        (record uuid, one string column per term), ordered by record and then as
+        published: the same rows in the same order for the same data version."""
+        where, params = compile_request_where("records", rq, mq)
+        a = _ALIAS["records"]
+        shape = json.dumps(dict.fromkeys(extension.terms, "VARCHAR"))
+        columns = ", ".join(f"_x[{_sql_string(t)}]" for t in extension.terms)
+        sql = (
+            f"SELECT coreid, {columns} FROM (SELECT e.coreid, e.recordset, e.position, "
+            f"json_transform(e.data, {_sql_string(shape)}) AS _x FROM extension_rows AS e "
+            f"WHERE e.rowtype = ? AND e.coreid IN (SELECT {a}.uuid FROM records AS {a} "
+            f"WHERE {where})) ORDER BY coreid, recordset, position"
+        )
+        if not extension.terms:
+            return
+        try:
+            con = self._open()
+        except _Missing:
+            return
+        try:
+            reader = con.sql(sql, params=[extension.row_type, *params]).to_arrow_reader(batch_size)
+            for batch in reader:
+                yield pa.RecordBatch.from_arrays(
+                    [column.cast(pa.string()) for column in batch.columns],
+                    names=["coreid", *extension.terms],
+                )
+        except duckdb.Error as exc:
+            raise SourceUnavailable(f"record store query failed: {exc}") from exc
+        finally:
+            con.close()
 
     def recordset_eml(self, recordset: str) -> str | None:
         """The EML document the recordset's archive carried, if any."""

@@ -112,7 +112,12 @@ class ElasticsearchWriter:
                 self.es,
                 actions,
                 chunk_size=self.chunk_size,
-                max_retries=3,
+                # Bounded requests, and a busy cluster's 429s retried with back-off (1, 2,
+                # 4 ... 60 s; about five minutes in all) before the ingest gives up.
+                max_chunk_bytes=16 * 1024 * 1024,
+                max_retries=8,
+                initial_backoff=1,
+                max_backoff=60,
                 raise_on_error=False,
             ):
                 if not ok:
