@@ -25,7 +25,7 @@ DEFAULT_SIZES = (1_000_000, 5_000_000)
 QUICK_SIZES = (20_000,)
 #: Records per recordset when a larger store is grown from a smaller one.
 INGEST_PART = 1_000_000
-SECTIONS = ("build", "baseline", "limit", "search", "api")
+SECTIONS = ("build", "baseline", "limit", "search", "api", "ingest")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -141,8 +141,7 @@ def _embedded(args: argparse.Namespace, results: dict[str, Any]) -> None:  # noq
                 log(f"skipping {size:,}: {why}")
                 continue
             # A larger store is the smaller one plus new recordsets: its data is reused. They
-            # are added a million records at a time: ingest holds one recordset in memory
-            # while it derives it (4M at once took 20 GB).
+            # are added a million records at a time (one recordset each).
             log(f"store of {size:,} synthetic records ({size - held:,} to add)")
             seconds = 0.0
             while True:
@@ -313,6 +312,16 @@ def _search(args: argparse.Namespace, results: dict[str, Any]) -> None:
         results["search"] = res
 
 
+def _ingest(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    from bench.ingest_archive import run_ingest_bench
+
+    with work_dir(keep=args.keep) as work:
+        try:
+            results["ingest_archive"] = run_ingest_bench(work, args.sizes, seed=args.seed)
+        except Exception as exc:
+            _skip(results, "ingest", exc)
+
+
 def _skip(results: dict[str, Any], name: str, exc: BaseException) -> None:
     text = f"{type(exc).__name__}: {exc}"
     lines = text.strip().splitlines()
@@ -337,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         _embedded(args, results)
     if "search" in args.only:
         _search(args, results)
+    if "ingest" in args.only:
+        _ingest(args, results)
     results["meta"]["total_seconds"] = time.perf_counter() - started
 
     from bench.report import write

@@ -20,6 +20,9 @@ RSS_GROWTH_TOLERANCE = 1.10
 SEARCH_SHARE_OF_BARE = 0.80
 STATUS_RPS = 1500.0
 STATUS_P99_MS = 25.0
+#: Ingest of a DwC-A against DuckDB's bare read_csv of its core file, and its memory.
+INGEST_MAX_TIME_VS_READ_CSV = 3.0
+INGEST_MAX_RSS_MB = 1024.0
 
 
 @dataclass
@@ -136,7 +139,44 @@ def judge(results: dict[str, Any]) -> list[Verdict]:
         verdicts.append(
             Verdict("status endpoint", ">= 1,500 req/s, p99 < 25 ms", "not measured", None)
         )
+    verdicts.extend(_ingest_verdicts(results))
     return verdicts
+
+
+def _ingest_verdicts(results: dict[str, Any]) -> list[Verdict]:
+    rows = results.get("ingest_archive") or []
+    if not rows:
+        return [
+            Verdict(
+                "ingest vs DuckDB read_csv",
+                f"<= {INGEST_MAX_TIME_VS_READ_CSV:g}x",
+                "not measured",
+                None,
+            )
+        ]
+    out = []
+    for row in rows:
+        n = row["records"]
+        ratio = row["time_vs_reference"]
+        out.append(
+            Verdict(
+                f"ingest of a {n:,}-row DwC-A vs DuckDB read_csv of its core",
+                f"<= {INGEST_MAX_TIME_VS_READ_CSV:g}x",
+                f"{ratio:.1f}x ({row['ours']['seconds']:.1f} s vs "
+                f"{row['reference']['seconds']:.1f} s)",
+                ratio <= INGEST_MAX_TIME_VS_READ_CSV,
+            )
+        )
+        rss = row["ours"]["peak_rss_bytes"] / MB
+        out.append(
+            Verdict(
+                f"ingest peak RSS at {n:,} rows",
+                f"< {INGEST_MAX_RSS_MB:g} MB",
+                f"{rss:,.0f} MB (read_csv {row['reference']['peak_rss_bytes'] / MB:,.0f} MB)",
+                rss < INGEST_MAX_RSS_MB,
+            )
+        )
+    return out
 
 
 def markdown(results: dict[str, Any], verdicts: list[Verdict]) -> str:
