@@ -542,7 +542,8 @@ def _remove_stale_staging(root: Path) -> None:
 
 @contextmanager
 def staging(data_dir: str | Path) -> Iterator[tuple[duckdb.DuckDBPyConnection, Path]]:
-    """A private DuckDB database in a fresh folder beside the store, removed afterwards."""
+    """A private DuckDB database (in memory, spilling to a fresh folder beside the store),
+    removed afterwards."""
     root = Path(data_dir)
     root.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(root)
@@ -550,7 +551,9 @@ def staging(data_dir: str | Path) -> Iterator[tuple[duckdb.DuckDBPyConnection, P
     (workdir / "pid").write_text(str(os.getpid()))
     files = workdir / "files"
     files.mkdir()
-    con = duckdb.connect(str(workdir / "stage.duckdb"))
+    # In memory up to STAGING_MEMORY, then spilled to the folder: a recordset of any size
+    # stages without filling either memory or (with compression) much disk.
+    con = duckdb.connect(":memory:")
     try:
         con.execute(f"SET memory_limit = '{STAGING_MEMORY}'")
         con.execute(f"SET temp_directory = {_sql_string(str(workdir / 'spill'))}")
