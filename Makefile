@@ -7,7 +7,7 @@ PORT ?= 8080
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint typecheck pytest serve bench clean
+.PHONY: help install test lint typecheck pytest serve bench clean browser-deps
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,15 +28,28 @@ lint: $(STAMP) ## ruff lint and format check, and the import contracts (pyprojec
 typecheck: $(STAMP) ## mypy over the packages
 	$(BIN)/mypy
 
-pytest: $(STAMP) ## the test suite only
+pytest: $(STAMP) browser-deps ## the test suite only
 	$(BIN)/pytest
 
 test: lint typecheck pytest ## Install everything, then ruff, mypy and the whole test suite
 
-# The bundled occurrence samples make serve's first start; 20,000 synthetic records (fixed
-# seed) give queries such as {"genus": "acer"} something to find.
+# The web page's browser tests drive Debian's chromium with Playwright (which never downloads
+# a browser). Installed here when missing and we are root; otherwise those tests skip and say
+# how to enable them.
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium for the browser tests (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends chromium >/dev/null; \
+	  else echo "chromium not found: the browser tests will be skipped (apt-get install chromium)"; fi; }
+
+# The bundled occurrence samples and three real portals' archives (an iDigBio download of
+# Acer rubrum, a GBIF download, a Symbiota export) make serve's first start; 20,000
+# synthetic records (fixed seed) give queries such as {"genus": "acer"} more to find.
 SAMPLES := tests/fixtures/dwca/gbif-results.zip tests/fixtures/dwca/dwca-simple-test-archive.zip \
-	tests/fixtures/dwca/dwca-test-default.zip $(wildcard tests/fixtures/dwca/*multimedia*.zip)
+	tests/fixtures/dwca/dwca-test-default.zip $(wildcard tests/fixtures/dwca/*multimedia*.zip) \
+	$(wildcard tests/fixtures/real-dwca/*.zip)
 SYNTHETIC ?= 20000
 
 serve: $(STAMP) ## Install, load the sample archives into an empty store, serve on localhost:$(PORT)

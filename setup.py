@@ -19,7 +19,12 @@ setup(
     ),
     python_requires=">=3.11",
     packages=find_packages(include=["downloader*", "query*", "archive*", "notify*"]),
-    package_data={"query": ["*.csv", "*.json"], "archive": ["*.xml", "*.xsd"]},
+    package_data={
+        "query": ["*.csv", "*.json"],
+        "archive": ["*.xml", "*.xsd"],
+        # The web page: HTML, modules, styles and the vendored map library and outline.
+        "downloader.api": ["static/*/*", "static/*/*/*"],
+    },
     include_package_data=True,
     install_requires=[
         "tornado>=6.4",
@@ -47,6 +52,9 @@ setup(
             "pytest-timeout>=2.3",
             # Every archive the tests write is re-read with it.
             "python-dwca-reader>=0.16",
+            # The web page's browser tests drive Debian's chromium (never a downloaded one);
+            # pinned, since Debian moves chromium forward under it.
+            "playwright==1.65.2",
             "hypothesis>=6.100",
             "ruff>=0.6",
             # The layering of docs/architecture.md as checked contracts (pyproject.toml).

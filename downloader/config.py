@@ -70,6 +70,8 @@ class Settings:
     publisher_url: str
     intellectual_rights: str
     recordset_url_template: str
+    map_tile_url: str
+    map_tile_attribution: str
     smtp_host: str
     smtp_port: int
     smtp_security: str

@@ -15,7 +15,7 @@ import tornado.httpserver
 import tornado.web
 from tornado.ioloop import IOLoop, PeriodicCallback
 
-from downloader.api import archives, base, downloads, exports, health, jobs
+from downloader.api import archives, base, downloads, exports, health, jobs, portal
 from downloader.backends import Context, make_context
 from downloader.build import requeue_stale
 from downloader.config import Settings
@@ -65,6 +65,19 @@ def make_app(ctx: Context, *, executor: Executor | None = None) -> tornado.web.A
         "status_cache": service.StatusCache(),
     }
     routes: list[Any] = [
+        # The web page (api/portal.py) and the small resources it reads.
+        (r"/portal", tornado.web.RedirectHandler, {"url": "/portal/"}),
+        (r"/portal/", portal.PageHandler, args),
+        (r"/portal/config\.json", portal.ConfigHandler, args),
+        (
+            r"/portal/static/(.*)",
+            portal.StaticHandler,
+            {"path": str(portal.STATIC_DIR), "tile_url": ctx.settings.map_tile_url},
+        ),
+        (r"/favicon\.ico", tornado.web.RedirectHandler, {"url": "/portal/static/portal/icon.svg"}),
+        (r"/v2/fields/?", portal.FieldsHandler, args),
+        (r"/v2/estimates/?", portal.EstimatesHandler, args),
+        (r"/recordsets/?", portal.RecordsetsHandler, args),
         # Recordset exports (api/exports.py) and the jobs resource (api/jobs.py); the
         # status route below also takes DELETE there, to cancel.
         (rf"/recordsets/{_ID}/versions/?", exports.VersionsHandler, args),
@@ -128,6 +141,13 @@ def _run_requeue(ctx: Context, dispatcher: Dispatcher) -> None:
     except Exception:
         # The next sweep tries again (the job store may be unreachable for a moment).
         log.exception("requeue of jobs whose worker died failed")
+
+
+def _shown_host(host: str) -> str:
+    """A host to print in a URL someone can open (a wildcard address is this machine)."""
+    if host in ("", "0.0.0.0", "::"):
+        return "localhost"
+    return f"[{host}]" if ":" in host else host
 
 
 def requeue_interval(settings: Settings) -> float:
@@ -197,6 +217,8 @@ async def serve(settings: Settings) -> None:
         settings.workers if isinstance(dispatcher, LocalDispatcher) else "celery",
     )
     print(f"downloader: serving on http://{settings.host}:{settings.port}/", flush=True)
+    public = settings.base_url.rstrip("/") or f"http://{_shown_host(settings.host)}:{settings.port}"
+    print(f"downloader: the web page is at {public}/portal/", flush=True)
     try:
         await stop.wait()
     finally:

@@ -47,6 +47,10 @@ class IndexHandler(DownloadHandler):
         """A download when parameters are given, else what the service offers."""
         params = self.params()
         if not params:
+            if "text/html" in self.request.headers.get("Accept", ""):
+                # A browser: the web page. Scripts (Accept: */* or JSON) get the JSON.
+                self.redirect("/portal/", status=303)
+                return
             self.write_json(self._about())
             return
         await self._request(params)
@@ -62,6 +66,8 @@ class IndexHandler(DownloadHandler):
             "download": f"{base}/v2/download/?rq=" + quote('{"genus":"acer"}'),
             "status": f"{base}/v2/download/<id>",
             "count": f"{base}/v2/count?rq=" + quote('{"genus":"acer"}'),
+            "portal": f"{base}/portal/",
+            "fields": f"{base}/v2/fields",
             "health": f"{base}/healthz",
         }
 

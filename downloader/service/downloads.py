@@ -27,6 +27,7 @@ from downloader.links import content_type, download_url, status_url
 from downloader.models import TERMINAL_STATES, Job, now_utc
 from downloader.service import limits
 from downloader.service.limits import Caller
+from downloader.service.portal import MEASURED
 from notify.addresses import check_address
 from notify.errors import InvalidAddress
 from notify.service import send_ready_email
@@ -270,6 +271,7 @@ def status_document(ctx: Context, job: Job, base_url: str) -> dict[str, Any]:
     if job.state == "SUCCESS":
         doc["download_url"] = download_url(ctx, job, base)
         doc["filename"] = job.filename
+        MEASURED.observe(job)
     elif job.state == "FAILURE":
         doc["error"] = job.error or "The archive could not be built."
     elif job.state == "CANCELLED":
