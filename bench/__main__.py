@@ -25,7 +25,7 @@ DEFAULT_SIZES = (1_000_000, 5_000_000)
 QUICK_SIZES = (20_000,)
 #: Records per recordset when a larger store is grown from a smaller one.
 INGEST_PART = 1_000_000
-SECTIONS = ("build", "baseline", "limit", "search", "api", "ingest")
+SECTIONS = ("build", "baseline", "limit", "search", "api", "small", "ingest")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -221,6 +221,8 @@ def _embedded(args: argparse.Namespace, results: dict[str, Any]) -> None:  # noq
                 _profile(args, store, selections(store)[0])
             if "api" in args.only and size == smallest:
                 _api(args, results, store, work)
+            if "small" in args.only and size == smallest:
+                _small(results, store, work)
 
 
 def _counts(db_path: Path, sel: Any) -> tuple[int, int]:
@@ -312,6 +314,16 @@ def _search(args: argparse.Namespace, results: dict[str, Any]) -> None:
         results["search"] = res
 
 
+def _small(results: dict[str, Any], store: Any, work: Path) -> None:
+    from bench.small import run_small
+
+    log("small downloads through a warm serve")
+    try:
+        results["small"] = run_small(store.data_dir, store.db_path, work)
+    except Exception as exc:
+        _skip(results, "small downloads", exc)
+
+
 def _ingest(args: argparse.Namespace, results: dict[str, Any]) -> None:
     from bench.ingest_archive import run_ingest_bench
 
@@ -342,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     started = time.perf_counter()
     results: dict[str, Any] = {"meta": _meta(argv), "embedded": []}
-    if args.only & {"build", "baseline", "limit", "api"}:
+    if args.only & {"build", "baseline", "limit", "api", "small"}:
         _embedded(args, results)
     if "search" in args.only:
         _search(args, results)

@@ -23,6 +23,9 @@ STATUS_P99_MS = 25.0
 #: Ingest of a DwC-A against DuckDB's bare read_csv of its core file, and its memory.
 INGEST_MAX_TIME_VS_READ_CSV = 3.0
 INGEST_MAX_RSS_MB = 1024.0
+#: Small downloads (a few hundred records) through a warm serve, submission to complete.
+SMALL_MEDIAN_MS = 250.0
+SMALL_P95_MS = 500.0
 
 
 @dataclass
@@ -139,6 +142,19 @@ def judge(results: dict[str, Any]) -> list[Verdict]:
         verdicts.append(
             Verdict("status endpoint", ">= 1,500 req/s, p99 < 25 ms", "not measured", None)
         )
+    small = results.get("small")
+    if small:
+        verdicts.append(
+            Verdict(
+                f"small downloads ({small['records_per_query']} records, distinct queries)",
+                f"median < {SMALL_MEDIAN_MS:g} ms, p95 < {SMALL_P95_MS:g} ms",
+                f"median {small['median_ms']:.0f} ms, p95 {small['p95_ms']:.0f} ms "
+                f"(one record {small['tiny_ms']:.0f} ms, empty {small['empty_ms']:.0f} ms)",
+                small["median_ms"] < SMALL_MEDIAN_MS and small["p95_ms"] < SMALL_P95_MS,
+            )
+        )
+    else:
+        verdicts.append(Verdict("small downloads", "median < 250 ms", "not measured", None))
     verdicts.extend(_ingest_verdicts(results))
     return verdicts
 

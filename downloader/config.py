@@ -45,6 +45,8 @@ class Settings:
     dispatcher: str
     storage: str
     workers: int
+    worker_max_jobs: int
+    worker_max_rss_mb: int
     reuse_window_hours: float
     retention_days: float
     max_attempts: int
@@ -194,6 +196,7 @@ def _build(raw: dict[str, Any], *, origin: str, origins: dict[str, str] | None =
     for name in (
         "port",
         "workers",
+        "worker_max_jobs",
         "max_attempts",
         "job_time_limit_seconds",
         "progress_every",

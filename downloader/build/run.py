@@ -12,6 +12,7 @@ truncated archive never becomes visible.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 from datetime import timedelta
@@ -118,10 +119,14 @@ def build_archive(job_id: str, ctx: Context) -> Job | None:
     # An export job is named when it is created ({recordset}_{version}.{lastUpdated}.zip).
     filename = job.filename or archive_filename(job)
     beat = max(0.5, settings.stale_job_seconds / 4)
-    with ProgressReporter(ctx, job.id, every=settings.progress_every, beat=beat) as reporter:
+    src = ctx.source()
+    with (
+        ProgressReporter(ctx, job.id, every=settings.progress_every, beat=beat) as reporter,
+        _read_session(src),
+    ):
         writer = None
         try:
-            plan = plan_archive(ctx, job, ctx.source())
+            plan = plan_archive(ctx, job, src)
             counts = plan.counts
             reporter.expected = plan.spec.expected_rows(counts)
             reporter.total = sum(counts.get(f.kind, 0) for f in _kinds(plan.spec))
@@ -166,6 +171,13 @@ def build_archive(job_id: str, ctx: Context) -> Job | None:
     log.info("job %s done: %d bytes, %s", job.id, job.size, job.counts)
     notify_ready(ctx, job)
     return job
+
+
+def _read_session(src: object) -> contextlib.AbstractContextManager[object]:
+    """The source's read session for one build (the embedded store shares its connections
+    inside one, so a small build does not pay a dozen opens), or nothing."""
+    session = getattr(src, "session", None)
+    return session() if callable(session) else contextlib.nullcontext()
 
 
 #: The ``counts`` key under which a unique-values core reports its rows.

@@ -1,14 +1,18 @@
-"""The embedded dispatcher: worker processes inside ``downloader serve``.
+"""The embedded dispatcher: warm worker processes inside ``downloader serve``.
 
 The queue is the job store itself, so it is as durable as the store: ``dispatch`` only wakes
-the supervisor thread, which starts one spawned process per PENDING job (at most
-``workers`` at a time) running :func:`downloader.dispatch.worker.run_job`. One process per job keeps
-the rules simple and strong: a job over ``job_time_limit_seconds`` is stopped by killing its
-process, and a build that crashes (or is killed) cannot disturb the others.
+the supervisor thread, which hands PENDING jobs to a pool of ``workers`` long-lived worker
+processes (:func:`downloader.dispatch.worker.serve_jobs`), started with serve and each
+building one job at a time. A worker has imported everything a build needs before its
+first job, so a small download starts in milliseconds; it retires after
+``worker_max_jobs`` builds or above ``worker_max_rss_mb`` and a fresh one takes its place.
 
-After a restart, PENDING jobs simply run; a job left STARTED by a process that died counts
-as interrupted: it is queued again until it has been started ``max_attempts`` times, then it
-fails with a message saying so (and its requesters are told).
+The rules of one process per build still hold, because a build never shares its process
+with another build: a job over ``job_time_limit_seconds`` is stopped by killing its worker
+(a new one is started), and a worker that crashes (or is killed) takes only its own job
+with it. After a restart, PENDING jobs simply run; a job left STARTED by a process that died
+counts as interrupted: it is queued again until it has been started ``max_attempts`` times,
+then it fails with a message saying so (and its requesters are told).
 
 The local dispatcher assumes it is the only one working on its job store (one ``serve`` per
 data directory, which the embedded SQLite store implies anyway).
@@ -16,53 +20,104 @@ data directory, which the embedded SQLite store implies anyway).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
+import socket
 import threading
 import time
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 from downloader.backends import Context, make_context
 from downloader.build import fail_job
 from downloader.config import Settings
-from downloader.dispatch.worker import run_job
+from downloader.dispatch.worker import run_job, serve_jobs
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
+class _Worker:
+    """One warm worker process and the pipe to it."""
+
+    process: BaseProcess
+    conn: Connection
+    ready: bool = False
+    job_id: str | None = None
+    retiring: bool = False
+
+
+@dataclass
 class _Run:
+    """A build in progress: its process, when it started, and its pool worker (if any)."""
+
     process: BaseProcess
     started: float
+    worker: _Worker | None = None
+
+
+class _Wakeup:
+    """A threading.Event that the supervisor can also wait on together with its workers'
+    pipes (through a socket pair), so a dispatch or a finished build wakes it at once."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reader, self._writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def set(self) -> None:
+        self._event.set()
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._writer.send(b"\0")
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def clear(self) -> None:
+        self._event.clear()
+        with contextlib.suppress(BlockingIOError, OSError):
+            while self.reader.recv(4096):
+                pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._event.wait(timeout)
 
 
 class LocalDispatcher:
-    """:class:`~downloader.interfaces.Dispatcher` running builds in local processes."""
+    """:class:`~downloader.interfaces.Dispatcher` running builds in local worker processes."""
 
     def __init__(self, settings: Settings, *, ctx: Context | None = None) -> None:
         self.settings = settings
         self.ctx = ctx or make_context(settings)
-        # spawn: a fresh interpreter per build, never a fork of a process with threads
-        # (Tornado's executor, SQLite and DuckDB connections) in it.
+        # spawn: fresh interpreters, never a fork of a process with threads (Tornado's
+        # executor, SQLite and DuckDB connections) in it.
         self._mp = multiprocessing.get_context("spawn")
-        self._wake = threading.Event()
+        self._wake = _Wakeup()
         self._stopping = threading.Event()
         self._running: dict[str, _Run] = {}
+        self._workers: list[_Worker] = []
         self._not_before: dict[str, float] = {}
         self._thread: threading.Thread | None = None
+        self._early_deaths = 0
+        self._next_spawn = 0.0
 
     # --- Dispatcher ---------------------------------------------------------------------
 
     def dispatch(self, job_id: str) -> None:
-        """The job is saved as PENDING; wake the supervisor to start it if a slot is free."""
+        """The job is saved as PENDING; wake the supervisor to start it if a worker is free."""
         self._wake.set()
 
     # --- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Recover interrupted jobs, then supervise workers on a background thread."""
+        """Recover interrupted jobs, start the warm workers, then supervise them on a
+        background thread."""
         self.recover()
+        self._keep_workers()
         self._thread = threading.Thread(target=self._loop, name="local-dispatcher", daemon=True)
         self._thread.start()
 
@@ -74,12 +129,16 @@ class LocalDispatcher:
         hurry: threading.Event | None = None,
     ) -> None:
         """Stop starting builds; let running ones finish for up to ``grace`` seconds (or
-        until ``hurry`` is set), then terminate the rest and hand their jobs back: PENDING
-        again, the interrupted attempt not counted, so the next start builds them."""
+        until ``hurry`` is set), then stop the workers and hand the unfinished jobs back:
+        PENDING again, the interrupted attempt not counted, so the next start builds them."""
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        for worker in self._workers:
+            if worker.job_id is None:
+                with contextlib.suppress(OSError, ValueError):
+                    worker.conn.send(None)  # idle: leave now
         deadline = time.monotonic() + grace
         while self._running and time.monotonic() < deadline:
             if hurry is not None and hurry.is_set():
@@ -89,13 +148,19 @@ class LocalDispatcher:
                 time.sleep(0.1)
         self._reap()
         stopped = list(self._running)
-        for run in list(self._running.values()):
-            run.process.terminate()
-        for run in list(self._running.values()):
-            run.process.join(timeout)
-            if run.process.is_alive():
-                run.process.kill()
-                run.process.join(timeout)
+        processes = [w.process for w in self._workers]
+        processes += [r.process for r in self._running.values() if r.worker is None]
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(timeout)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout)
+        for worker in self._workers:
+            worker.conn.close()
+        self._workers.clear()
         self._running.clear()
         for job_id in stopped:
             self._hand_back(job_id)
@@ -129,58 +194,133 @@ class LocalDispatcher:
             try:
                 self._reap()
                 self._enforce_time_limit()
+                self._keep_workers()
                 self._launch()
             except Exception:
                 # The supervisor must survive a job store hiccup; it tries again next turn.
                 log.exception("local dispatcher: supervision step failed")
-            self._wake.wait(self.settings.dispatch_poll_seconds)
-            self._wake.clear()
+            self._wait()
+
+    def _wait(self) -> None:
+        """Sleep until a dispatch, a worker's message or death, or the next poll."""
+        waitables: list[Any] = [self._wake.reader]
+        for worker in self._workers:
+            waitables += [worker.conn, worker.process.sentinel]
+        timeout = self.settings.dispatch_poll_seconds
+        if any(r.worker is None for r in self._running.values()):
+            timeout = min(timeout, 0.5)
+        try:
+            wait(waitables, timeout)
+        except OSError:
+            time.sleep(0.05)
+        self._wake.clear()
+
+    def _spawn(self) -> None:
+        parent, child = self._mp.Pipe()
+        process = self._mp.Process(
+            target=serve_jobs,
+            # run_job is looked up now, so a test may replace it with its own builder.
+            args=(child, self.settings, run_job),
+            name="build-worker",
+            daemon=True,
+        )
+        process.start()
+        child.close()
+        self._workers.append(_Worker(process, parent))
+        log.info("worker process %s started", process.pid)
+
+    def _keep_workers(self) -> None:
+        """Keep ``workers`` worker processes (a worker that died early delays the next
+        start, so a broken installation does not spawn in a tight loop)."""
+        if self._stopping.is_set() or time.monotonic() < self._next_spawn:
+            return
+        while len(self._workers) < self.settings.workers:
+            self._spawn()
 
     def _launch(self) -> None:
-        free = self.settings.workers - len(self._running)
-        if free <= 0:
+        idle = [w for w in self._workers if w.ready and w.job_id is None and not w.retiring]
+        if not idle or self._stopping.is_set():
             return
         now = time.monotonic()
         for job in self.ctx.jobs.pending_jobs():
-            if free <= 0:
+            if not idle:
                 break
             if job.state != "PENDING" or job.id in self._running:
                 continue
             if self._not_before.get(job.id, 0.0) > now:
                 continue
-            process = self._mp.Process(
-                target=run_job,
-                args=(job.id, self.settings),
-                name=f"build-{job.id}",
-                daemon=True,
-            )
-            process.start()
-            self._running[job.id] = _Run(process, time.monotonic())
-            free -= 1
-            log.info("job %s: worker process %s started", job.id, process.pid)
+            worker = idle.pop(0)
+            try:
+                worker.conn.send(job.id)
+            except (OSError, ValueError):
+                continue  # it died just now; reaped next turn
+            worker.job_id = job.id
+            self._running[job.id] = _Run(worker.process, time.monotonic(), worker)
+            log.info("job %s: handed to worker process %s", job.id, worker.process.pid)
 
     def _reap(self) -> None:
+        for worker in list(self._workers):
+            self._read_messages(worker)
+            if worker.process.is_alive():
+                continue
+            worker.process.join()
+            self._workers.remove(worker)
+            worker.conn.close()
+            code = worker.process.exitcode
+            if not worker.ready:
+                self._early_deaths += 1
+                self._next_spawn = time.monotonic() + min(30.0, 2.0**self._early_deaths)
+                log.error(
+                    "worker process %s ended before it was ready (exit %s)",
+                    worker.process.pid,
+                    code,
+                )
+            if worker.job_id is not None and worker.job_id in self._running:
+                job_id = worker.job_id
+                del self._running[job_id]
+                self._finished(job_id, code)
         for job_id, run in list(self._running.items()):
-            if run.process.is_alive():
+            if run.worker is not None or run.process.is_alive():
                 continue
             run.process.join()
             del self._running[job_id]
-            code = run.process.exitcode
-            job = self.ctx.jobs.get(job_id)
-            if job is None:
-                continue
-            if job.state == "STARTED":
-                # The process ended without recording an outcome: it crashed or was killed.
-                self._interrupted(job_id, f"its worker process ended unexpectedly (exit {code})")
-            elif job.state == "PENDING":
-                # A transient error: try again after a pause that grows with the attempts.
-                delay = min(60.0, 2.0 ** max(0, job.attempts))
-                self._not_before[job_id] = time.monotonic() + delay
-                self._wake.set()
-            else:
-                self._not_before.pop(job_id, None)
-                # A slot is free: look for the next job at once.
-                self._wake.set()
+            self._finished(job_id, run.process.exitcode)
+
+    def _read_messages(self, worker: _Worker) -> None:
+        while True:
+            try:
+                if not worker.conn.poll():
+                    return
+                message = worker.conn.recv()
+            except (EOFError, OSError):
+                return
+            if message[0] == "ready":
+                worker.ready = True
+                self._early_deaths = 0
+            elif message[0] == "done":
+                job_id, retire = message[1], message[2]
+                worker.job_id = None
+                worker.retiring = worker.retiring or retire
+                if self._running.pop(job_id, None) is not None:
+                    self._finished(job_id, 0)
+
+    def _finished(self, job_id: str, code: int | None) -> None:
+        """A build's process is done with ``job_id``: what its state now says to do."""
+        job = self.ctx.jobs.get(job_id)
+        if job is None:
+            return
+        if job.state == "STARTED":
+            # It ended without recording an outcome: it crashed or was killed.
+            self._interrupted(job_id, f"its worker process ended unexpectedly (exit {code})")
+        elif job.state == "PENDING":
+            # A transient error: try again after a pause that grows with the attempts.
+            delay = min(60.0, 2.0 ** max(0, job.attempts))
+            self._not_before[job_id] = time.monotonic() + delay
+            self._wake.set()
+        else:
+            self._not_before.pop(job_id, None)
+            # A worker is free: look for the next job at once.
+            self._wake.set()
 
     def _enforce_time_limit(self) -> None:
         limit = self.settings.job_time_limit_seconds
@@ -195,6 +335,9 @@ class LocalDispatcher:
                 run.process.kill()
                 run.process.join(10)
             del self._running[job_id]
+            if run.worker is not None and run.worker in self._workers:
+                self._workers.remove(run.worker)  # a fresh one takes its place
+                run.worker.conn.close()
             job = self.ctx.jobs.get(job_id)
             if job is not None and job.state in ("PENDING", "STARTED"):
                 self._discard_partial(job_id)

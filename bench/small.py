@@ -1,0 +1,106 @@
+"""Small downloads through a warm ``downloader serve``: submission to ``complete``.
+
+Distinct queries of a few hundred records each (catalogue-number selections taken from the
+store), then a one-record and an empty download, each submitted and polled every 10 ms on
+one keep-alive connection, the way the web page or a script sees them.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.harness import bench_env, free_port, log, server_process
+
+PER_QUERY = 300
+
+
+def _request(conn: http.client.HTTPConnection, method: str, path: str, body: Any = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Accept": "application/json"}
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    conn.request(method, path, body=data, headers=headers)
+    response = conn.getresponse()
+    doc = json.loads(response.read() or b"{}")
+    if response.status != 200:
+        raise RuntimeError(f"{method} {path} answered {response.status}: {doc}")
+    return doc
+
+
+def _one(conn: http.client.HTTPConnection, rq: dict[str, Any], timeout: float) -> float:
+    start = time.perf_counter()
+    # force: always a new build, never an archive an earlier run left.
+    doc = _request(conn, "POST", "/v2/download", {"rq": rq, "force": True})
+    path = f"/v2/download/{doc['id']}"
+    deadline = start + timeout
+    while not doc.get("complete"):
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"not complete after {timeout} s: {doc}")
+        time.sleep(0.01)
+        doc = _request(conn, "GET", path)
+    if doc.get("task_status") != "SUCCESS":
+        raise RuntimeError(f"failed: {doc.get('error')}")
+    return time.perf_counter() - start
+
+
+def _selections(db_path: Path, count: int) -> list[list[str]]:
+    import duckdb
+
+    con = duckdb.connect(str(db_path), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT catalognumber FROM records WHERE catalognumber IS NOT NULL "
+            "ORDER BY catalognumber LIMIT ?",
+            [count * PER_QUERY],
+        ).fetchall()
+    finally:
+        con.close()
+    values = [r[0] for r in rows]
+    return [values[i : i + PER_QUERY] for i in range(0, len(values), PER_QUERY)][:count]
+
+
+def run_small(data_dir: Path, db_path: Path, work: Path, *, queries: int = 30) -> dict[str, Any]:
+    """Median and p95 of submission-to-complete for distinct small downloads, plus the
+    one-record and the empty download."""
+    port = free_port()
+    # One client asks for many downloads in a row here: the per-client limits are off.
+    env = bench_env(
+        {
+            "DOWNLOADER_SMTP_HOST": "",
+            "DOWNLOADER_BASE_URL": "",
+            "DOWNLOADER_NEW_JOBS_PER_MINUTE": "0",
+            "DOWNLOADER_ACTIVE_JOBS_PER_REQUESTER": "0",
+        }
+    )
+    cmd = [sys.executable, "-m", "downloader.cli", "serve", "--data-dir", str(data_dir)]
+    cmd += ["--port", str(port)]
+    selections = _selections(db_path, queries + 2)
+    if len(selections) < 3:
+        raise RuntimeError("the store has too few catalogue numbers for small selections")
+    with server_process(cmd, port=port, env=env, log_path=work / "serve-small.log"):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        # One download to be sure the workers are up (they start with serve).
+        _one(conn, {"catalognumber": selections[0]}, 120)
+        times = [_one(conn, {"catalognumber": sel}, 120) for sel in selections[1:-1]]
+        tiny = _one(conn, {"catalognumber": selections[-1][0]}, 120)
+        empty = _one(conn, {"catalognumber": f"no-such-number-{time.time_ns()}"}, 120)
+    times.sort()
+    out = {
+        "records_per_query": PER_QUERY,
+        "queries": len(times),
+        "median_ms": statistics.median(times) * 1000,
+        "p95_ms": times[max(0, round(0.95 * len(times)) - 1)] * 1000,
+        "tiny_ms": tiny * 1000,
+        "empty_ms": empty * 1000,
+    }
+    log(
+        f"small downloads: median {out['median_ms']:.0f} ms, p95 {out['p95_ms']:.0f} ms, "
+        f"one record {out['tiny_ms']:.0f} ms, empty {out['empty_ms']:.0f} ms"
+    )
+    return out
