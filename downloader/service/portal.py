@@ -82,9 +82,14 @@ def fields_document() -> dict[str, Any]:
             for f in fields(rtype)
         ]
 
+    def terms(rtype: RecordType) -> list[str]:
+        return sorted({f.source_term for f in fields(rtype) if f.source_term})
+
     return {
         "records": listing("records"),
         "mediarecords": listing("mediarecords"),
+        # Verbatim terms the page offers as data.<term> (any published term works).
+        "verbatim_terms": {"records": terms("records"), "mediarecords": terms("mediarecords")},
         "data": {
             "fulltext": "data: {type: fulltext, value: words} searches every verbatim value",
             "term": "data.<term> (such as data.dwc:locality) matches one verbatim term",

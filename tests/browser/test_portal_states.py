@@ -212,3 +212,45 @@ def test_nothing_matches_disables_the_button(watched: Watched) -> None:
     expect(page.locator("#download")).to_be_disabled()
     assert page.text_content("#download") == "Nothing matches"
     assert page.text_content("#count").startswith("0 records")
+
+
+def test_a_long_query_moves_to_the_fragment_and_comes_back(watched: Watched) -> None:
+    names = [f"Acer species number {i}" for i in range(120)]
+    page = open_page(watched)
+    page.click("#tab-json")
+    page.fill("#rq-json", json.dumps({"scientificname": names}))
+    expect(page.locator("#sentence")).to_contain_text("is one of")
+    assert "#state=" in page.url and "?rq=" not in page.url
+    # The address opens the same query elsewhere.
+    other = watched.page.context.new_page()
+    other.goto(page.url)
+    other.wait_for_selector("body[data-ready=true]")
+    other.click("#tab-json")
+    assert json.loads(other.input_value("#rq-json")) == {"scientificname": names}
+    other.close()
+
+
+def test_a_verbatim_term_can_be_picked_and_a_pasted_column_becomes_a_list(
+    watched: Watched,
+) -> None:
+    page = open_page(watched)
+    page.select_option("#add-field", "data.dwc:scientificName")
+    page.click("#add-row")
+    field = page.locator("#rows li:last-child .values input")
+    # A column pasted from a spreadsheet, one name per line, turns the row into a list.
+    transfer = page.evaluate_handle(
+        "() => { const t = new DataTransfer(); "
+        "t.setData('text/plain', 'Acer rubrum\\nAcer saccharum\\n'); return t; }"
+    )
+    field.evaluate(
+        "(el, t) => el.dispatchEvent(new ClipboardEvent('paste', "
+        "{clipboardData: t, bubbles: true, cancelable: true}))",
+        transfer,
+    )
+    expect(page.locator("#rows li:last-child textarea")).to_have_value(
+        "Acer rubrum\nAcer saccharum"
+    )
+    page.click("#tab-json")
+    assert json.loads(page.input_value("#rq-json")) == {
+        "data.dwc:scientificName": ["Acer rubrum", "Acer saccharum"]
+    }

@@ -145,7 +145,14 @@ function fieldOptions(select, selected) {
     }
     select.append(og);
   }
-  if (selected && !state.byName[selected.toLowerCase()]) {
+  const verbatim = (state.fields.verbatim_terms || {}).records || [];
+  if (verbatim.length) {
+    const og = document.createElement("optgroup");
+    og.label = "Verbatim terms, as published";
+    for (const term of verbatim) og.append(new Option(`data.${term}`, `data.${term}`, false, `data.${term}` === selected));
+    select.append(og);
+  }
+  if (selected && !state.byName[selected.toLowerCase()] && !verbatim.includes(selected.replace(/^data\./, ""))) {
     select.append(new Option(selected, selected, false, true));
   }
 }
