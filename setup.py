@@ -55,6 +55,8 @@ setup(
             # The web page's browser tests drive Debian's chromium (never a downloaded one);
             # pinned, since Debian moves chromium forward under it.
             "playwright==1.65.2",
+            # GBIF's own client, driven against the service's GBIF download API.
+            "pygbif>=0.7",
             "hypothesis>=6.100",
             "ruff>=0.6",
             # The layering of docs/architecture.md as checked contracts (pyproject.toml).

@@ -73,30 +73,58 @@ RIGHTS_TXT = "rights.txt"
 RIGHTS_NOT_STATED = "not stated in the recordset's metadata"
 
 
+#: GBIF's names for the files of its DWCA downloads (``dwca-gbif``), by (type, raw).
+_GBIF_NAMES: dict[tuple[RecordType, bool], str] = {
+    ("records", False): "occurrence.txt",
+    ("records", True): "verbatim.txt",
+    ("mediarecords", False): "multimedia.txt",
+    ("mediarecords", True): "multimedia_verbatim.txt",
+}
+
+
 def file_extension(form: Form) -> str:
-    """``csv`` or ``tsv``: the extension of the data files of ``form``."""
+    """The extension of the data files of ``form``: ``csv``, ``tsv``, ``txt`` (GBIF's DWCA)
+    or ``parquet``; GBIF's simple download is tab-separated and named ``.csv``."""
+    if form == "dwca-gbif":
+        return "txt"
+    if form == "simple-parquet":
+        return "parquet"
     return "tsv" if form.endswith("tsv") else "csv"
 
 
 def delimiter(form: Form) -> str:
-    """The field delimiter of ``form``: a comma, or a tab for the tsv forms."""
-    return "\t" if form.endswith("tsv") else ","
+    """The field delimiter of ``form``: a comma, or a tab for the tsv and GBIF forms."""
+    return "\t" if form.endswith("tsv") or form in ("dwca-gbif", "simple-csv") else ","
 
 
 def is_zip(form: Form) -> bool:
-    """Whether ``form`` is a zipped archive (``dwca-*``) rather than a bare data file."""
+    """Whether ``form`` is a Darwin Core Archive (``dwca-*``: data files, meta.xml, EML,
+    citations) rather than one data file."""
     return form.startswith("dwca")
+
+
+def is_packed(form: Form) -> bool:
+    """Whether ``form`` is one data file inside a zip (GBIF's simple downloads)."""
+    return form.startswith("simple-")
+
+
+def metadata_file_name(form: Form) -> str:
+    """The EML document's name: ``eml.xml``, or ``metadata.xml`` as GBIF names it."""
+    return "metadata.xml" if form == "dwca-gbif" else EML_XML
 
 
 def media_type(form: Form) -> str:
     """The HTTP content type of what :func:`~archive.writer.write_archive` writes."""
-    if is_zip(form):
+    if is_zip(form) or is_packed(form):
         return "application/zip"
     return "text/tab-separated-values" if form == "tsv" else "text/csv"
 
 
 def data_file_name(rtype: RecordType, *, raw: bool = False, form: Form = "dwca-csv") -> str:
-    """``occurrence.csv``, ``occurrence_raw.csv``, ``multimedia.csv`` or ``multimedia_raw.csv``."""
+    """``occurrence.csv``, ``occurrence_raw.csv``, ``multimedia.csv`` or ``multimedia_raw.csv``
+    (GBIF's ``occurrence.txt``, ``verbatim.txt``, ``multimedia.txt`` for ``dwca-gbif``)."""
+    if form == "dwca-gbif":
+        return _GBIF_NAMES[(rtype, raw)]
     suffix = "_raw" if raw else ""
     return f"{_BASE_NAMES[rtype]}{suffix}.{file_extension(form)}"
 

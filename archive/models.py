@@ -17,8 +17,16 @@ from archive.errors import ArchiveError
 
 #: The archive forms of the iDigBio API. ``dwca-*`` are zips; ``csv``/``tsv`` are the core
 #: data file alone, unzipped.
-Form = Literal["dwca-csv", "dwca-tsv", "csv", "tsv"]
-FORMS: tuple[Form, ...] = ("dwca-csv", "dwca-tsv", "csv", "tsv")
+Form = Literal["dwca-csv", "dwca-tsv", "dwca-gbif", "csv", "tsv", "simple-csv", "simple-parquet"]
+FORMS: tuple[Form, ...] = (
+    "dwca-csv",
+    "dwca-tsv",
+    "dwca-gbif",
+    "csv",
+    "tsv",
+    "simple-csv",
+    "simple-parquet",
+)
 
 #: What the rows of a data file are: counted as records, as media records, or neither
 #: (``other``: the one-row-per-distinct-value cores of ``uniquelocality``/``uniquenames``).

@@ -32,6 +32,7 @@ from archive.errors import ArchiveCancelled, ArchiveError
 from archive.memory import use_compact_pool
 from archive.meta import meta_xml
 from archive.models import ArchiveResult, ArchiveSpec, DataFile, EmlInfo
+from archive.parquet import write_parquet
 from archive.zipstream import Deflate, HashingSink, ZipStream
 
 #: Encoded bytes aimed at per chunk handed to the writer thread.
@@ -110,7 +111,8 @@ def _check_spec(spec: ArchiveSpec) -> None:
     core = spec.core  # raises unless there is exactly one
     names = [f.filename for f in spec.files]
     if dwca.is_zip(spec.form):
-        names += [c.filename for c in spec.citations] + [dwca.EML_XML, dwca.META_XML]
+        names += [c.filename for c in spec.citations]
+        names += [dwca.metadata_file_name(spec.form), dwca.META_XML]
         names += [dwca.CITATIONS_TXT, dwca.RIGHTS_TXT]
         names += [e.filename for e in spec.extras]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -253,6 +255,8 @@ def write_archive(
     try:
         if dwca.is_zip(spec.form):
             _write_zip(spec, hashing, thread, delimiter, counter, cancel, deflate)
+        elif dwca.is_packed(spec.form):
+            _write_packed(spec, hashing, thread, delimiter, counter, cancel, deflate)
         else:
             _write_data_file(
                 spec.core,
@@ -321,8 +325,36 @@ def _write_zip(
         for chunk in extra.chunks():
             thread.call(archive.write, chunk)
         thread.call(archive.finish)
-    thread.call(archive.add, dwca.EML_XML, eml_xml(eml, citation=texts[0] if texts else None))
-    thread.call(archive.add, dwca.META_XML, meta_xml(spec.files, delimiter=delimiter))
+    metadata = dwca.metadata_file_name(spec.form)
+    thread.call(archive.add, metadata, eml_xml(eml, citation=texts[0] if texts else None))
+    thread.call(
+        archive.add, dwca.META_XML, meta_xml(spec.files, delimiter=delimiter, metadata=metadata)
+    )
+    thread.call(archive.close)
+
+
+def _write_packed(
+    spec: ArchiveSpec,
+    hashing: HashingSink,
+    thread: _WriterThread,
+    delimiter: str,
+    counter: _Progress,
+    cancel: Callable[[], bool],
+    deflate: Deflate | None,
+) -> None:
+    """GBIF's simple downloads: the core file alone in a zip (tab-separated, or Parquet)."""
+    archive = ZipStream(hashing, timestamp=spec.timestamp, deflate=deflate)
+    core = spec.core
+    thread.call(archive.start, core.filename)
+    emit = lambda data: thread.call(archive.write, data)  # noqa: E731  (one sink, two writers)
+    if spec.form == "simple-parquet":
+        counter.rows.setdefault(core.filename, 0)
+        write_parquet(core, emit=emit, on_rows=lambda n: counter.add(core, n), should_cancel=cancel)
+    else:
+        _write_data_file(
+            core, delimiter=delimiter, emit=emit, progress=counter, should_cancel=cancel
+        )
+    thread.call(archive.finish)
     thread.call(archive.close)
 
 

@@ -23,6 +23,9 @@ from downloader.models import Job
 _CONTENT_TYPES = {
     "dwca-csv": "application/zip",
     "dwca-tsv": "application/zip",
+    "dwca-gbif": "application/zip",
+    "simple-csv": "application/zip",
+    "simple-parquet": "application/zip",
     "csv": "text/csv; charset=utf-8",
     "tsv": "text/tab-separated-values; charset=utf-8",
 }

@@ -22,11 +22,19 @@ from query.validate import DEFAULT_MAX_QUERY_BYTES, resolve_key, validate_query
 
 CoreType = Literal["records", "mediarecords", "uniquelocality", "uniquenames"]
 CoreSource = Literal["indexterms", "raw"]
-Form = Literal["dwca-csv", "dwca-tsv", "csv", "tsv"]
+Form = Literal["dwca-csv", "dwca-tsv", "dwca-gbif", "csv", "tsv", "simple-csv", "simple-parquet"]
 
 CORE_TYPES: tuple[CoreType, ...] = ("records", "mediarecords", "uniquelocality", "uniquenames")
 CORE_SOURCES: tuple[CoreSource, ...] = ("indexterms", "raw")
-FORMS: tuple[Form, ...] = ("dwca-csv", "dwca-tsv", "csv", "tsv")
+FORMS: tuple[Form, ...] = (
+    "dwca-csv",
+    "dwca-tsv",
+    "dwca-gbif",
+    "csv",
+    "tsv",
+    "simple-csv",
+    "simple-parquet",
+)
 
 #: Parameters that are accepted but are not part of the request's identity (its hash).
 IGNORED_PARAMS = ("email", "source", "force")

@@ -15,7 +15,7 @@ import tornado.httpserver
 import tornado.web
 from tornado.ioloop import IOLoop, PeriodicCallback
 
-from downloader.api import archives, base, downloads, exports, health, jobs, portal
+from downloader.api import archives, base, downloads, exports, gbif, health, jobs, portal
 from downloader.backends import Context, make_context
 from downloader.build import requeue_stale
 from downloader.config import Settings
@@ -78,6 +78,10 @@ def make_app(ctx: Context, *, executor: Executor | None = None) -> tornado.web.A
         (r"/v2/fields/?", portal.FieldsHandler, args),
         (r"/v2/estimates/?", portal.EstimatesHandler, args),
         (r"/recordsets/?", portal.RecordsetsHandler, args),
+        # GBIF's occurrence download API (api/gbif.py), for pygbif and rgbif.
+        (r"/v1/occurrence/download/request/?", gbif.RequestHandler, args),
+        (r"/v1/occurrence/download/request/([^/]+?)(?:\.zip)?", gbif.FileHandler, args),
+        (rf"/v1/occurrence/download/{_ID}/?", gbif.DownloadHandler, args),
         # Recordset exports (api/exports.py) and the jobs resource (api/jobs.py); the
         # status route below also takes DELETE there, to cancel.
         (rf"/recordsets/{_ID}/versions/?", exports.VersionsHandler, args),

@@ -207,6 +207,82 @@ def _extension_files(src: RecordSource, request: dict[str, Any], taken: set[str]
     return out
 
 
+#: GBIF's simple download columns we can fill, and the index field each comes from
+#: (``None``: computed from another column, see :func:`_simple_batches`).
+SIMPLE_COLUMNS: tuple[tuple[str, str | None], ...] = (
+    ("gbifID", None),  # the record's uuid
+    ("datasetKey", "recordset"),
+    ("occurrenceID", "occurrenceid"),
+    ("kingdom", "kingdom"),
+    ("phylum", "phylum"),
+    ("class", "class"),
+    ("order", "order"),
+    ("family", "family"),
+    ("genus", "genus"),
+    ("specificEpithet", "specificepithet"),
+    ("infraspecificEpithet", "infraspecificepithet"),
+    ("taxonRank", "taxonrank"),
+    ("scientificName", "scientificname"),
+    ("countryCode", "countrycode"),
+    ("locality", "locality"),
+    ("stateProvince", "stateprovince"),
+    ("individualCount", "individualcount"),
+    ("decimalLatitude", None),  # from geopoint
+    ("decimalLongitude", None),
+    ("coordinateUncertaintyInMeters", "coordinateuncertainty"),
+    ("elevation", "minelevation"),
+    ("depth", "mindepth"),
+    ("eventDate", "datecollected"),
+    ("year", None),  # of datecollected
+    ("basisOfRecord", "basisofrecord"),
+    ("institutionCode", "institutioncode"),
+    ("collectionCode", "collectioncode"),
+    ("catalogNumber", "catalognumber"),
+    ("recordNumber", "recordnumber"),
+    ("recordedBy", "collector"),
+    ("typeStatus", "typestatus"),
+    ("hasImage", "hasImage"),
+)
+_SIMPLE_READ = [f for _, f in SIMPLE_COLUMNS if f] + ["geopoint"]
+
+
+def _simple_batches(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
+    """The index fields read for a simple download, in GBIF's simple columns."""
+    import pyarrow.compute as pc
+
+    for batch in batches:
+        by_field = dict(zip(["coreid", *_SIMPLE_READ], batch.columns, strict=True))
+        point = by_field["geopoint"]
+        columns: list[pa.Array] = []
+        for header, field in SIMPLE_COLUMNS:
+            if field is not None:
+                columns.append(by_field[field])
+            elif header == "gbifID":
+                columns.append(by_field["coreid"])
+            elif header == "decimalLatitude":
+                columns.append(pc.struct_field(point, "lat"))
+            elif header == "decimalLongitude":
+                columns.append(pc.struct_field(point, "lon"))
+            else:  # year
+                columns.append(pc.year(by_field["datecollected"]))
+        yield pa.RecordBatch.from_arrays(columns, names=[h for h, _ in SIMPLE_COLUMNS])
+
+
+def _simple_file(src: RecordSource, request: dict[str, Any], form: str) -> DataFile:
+    """The one file of GBIF's SIMPLE_CSV / SIMPLE_PARQUET downloads."""
+    rq, mq = request.get("rq"), request.get("mq")
+    batch_size = request.get("_batch_size", 10_000)
+
+    def make() -> Iterable[pa.RecordBatch]:
+        return _simple_batches(
+            src.batches("records", rq, mq, fields=_SIMPLE_READ, batch_size=batch_size)
+        )
+
+    columns = [Column(h, catalogue.term_uri(f"dwc:{h}")) for h, _ in SIMPLE_COLUMNS]
+    name = f"occurrence.{'parquet' if form == 'simple-parquet' else 'csv'}"
+    return DataFile(name, dwca.OCCURRENCE, columns, make, core=True, kind="records")
+
+
 def _credits(src: RecordSource, recordsets: dict[str, int], template: str) -> list[RecordsetCredit]:
     """What citations.txt and rights.txt say of each recordset: its count, and its name and
     the rights its EML states where the source knows them (the embedded store does, through
@@ -259,7 +335,10 @@ def plan_archive(
         "mediarecords": src.count("mediarecords", rq, mq),
     }
     files: list[DataFile]
-    if core_type in ("uniquelocality", "uniquenames"):
+    if dwca.is_packed(form):
+        files = [_simple_file(src, request, form)]
+        counts["mediarecords"] = 0  # a simple download holds the records only
+    elif core_type in ("uniquelocality", "uniquenames"):
         field = "locality" if core_type == "uniquelocality" else "scientificname"
 
         def make_unique() -> Iterable[pa.RecordBatch]:
@@ -386,8 +465,9 @@ def archive_filename(job: Job) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", " ".join(words).lower()).strip("-")[:40].strip("-")
     form = job.request.get("form", "dwca-csv")
     short = job.id.split("-")[0]
+    zipped = dwca.is_zip(form) or dwca.is_packed(form)
     stem = "-".join(p for p in ("dwca" if form.startswith("dwca") else "", slug, short) if p)
-    return f"{stem}.{'zip' if form.startswith('dwca') else dwca.file_extension(form)}"
+    return f"{stem}.{'zip' if zipped else dwca.file_extension(form)}"
 
 
 def archive_key(job: Job) -> str:
@@ -395,5 +475,6 @@ def archive_key(job: Job) -> str:
     :data:`~downloader.interfaces.EXPORT_KEY_PREFIX` for a recordset export, which must
     outlive the expiry S3 applies to downloads."""
     form = job.request.get("form", "dwca-csv")
-    key = f"{job.id}.{'zip' if form.startswith('dwca') else dwca.file_extension(form)}"
+    zipped = dwca.is_zip(form) or dwca.is_packed(form)
+    key = f"{job.id}.{'zip' if zipped else dwca.file_extension(form)}"
     return EXPORT_KEY_PREFIX + key if job.kind == "export" else key

@@ -117,7 +117,9 @@ def _parse_request(ctx: Context, params: Mapping[str, Any]) -> Any:
 
 def _echo(params: Mapping[str, Any]) -> dict[str, Any]:
     # What the client sent, minus the address (a status URL is shareable; an address is not).
-    return {k: v for k, v in params.items() if k in REQUEST_KEYS or k in ("source", "force")}
+    return {
+        k: v for k, v in params.items() if k in REQUEST_KEYS or k in ("source", "force", "gbif")
+    }
 
 
 def request_download(
