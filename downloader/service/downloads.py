@@ -26,6 +26,7 @@ from downloader.errors import ArchiveGone, JobNotFound, RequestError
 from downloader.links import content_type, download_url, status_url
 from downloader.models import TERMINAL_STATES, Job, now_utc
 from downloader.service import limits
+from downloader.service.citation import citation_bibtex, citation_ris, citation_text
 from downloader.service.limits import Caller
 from downloader.service.portal import MEASURED
 from notify.addresses import check_address
@@ -273,6 +274,10 @@ def status_document(ctx: Context, job: Job, base_url: str) -> dict[str, Any]:
     if job.state == "SUCCESS":
         doc["download_url"] = download_url(ctx, job, base)
         doc["filename"] = job.filename
+        cite = {"publisher": ctx.settings.publisher_name, "url": doc["download_url"]}
+        doc["citation"] = citation_text(job, **cite)
+        doc["citation_bibtex"] = citation_bibtex(job, **cite)
+        doc["citation_ris"] = citation_ris(job, **cite)
         MEASURED.observe(job)
     elif job.state == "FAILURE":
         doc["error"] = job.error or "The archive could not be built."

@@ -668,10 +668,11 @@ function renderDone(doc) {
     const days = Math.max(0, Math.round((Date.parse(doc.expires) - Date.now()) / 86400000));
     $("job-expires").textContent = `${new Date(doc.expires).toUTCString()} (in ${days} days)`;
   }
+  // The service's own citation (the same words scripts get); made here for older servers.
   const info = { publisher: state.config.publisher_name, sentence: (state.job && state.job.sentence) || "" };
-  $("job-citation").textContent = citation(doc, info);
-  $("job-bibtex").textContent = bibtex(doc, info);
-  $("job-ris").textContent = ris(doc, info);
+  $("job-citation").textContent = doc.citation || citation(doc, info);
+  $("job-bibtex").textContent = doc.citation_bibtex || bibtex(doc, info);
+  $("job-ris").textContent = doc.citation_ris || ris(doc, info);
   document.title = `✓ ready · ${TITLE}`;
   if (state.job && !state.job.notified) {
     state.job.notified = true;

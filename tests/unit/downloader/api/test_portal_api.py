@@ -81,3 +81,10 @@ def test_a_configured_tile_server_is_the_one_other_image_origin() -> None:
     policy = content_security_policy("https://{s}.tile.example.org/{z}/{x}/{y}.png")
     assert "https://*.tile.example.org" in policy
     assert "connect-src 'self'" in policy
+
+
+def test_a_finished_status_carries_its_citation(api: Api) -> None:
+    doc = api.finished({"rq": '{"genus": "acer"}'})
+    assert doc["id"] in doc["citation"] and doc["checksum"]["value"] in doc["citation"]
+    assert doc["citation_bibtex"].startswith("@misc{dwca_" + doc["id"].split("-")[0] + ",")
+    assert "TY  - DATA" in doc["citation_ris"] and doc["download_url"] in doc["citation_ris"]
