@@ -172,6 +172,16 @@ class JobStore(Protocol):
         :mod:`downloader.service.exports`)."""
         ...
 
+    def add_owner(self, job_id: str, owner: str) -> None:
+        """Remember that ``owner`` (a GBIF API creator) asked for this job; asking twice
+        keeps the first time."""
+        ...
+
+    def jobs_of_owner(self, owner: str, *, offset: int, limit: int) -> tuple[list[Job], int]:
+        """The jobs ``owner`` asked for, most recently asked first, from ``offset``, at most
+        ``limit``; and how many there are in all."""
+        ...
+
     def pending_jobs(self) -> list[Job]:
         """Jobs that should run (queued, or running when their worker died): for restart."""
         ...

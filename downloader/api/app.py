@@ -81,6 +81,7 @@ def make_app(ctx: Context, *, executor: Executor | None = None) -> tornado.web.A
         # GBIF's occurrence download API (api/gbif.py), for pygbif and rgbif.
         (r"/v1/occurrence/download/request/?", gbif.RequestHandler, args),
         (r"/v1/occurrence/download/request/([^/]+?)(?:\.zip)?", gbif.FileHandler, args),
+        (rf"/v1/occurrence/download/user/{_ID}/?", gbif.UserHandler, args),
         (rf"/v1/occurrence/download/{_ID}/?", gbif.DownloadHandler, args),
         # Recordset exports (api/exports.py) and the jobs resource (api/jobs.py); the
         # status route below also takes DELETE there, to cancel.

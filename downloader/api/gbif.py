@@ -4,7 +4,8 @@ rgbif call, on the same jobs as our own API.
 - ``POST /v1/occurrence/download/request``: the key, as ``text/plain`` (201);
 - ``GET /v1/occurrence/download/{key}``: the Download object;
 - ``GET /v1/occurrence/download/request/{key}`` (or ``{key}.zip``): a redirect to the file;
-  ``DELETE``: cancel.
+  ``DELETE``: cancel;
+- ``GET /v1/occurrence/download/user/{user}``: a creator's downloads.
 """
 
 from __future__ import annotations
@@ -45,6 +46,34 @@ class DownloadHandler(BaseHandler):
         """The download's metadata and status (``application/json`` without a charset
         parameter: pygbif compares the content type exactly)."""
         doc = await self.run(gbif.download_object, key, base_url=self.base_url)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(doc, sort_keys=True))
+
+
+class UserHandler(BaseHandler):
+    """``GET /v1/occurrence/download/user/{user}``: a creator's downloads (paged)."""
+
+    async def get(self, user: str) -> None:
+        """GBIF's paged list; the user's own Basic credentials (unchecked) or an admin."""
+        from downloader.service.jobs import is_admin
+
+        auth = self.request.headers.get("Authorization", "")
+        credentials = gbif.basic_user(auth)
+        admin = not auth.lower().startswith("basic ") and is_admin(self.ctx, request_token(self))
+        try:
+            offset = int(self.get_query_argument("offset", "0"))
+            limit = int(self.get_query_argument("limit", "20"))
+        except ValueError:
+            raise RequestError("offset and limit must be whole numbers", key="limit") from None
+        doc = await self.run(
+            gbif.user_downloads,
+            user,
+            credentials=credentials,
+            admin=admin,
+            offset=max(0, offset),
+            limit=limit,
+            base_url=self.base_url,
+        )
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(doc, sort_keys=True))
 

@@ -191,6 +191,9 @@ class RedisJobStore:
     def _dedupe_key(self, job: Job) -> str:
         return f"{self.prefix}dedupe:{job.kind}:{job.query_hash}:{job.data_version}"
 
+    def _owner_key(self, owner: str) -> str:
+        return f"{self.prefix}owner:{owner}"
+
     def _by_hash_key(self, kind: str, query_hash: str) -> str:
         return f"{self.prefix}byhash:{kind}:{query_hash}"
 
@@ -345,6 +348,21 @@ class RedisJobStore:
     def add_email(self, job_id: str, email: str) -> None:
         """Remember one more address to notify about this job (duplicates are ignored)."""
         self.redis.zadd(self._emails_key(job_id), {email: time.time()}, nx=True)
+
+    @_edge
+    def add_owner(self, job_id: str, owner: str) -> None:
+        """Remember that ``owner`` asked for this job (the first time is kept)."""
+        self.redis.zadd(self._owner_key(owner), {job_id: time.time()}, nx=True)
+
+    @_edge
+    def jobs_of_owner(self, owner: str, *, offset: int, limit: int) -> tuple[list[Job], int]:
+        """The jobs ``owner`` asked for, most recent first, and their number."""
+        key = self._owner_key(owner)
+        total = int(self.redis.zcard(key))
+        if limit <= 0:
+            return [], total
+        ids = self.redis.zrevrange(key, max(0, offset), max(0, offset) + limit - 1)
+        return self._load_many(list(ids)), total
 
     @_edge
     def update_progress(self, job_id: str, records_written: int, total_records: int | None) -> None:

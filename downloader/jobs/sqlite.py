@@ -50,6 +50,13 @@ CREATE TABLE IF NOT EXISTS job_emails (
     added REAL NOT NULL,
     PRIMARY KEY (job_id, email)
 );
+CREATE TABLE IF NOT EXISTS job_owners (
+    owner TEXT NOT NULL,
+    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    added REAL NOT NULL,
+    PRIMARY KEY (owner, job_id)
+);
+CREATE INDEX IF NOT EXISTS owners_by_time ON job_owners (owner, added);
 """
 
 _DATETIME_FIELDS = frozenset({"created", "started", "completed", "expires"})
@@ -359,6 +366,27 @@ class SQLiteJobStore:
                 "INSERT OR IGNORE INTO job_emails (job_id, email, added) VALUES (?, ?, ?)",
                 (job_id, email, time.time()),
             )
+
+    def add_owner(self, job_id: str, owner: str) -> None:
+        """Remember that ``owner`` asked for this job (the first time is kept)."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO job_owners (owner, job_id, added) VALUES (?, ?, ?)",
+                (owner, job_id, time.time()),
+            )
+
+    def jobs_of_owner(self, owner: str, *, offset: int, limit: int) -> tuple[list[Job], int]:
+        """The jobs ``owner`` asked for, most recent first, and their number."""
+        with self._reader() as conn:
+            total = conn.execute(
+                "SELECT count(*) FROM job_owners WHERE owner = ?", (owner,)
+            ).fetchone()[0]
+            rows = conn.execute(
+                "SELECT jobs.* FROM job_owners JOIN jobs ON jobs.id = job_owners.job_id "
+                "WHERE owner = ? ORDER BY job_owners.added DESC, jobs.id LIMIT ? OFFSET ?",
+                (owner, max(0, limit), max(0, offset)),
+            ).fetchall()
+            return [_from_row(r, self._emails(conn, r["id"])) for r in rows], int(total)
 
     def update_progress(self, job_id: str, records_written: int, total_records: int | None) -> None:
         """Record progress; this also serves as the worker's heartbeat."""

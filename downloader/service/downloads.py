@@ -201,6 +201,30 @@ def request_download(
     return doc
 
 
+def notify_also(ctx: Context, job_id: str, email: Any, *, caller: Caller | None = None) -> None:
+    """Tell one more address about a job (a GBIF request names several): at once if it is
+    already done, else with the others when it finishes."""
+    address = parse_email(email)
+    if not address:
+        return
+    job = load_job(ctx, job_id)
+    if address in job.emails:
+        return
+    if caller is not None:
+        limits.check_email(ctx, caller, address)
+    ctx.jobs.add_email(job.id, address)
+    job = ctx.jobs.get(job.id) or job
+    if job.state == "SUCCESS":
+        base = ctx.settings.base_url or job.base_url or ""
+        send_ready_email(
+            ctx.mailer,
+            job,
+            to=[address],
+            download_url=download_url(ctx, job, base),
+            status_url=status_url(job, base),
+        )
+
+
 def _reusable(ctx: Context, candidate: Job, reuse_after: datetime) -> Job | None:
     """The job :meth:`JobStore.create_or_reuse` would answer ``candidate`` with, if any
     (so that limits count only requests that start a job)."""

@@ -108,7 +108,40 @@ def request(
         base_url=base_url,
         caller=caller,
     )
+    if notify:
+        for extra in addresses[1:]:
+            downloads.notify_also(ctx, str(doc["id"]), extra, caller=caller)
+    # A joined job is this creator's too: it is listed and they may cancel it.
+    ctx.jobs.add_owner(str(doc["id"]), creator)
     return str(doc["id"])
+
+
+def user_downloads(
+    ctx: Context,
+    user: str,
+    *,
+    credentials: Credentials,
+    admin: bool,
+    offset: int,
+    limit: int,
+    base_url: str,
+) -> dict[str, Any]:
+    """``GET /v1/occurrence/download/user/{user}``: a creator's downloads, newest first."""
+    if not admin and credentials.user != user:
+        raise RequestError(
+            f"listing {user}'s downloads needs {user}'s Basic credentials (or an admin token)",
+            status=401 if credentials.user is None else 403,
+            name="Unauthorized" if credentials.user is None else "Forbidden",
+        )
+    limit = max(0, min(limit, 1000))
+    jobs, total = ctx.jobs.jobs_of_owner(user, offset=offset, limit=limit)
+    return {
+        "offset": offset,
+        "limit": limit,
+        "endOfRecords": offset + len(jobs) >= total,
+        "count": total,
+        "results": [_download(ctx, job, base_url=base_url) for job in jobs],
+    }
 
 
 def _iso(value: Any) -> str | None:
@@ -193,7 +226,8 @@ def cancel(
                 status=401,
                 name="Unauthorized",
             )
-        if _creator(job) != credentials.user:
+        owned, _ = ctx.jobs.jobs_of_owner(credentials.user, offset=0, limit=10_000)
+        if _creator(job) != credentials.user and job.id not in {j.id for j in owned}:
             raise RequestError(
                 f"{credentials.user} did not create download {job.id}", status=403, name="Forbidden"
             )

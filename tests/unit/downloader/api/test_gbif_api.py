@@ -207,6 +207,19 @@ def test_pygbif_simple_csv_and_parquet(pygbif_here: Any, service: Service, tmp_p
     assert count.fetchall() == [(len(expected),)]
 
 
+def test_pygbif_lists_a_creators_downloads(pygbif_here: Any, service: Service) -> None:
+    key, _ = pygbif_here.download(
+        ["institutionCode = FSU"], format="SIMPLE_CSV", user="carla", pwd="x", email="c@example.org"
+    )
+    listed = pygbif_here.download_list(user="carla", pwd="x")
+    assert listed["meta"]["count"] == 1 and listed["results"][0]["key"] == key
+    assert listed["results"][0]["request"]["creator"] == "carla"
+    other = requests.get(
+        service.url + "/v1/occurrence/download/user/carla", auth=("dan", "x"), timeout=30
+    )
+    assert other.status_code == 403
+
+
 def test_cancel_is_for_the_creator_and_the_file_answers_by_state(
     pygbif_here: Any, service: Service
 ) -> None:

@@ -37,3 +37,22 @@ def check_requeue_stale(
     assert impatient.requeue_stale() == []  # done once; a second sweeper finds nothing
     again = patient.claim(silent.id, max_attempts=3)
     assert again is not None and again.attempts == 2
+
+
+def check_owners(store: JobStore, make_job: Callable[[str], Job]) -> None:
+    """``add_owner``/``jobs_of_owner``: each owner's jobs, most recently asked first, paged,
+    counted; asking twice keeps the first time."""
+    import time
+
+    jobs = [store.create_or_reuse(make_job(f"o{i}"), reuse_after=None)[0] for i in range(3)]
+    for job in jobs:
+        store.add_owner(job.id, "ana")
+        time.sleep(0.01)
+    store.add_owner(jobs[0].id, "ana")  # again: still the oldest
+    store.add_owner(jobs[1].id, "bob")
+    listed, total = store.jobs_of_owner("ana", offset=0, limit=10)
+    assert total == 3 and [j.id for j in listed] == [j.id for j in reversed(jobs)]
+    page, total = store.jobs_of_owner("ana", offset=1, limit=1)
+    assert total == 3 and [j.id for j in page] == [jobs[1].id]
+    assert [j.id for j in store.jobs_of_owner("bob", offset=0, limit=5)[0]] == [jobs[1].id]
+    assert store.jobs_of_owner("nobody", offset=0, limit=5) == ([], 0)

@@ -13,7 +13,7 @@ import pytest
 
 from downloader.jobs.sqlite import SQLiteJobStore
 from downloader.models import Job
-from tests.unit.downloader.jobs.store_checks import check_requeue_stale
+from tests.unit.downloader.jobs.store_checks import check_owners, check_requeue_stale
 
 
 def make_job(query_hash: str = "h1", data_version: str = "1", **kw: object) -> Job:
@@ -187,3 +187,7 @@ def test_requeue_stale_puts_only_silent_started_jobs_back_to_pending(tmp_path: P
     path = tmp_path / "j.sqlite3"
     patient = SQLiteJobStore(path, stale_after_seconds=3600)
     check_requeue_stale(patient, SQLiteJobStore(path, stale_after_seconds=0), make_job)
+
+
+def test_owners_list_their_jobs(tmp_path: Path) -> None:
+    check_owners(SQLiteJobStore(tmp_path / "o.sqlite3"), make_job)
