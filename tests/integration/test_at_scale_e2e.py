@@ -346,7 +346,9 @@ def test_search_cluster_down_gives_failure_with_a_reason(stack: Stack) -> None:
     status = stack.request({"genus": "quercus"}, "down@example.org")
     stack.osmem.close()
     stack.start_worker("w4")
-    final, _ = stack.wait(status["status_url"], lambda s: s["complete"], timeout=120)
+    # Generous: under a full suite's load a cold Celery worker has taken over 2 minutes to
+    # take its first message here.
+    final, _ = stack.wait(status["status_url"], lambda s: s["complete"], timeout=300)
     assert final["task_status"] == "FAILURE"
     assert "could not be reached" in final["error"] and "2 attempts" in final["error"]
     # The job is saved as FAILURE just before its email goes out: wait for the message.
