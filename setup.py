@@ -45,6 +45,10 @@ setup(
         "limits>=5,<6",
         # The progress bar of long ingests (rows, rows/s, ETA) on a terminal.
         "tqdm>=4.66",
+        # /metrics in Prometheus' format, and JSON log lines (log_format: json): well-kept
+        # libraries rather than our own exposition and formatter.
+        "prometheus-client>=0.20",
+        "python-json-logger>=3.1",
     ],
     extras_require={
         "test": [

@@ -406,11 +406,11 @@ def _serve(args: argparse.Namespace) -> int:
     import logging
 
     from downloader.api.app import serve
+    from downloader.logs import configure_logging
 
     settings = _settings(args, port=args.port, host=args.host, workers=args.workers)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings, role="serve")
+    logging.getLogger("downloader").debug("logging as %s", settings.log_format)
     asyncio.run(serve(settings))
     return 0
 

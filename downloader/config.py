@@ -28,6 +28,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "dispatcher": ("local", "celery"),
     "storage": ("local", "s3"),
     "smtp_security": ("none", "starttls", "ssl"),
+    "log_format": ("text", "json"),
 }
 
 
@@ -72,6 +73,7 @@ class Settings:
     publisher_url: str
     intellectual_rights: str
     recordset_url_template: str
+    log_format: str
     map_tile_url: str
     map_tile_attribution: str
     smtp_host: str

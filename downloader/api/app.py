@@ -16,6 +16,7 @@ import tornado.web
 from tornado.ioloop import IOLoop, PeriodicCallback
 
 from downloader.api import archives, base, downloads, exports, gbif, health, jobs, portal
+from downloader.api.metrics import Metrics, MetricsHandler
 from downloader.backends import Context, make_context
 from downloader.build import requeue_stale
 from downloader.config import Settings
@@ -37,6 +38,9 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     load while nobody reads them at INFO; the level is checked before any formatting.
     """
     status = handler.get_status()
+    metrics = handler.application.settings.get("metrics")
+    if metrics is not None:
+        metrics.observe(handler.request.method or "GET", status, handler.request.request_time())
     if status < 400:
         level = logging.DEBUG
     elif status < 500:
@@ -64,6 +68,7 @@ def make_app(ctx: Context, *, executor: Executor | None = None) -> tornado.web.A
         "executor": executor or ThreadPoolExecutor(16, thread_name_prefix="downloader-http"),
         "status_cache": service.StatusCache(),
     }
+    metrics = Metrics(ctx)
     routes: list[Any] = [
         # The web page (api/portal.py) and the small resources it reads.
         (r"/portal", tornado.web.RedirectHandler, {"url": "/portal/"}),
@@ -98,6 +103,7 @@ def make_app(ctx: Context, *, executor: Executor | None = None) -> tornado.web.A
         (rf"/archives/{_ID}/?", archives.ArchiveHandler, args),
         (rf"/archives/{_ID}/([^/]+)", archives.ArchiveHandler, args),
         (r"/healthz", health.HealthHandler, args),
+        (r"/metrics", MetricsHandler, {**args, "metrics": metrics}),
         (r"/readyz", health.ReadyHandler, args),
     ]
     return tornado.web.Application(
@@ -106,6 +112,7 @@ def make_app(ctx: Context, *, executor: Executor | None = None) -> tornado.web.A
         default_handler_args=args,
         compress_response=False,  # archives are already deflated; JSON is small
         log_function=log_request,
+        metrics=metrics,
     )
 
 

@@ -36,6 +36,9 @@ class DownloadHandler(ParamsHandler):
             base_url=self.base_url,
             caller=self.caller(),
         )
+        metrics = self.application.settings.get("metrics")
+        if metrics is not None and "cancel_token" in doc:  # only a new job's answer has it
+            metrics.jobs_created.labels("download").inc()
         self.write_json(doc)
 
 

@@ -20,6 +20,7 @@ from multiprocessing.connection import Connection
 from downloader.backends import Context, make_context
 from downloader.build import RetryLater, RunningElsewhere, build_archive
 from downloader.config import Settings
+from downloader.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def serve_jobs(conn: Connection, settings: Settings, runner: Runner = run_job) -
     # Ctrl-C in serve's terminal reaches the whole process group: serve decides when a
     # build stops (after shutdown_grace_seconds), by terminating this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _configure_worker_logging()
+    configure_logging(settings, role="worker")
     _warm_up()
     # One context for every build of this worker: its job store connection, record source
     # (whose caches are keyed by the store file's state) and storage are reused.
@@ -97,10 +98,3 @@ def serve_jobs(conn: Connection, settings: Settings, runner: Runner = run_job) -
         if retire:
             log.info("worker %d retires after %d builds (%d MB)", os.getpid(), built, rss >> 20)
             return
-
-
-def _configure_worker_logging() -> None:
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s [worker] %(name)s: %(message)s"
-        )
