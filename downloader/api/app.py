@@ -38,7 +38,8 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     load while nobody reads them at INFO; the level is checked before any formatting.
     """
     status = handler.get_status()
-    metrics = handler.application.settings.get("metrics")
+    application = getattr(handler, "application", None)
+    metrics = application.settings.get("metrics") if application is not None else None
     if metrics is not None:
         metrics.observe(handler.request.method or "GET", status, handler.request.request_time())
     if status < 400:
