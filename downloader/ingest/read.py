@@ -29,6 +29,7 @@ An archive with no occurrences (a Taxon core, a checklist) is refused with
 from __future__ import annotations
 
 import codecs
+import re
 import xml.etree.ElementTree as ET
 import zipfile
 from collections.abc import Iterator
@@ -379,9 +380,13 @@ def _is(row_type: str, *expected: str) -> bool:
     return row_type.strip().lower() in {e.lower() for e in expected}
 
 
+_TWIN = re.compile(r"(^|[_\-.])(raw|verbatim)($|[_\-.])")
+
+
 def _is_verbatim_twin(spec: FileSpec) -> bool:
-    stem = spec.name.lower()
-    return "raw" in stem or "verbatim" in stem
+    """Whether a file is the verbatim twin of an interpreted one (``occurrence_raw.csv``,
+    ``verbatim.txt``, ``multimedia_raw.csv``), by its name."""
+    return bool(_TWIN.search(spec.name.lower()))
 
 
 def _twins(specs: list[FileSpec]) -> tuple[FileSpec, FileSpec | None]:

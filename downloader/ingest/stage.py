@@ -48,7 +48,7 @@ from downloader.ingest.read import (
 )
 
 #: Encodings DuckDB's CSV reader reads natively; any other is transcoded to UTF-8 first.
-_NATIVE_ENCODINGS = {"utf-8": "utf-8", "utf-8-sig": "utf-8", "latin-1": "latin-1"}
+_NATIVE_ENCODINGS = {"utf-8": "utf-8", "utf-8-sig": "utf-8", "iso8859-1": "latin-1"}
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _COPY_CHUNK = 1 << 20
 
@@ -84,7 +84,6 @@ class StagedArchive:
     extensions: list[StagedFile] = field(default_factory=list)
     skipped: list[tuple[str, int]] = field(default_factory=list)  # (file, rows skipped)
     warnings: list[str] = field(default_factory=list)
-    data_bytes: int = 0
 
 
 # --- files onto disk ---------------------------------------------------------------------------
@@ -93,8 +92,6 @@ class StagedArchive:
 def _local_copy(opened: OpenedArchive, spec: FileSpec, workdir: Path) -> tuple[Path, str]:
     """(a path DuckDB can read the member from, the encoding to tell it)."""
     native = _NATIVE_ENCODINGS.get(codecs.lookup(spec.encoding).name)
-    if native is None and codecs.lookup(spec.encoding).name == "iso8859-1":
-        native = "latin-1"
     local = opened.files.local_path(spec.location)
     if native is not None and local is not None:
         return local, native
