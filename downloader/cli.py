@@ -476,12 +476,17 @@ def _cleanup(args: argparse.Namespace) -> int:
     if settings.dispatcher == "celery":
         # The embedded dispatcher recovers its own jobs when serve starts; under Celery a
         # job whose worker died is queued again here (serve also does it on its own).
-        from downloader.build import requeue_stale
+        from downloader.build import redispatch_unclaimed, requeue_stale
         from downloader.dispatch import make_dispatcher
 
-        requeued = requeue_stale(ctx, make_dispatcher(settings))
+        dispatcher = make_dispatcher(settings)
+        requeued = requeue_stale(ctx, dispatcher)
         print(f"{len(requeued)} job(s) whose worker died queued again")
         for job_id in requeued:
+            print(f"  {job_id}")
+        resent = redispatch_unclaimed(ctx, dispatcher)
+        print(f"{len(resent)} job(s) no worker took sent again")
+        for job_id in resent:
             print(f"  {job_id}")
     return 0
 

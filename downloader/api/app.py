@@ -18,7 +18,7 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 from downloader.api import archives, base, downloads, exports, gbif, health, jobs, portal
 from downloader.api.metrics import Metrics, MetricsHandler
 from downloader.backends import Context, make_context
-from downloader.build import requeue_stale
+from downloader.build import redispatch_unclaimed, requeue_stale
 from downloader.config import Settings
 from downloader.dispatch import make_dispatcher
 from downloader.interfaces import Dispatcher
@@ -151,6 +151,7 @@ def _run_cleanup(ctx: Context) -> None:
 def _run_requeue(ctx: Context, dispatcher: Dispatcher) -> None:
     try:
         requeue_stale(ctx, dispatcher)
+        redispatch_unclaimed(ctx, dispatcher)
     except Exception:
         # The next sweep tries again (the job store may be unreachable for a moment).
         log.exception("requeue of jobs whose worker died failed")

@@ -4,11 +4,11 @@
 streams the record source's batches into the archive writer while reporting progress
 (:mod:`.progress`), publishes it atomically and notifies the requesters. :mod:`.deletions`
 writes the deletion log of a sync download. :mod:`.recovery` requeues builds whose worker
-died (its heartbeat went stale).
+died (its heartbeat went stale) and sends again jobs no worker took.
 """
 
 from downloader.build.plan import archive_filename, archive_key, plan_archive
-from downloader.build.recovery import requeue_stale
+from downloader.build.recovery import redispatch_unclaimed, requeue_stale
 from downloader.build.run import (
     TRANSIENT,
     RetryLater,
@@ -28,5 +28,6 @@ __all__ = [
     "fail_job",
     "notify_ready",
     "plan_archive",
+    "redispatch_unclaimed",
     "requeue_stale",
 ]

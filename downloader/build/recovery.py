@@ -11,12 +11,20 @@ claim in :func:`~downloader.build.build_archive` still decides who builds, so a 
 redelivery of the first message is harmless, and attempts stay counted (a job that keeps
 killing its worker fails after ``max_attempts`` with a message that says so).
 
-The embedded dispatcher does not need it: it watches its worker processes itself.
+A message can also be held by a worker that dies before it claims the job (it had fetched
+the message ahead): the job stays PENDING, never started, until the broker's visibility
+timeout. :func:`redispatch_unclaimed`, run by the same sweep, sends a PENDING job that no
+worker has claimed for ``stale_job_seconds`` once more (at most once per ten windows per job):
+whichever message comes first claims it, the other finds nothing to do.
+
+The embedded dispatcher does not need either: it watches its worker processes itself.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 from downloader.backends import Context
 from downloader.interfaces import Dispatcher
@@ -35,4 +43,34 @@ def requeue_stale(ctx: Context, dispatcher: Dispatcher) -> list[str]:
             ctx.settings.stale_job_seconds,
         )
         dispatcher.dispatch(job_id)
+    return ids
+
+
+_resent: dict[str, float] = {}
+_resent_lock = threading.Lock()
+
+
+def redispatch_unclaimed(ctx: Context, dispatcher: Dispatcher) -> list[str]:
+    """Send again every PENDING job that no worker has claimed (attempts 0) for longer than
+    ``stale_job_seconds`` since it was created, at most once per ten windows each; their
+    ids. A job waiting to be retried after a transient error has attempts counted and keeps
+    its own backoff."""
+    window = ctx.settings.stale_job_seconds
+    now = time.time()
+    monotonic = time.monotonic()
+    ids = []
+    for job in ctx.jobs.pending_jobs():
+        if job.state != "PENDING" or job.attempts > 0 or job.created is None:
+            continue
+        if now - job.created.timestamp() <= window:
+            continue
+        with _resent_lock:
+            if monotonic - _resent.get(job.id, -1e18) < 10 * window:
+                continue
+            _resent[job.id] = monotonic
+            if len(_resent) > 100_000:
+                _resent.clear()
+        log.info("job %s: no worker took it for %g s; sent again", job.id, window)
+        dispatcher.dispatch(job.id)
+        ids.append(job.id)
     return ids

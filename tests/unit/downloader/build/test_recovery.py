@@ -62,3 +62,29 @@ def test_a_cancelled_job_whose_worker_died_ends_cancelled(tmp_path: Path) -> Non
     assert requeue_stale(ctx, Recorder()) == [job_id]
     job = build_archive(job_id, ctx)
     assert job is not None and job.state == "CANCELLED"
+
+
+def test_a_job_no_worker_took_is_sent_again_once_per_window(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from downloader.build import redispatch_unclaimed
+    from downloader.models import now_utc
+
+    ctx = make_ctx(tmp_path, stale_job_seconds=5)
+    waiting = request(ctx)  # its message is held by a worker that died before claiming it
+    fresh = request(ctx, rq='{"genus": "quercus"}')
+    retrying = request(ctx, rq='{"genus": "pinus"}')
+    for job_id in (waiting, retrying):
+        job = ctx.jobs.get(job_id)
+        assert job is not None
+        job.created = now_utc() - timedelta(seconds=30)
+        if job_id == retrying:
+            job.attempts = 1  # waits for its own backoff after a transient error
+        ctx.jobs.save(job)
+    dispatcher = Recorder()
+    assert redispatch_unclaimed(ctx, dispatcher) == [waiting]
+    assert redispatch_unclaimed(ctx, dispatcher) == []  # not again within ten windows
+    assert dispatcher.ids == [waiting] and fresh not in dispatcher.ids
+    job = build_archive(waiting, ctx)
+    assert job is not None and job.state == "SUCCESS"
+    assert build_archive(waiting, ctx) is None  # the first message, late: nothing to do
