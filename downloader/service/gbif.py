@@ -92,12 +92,12 @@ def request(
     params = {
         "rq": rq,
         "form": FORMATS[fmt],
+        # Echoed in the status (which anyone with the key may read): no addresses here.
         "gbif": {
             "creator": creator,
             "format": fmt,
             "predicate": body.get("predicate"),
             "sendNotification": notify,
-            "notificationAddresses": addresses,
         },
     }
     doc = downloads.request_download(
@@ -169,7 +169,8 @@ def _download(ctx: Context, job: Job, *, base_url: str) -> dict[str, Any]:
             "format": asked.get("format") or _FORMAT_OF.get(form, form),
             "predicate": asked.get("predicate"),
             "sendNotification": asked.get("sendNotification", bool(job.emails)),
-            "notificationAddresses": list(job.emails),
+            # Anyone with the key may read this object: the addresses are not shown.
+            "notificationAddresses": [],
         },
         "created": _iso(job.created),
         "modified": _iso(job.completed or job.started or job.created),

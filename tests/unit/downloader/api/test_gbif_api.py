@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 import zipfile
 from collections.abc import Iterator
@@ -171,6 +172,9 @@ def test_pygbif_dwca_download_has_the_records_of_the_same_query(
     _, path, meta = fetch(pygbif_here, "DWCA", tmp_path)
     expected = expected_uuids(service)
     assert meta["totalRecords"] == len(expected) and meta["request"]["format"] == "DWCA"
+    assert "ana@example.org" not in json.dumps(meta)  # the key is shareable, the address not
+    status = requests.get(f"{service.url}/v2/download/{meta['key']}", timeout=30).json()
+    assert "ana@example.org" not in json.dumps(status)
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
         validate_meta(zf.read("meta.xml"))
