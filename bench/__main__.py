@@ -25,7 +25,7 @@ DEFAULT_SIZES = (1_000_000, 5_000_000)
 QUICK_SIZES = (20_000,)
 #: Records per recordset when a larger store is grown from a smaller one.
 INGEST_PART = 1_000_000
-SECTIONS = ("build", "baseline", "limit", "search", "api", "small", "ingest")
+SECTIONS = ("build", "baseline", "limit", "search", "api", "small", "counts", "ingest")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -223,6 +223,8 @@ def _embedded(args: argparse.Namespace, results: dict[str, Any]) -> None:  # noq
                 _api(args, results, store, work)
             if "small" in args.only and size == smallest:
                 _small(results, store, work)
+            if "counts" in args.only and size == smallest:
+                _counts_latency(results, store, work)
 
 
 def _counts(db_path: Path, sel: Any) -> tuple[int, int]:
@@ -314,6 +316,16 @@ def _search(args: argparse.Namespace, results: dict[str, Any]) -> None:
         results["search"] = res
 
 
+def _counts_latency(results: dict[str, Any], store: Any, work: Path) -> None:
+    from bench.counts import run_counts
+
+    log("/v2/count latency by query type")
+    try:
+        results["counts"] = {"records": store.records, **run_counts(store.data_dir, work)}
+    except Exception as exc:
+        _skip(results, "count latency", exc)
+
+
 def _small(results: dict[str, Any], store: Any, work: Path) -> None:
     from bench.small import run_small
 
@@ -354,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     started = time.perf_counter()
     results: dict[str, Any] = {"meta": _meta(argv), "embedded": []}
-    if args.only & {"build", "baseline", "limit", "api", "small"}:
+    if args.only & {"build", "baseline", "limit", "api", "small", "counts"}:
         _embedded(args, results)
     if "search" in args.only:
         _search(args, results)

@@ -26,6 +26,9 @@ INGEST_MAX_RSS_MB = 1024.0
 #: Small downloads (a few hundred records) through a warm serve, submission to complete.
 SMALL_MEDIAN_MS = 250.0
 SMALL_P95_MS = 500.0
+#: /v2/count p95 per query type (the page counts while a person types).
+COUNT_P95_MS = 100.0
+FULLTEXT_P95_MS = 300.0
 
 
 @dataclass
@@ -155,8 +158,30 @@ def judge(results: dict[str, Any]) -> list[Verdict]:
         )
     else:
         verdicts.append(Verdict("small downloads", "median < 250 ms", "not measured", None))
+    verdicts.extend(_count_verdicts(results))
     verdicts.extend(_ingest_verdicts(results))
     return verdicts
+
+
+def _count_verdicts(results: dict[str, Any]) -> list[Verdict]:
+    counts = results.get("counts")
+    if not counts:
+        return [Verdict("/v2/count p95", "< 100 ms", "not measured", None)]
+    out = []
+    for kind in ("term", "list", "range", "prefix", "bbox", "fulltext"):
+        if kind not in counts:
+            continue
+        goal = FULLTEXT_P95_MS if kind == "fulltext" else COUNT_P95_MS
+        p95 = counts[kind]["p95_ms"]
+        out.append(
+            Verdict(
+                f"/v2/count p95, {kind} ({counts['records']:,} records)",
+                f"< {goal:g} ms",
+                f"{p95:.0f} ms (p50 {counts[kind]['p50_ms']:.0f} ms)",
+                p95 < goal,
+            )
+        )
+    return out
 
 
 def _ingest_verdicts(results: dict[str, Any]) -> list[Verdict]:
