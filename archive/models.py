@@ -14,19 +14,12 @@ from typing import Literal
 import pyarrow as pa
 
 from archive.errors import ArchiveError
+from query import request
 
-#: The archive forms of the iDigBio API. ``dwca-*`` are zips; ``csv``/``tsv`` are the core
-#: data file alone, unzipped.
-Form = Literal["dwca-csv", "dwca-tsv", "dwca-gbif", "csv", "tsv", "simple-csv", "simple-parquet"]
-FORMS: tuple[Form, ...] = (
-    "dwca-csv",
-    "dwca-tsv",
-    "dwca-gbif",
-    "csv",
-    "tsv",
-    "simple-csv",
-    "simple-parquet",
-)
+#: The archive forms (one list, the request parser's): ``dwca-*`` are Darwin Core Archives,
+#: ``csv``/``tsv`` the core data file alone, ``simple-*`` the core file alone in a zip.
+Form = request.Form
+FORMS = request.FORMS
 
 #: What the rows of a data file are: counted as records, as media records, or neither
 #: (``other``: the one-row-per-distinct-value cores of ``uniquelocality``/``uniquenames``).

@@ -183,17 +183,7 @@ def request_download(
     elif address:
         if address not in job.emails:
             ctx.jobs.add_email(job.id, address)
-        refreshed = ctx.jobs.get(job.id)
-        job = refreshed or job
-        if job.state == "SUCCESS":
-            # The worker mailed everyone it knew when it finished; this requester came later.
-            send_ready_email(
-                ctx.mailer,
-                job,
-                to=[address],
-                download_url=download_url(ctx, job, base),
-                status_url=status_url(job, base),
-            )
+        job = _tell_if_ready(ctx, job, address, base)
     doc = status_document(ctx, job, base)
     if created:
         # Returned once, to the requester who created the job; see downloader.service.jobs.
@@ -213,9 +203,14 @@ def notify_also(ctx: Context, job_id: str, email: Any, *, caller: Caller | None 
     if caller is not None:
         limits.check_email(ctx, caller, address)
     ctx.jobs.add_email(job.id, address)
+    _tell_if_ready(ctx, job, address, ctx.settings.base_url or job.base_url or "")
+
+
+def _tell_if_ready(ctx: Context, job: Job, address: str, base: str) -> Job:
+    """The job as stored now; if it is already done, its ready email goes to ``address`` at
+    once (the worker mailed everyone it knew when it finished; this address came later)."""
     job = ctx.jobs.get(job.id) or job
     if job.state == "SUCCESS":
-        base = ctx.settings.base_url or job.base_url or ""
         send_ready_email(
             ctx.mailer,
             job,
@@ -223,6 +218,7 @@ def notify_also(ctx: Context, job_id: str, email: Any, *, caller: Caller | None 
             download_url=download_url(ctx, job, base),
             status_url=status_url(job, base),
         )
+    return job
 
 
 def _reusable(ctx: Context, candidate: Job, reuse_after: datetime) -> Job | None:

@@ -11,23 +11,15 @@ import sys
 import zipfile
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from downloader.ingest.load import ingest_archive, store_path
 from downloader.ingest.read import ArchiveRejected
 from downloader.ingest.stage import MalformedRows
+from tests.unit.downloader.ingest.helpers import rows
 
 DWC = "http://rs.tdwg.org/dwc/terms/"
 ROOT = Path(__file__).resolve().parents[4]
-
-
-def rows(data_dir: Path, sql: str, params: list[object] | None = None) -> list[tuple]:
-    con = duckdb.connect(str(store_path(data_dir)), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def block(

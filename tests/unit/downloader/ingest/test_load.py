@@ -8,7 +8,6 @@ import uuid
 import zipfile
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from downloader.ingest.derive import UUID_NAMESPACE
@@ -17,18 +16,11 @@ from downloader.ingest.read import ArchiveRejected, open_archive
 from downloader.sources.duckdb import DuckDBSource
 from query.fields import field_names
 from query.text import tokens
+from tests.unit.downloader.ingest.helpers import rows
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "dwca"
 GBIF = FIXTURES / "gbif-results.zip"
 DEMO = FIXTURES / "demo-occurrence-multimedia.zip"
-
-
-def rows(data_dir: Path, sql: str, params: list[object] | None = None) -> list[tuple]:
-    con = duckdb.connect(str(store_path(data_dir)), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 @pytest.mark.parametrize(

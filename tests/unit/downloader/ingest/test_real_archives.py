@@ -11,23 +11,15 @@ import json
 import zipfile
 from pathlib import Path
 
-import duckdb
 import pytest
 
-from downloader.ingest.load import describe, ingest_archive, store_path
+from downloader.ingest.load import describe, ingest_archive
+from tests.unit.downloader.ingest.helpers import rows
 
 REAL = Path(__file__).resolve().parents[3] / "fixtures" / "real-dwca"
 IDIGBIO = REAL / "idigbio-download-acer-rubrum-2022-05-11.zip"
 GBIF = REAL / "gbif-download-0084005-210914110416597.zip"
 SYMBIOTA = REAL / "symbiota-seinet-pere-2025-02-13.zip"
-
-
-def rows(data_dir: Path, sql: str, params: list[object] | None = None) -> list[tuple]:
-    con = duckdb.connect(str(store_path(data_dir)), read_only=True)
-    try:
-        return con.execute(sql, params or []).fetchall()
-    finally:
-        con.close()
 
 
 def member_rows(archive: Path, name: str, encoding: str = "utf-8", delimiter: str = ",") -> list:
