@@ -60,31 +60,24 @@ class _Run:
 
 
 class _Wakeup:
-    """A threading.Event that the supervisor can also wait on together with its workers'
-    pipes (through a socket pair), so a dispatch or a finished build wakes it at once."""
+    """A wake-up the supervisor waits on together with its workers' pipes (a socket pair),
+    so a dispatch or a finished build wakes it at once."""
 
     def __init__(self) -> None:
-        self._event = threading.Event()
         self.reader, self._writer = socket.socketpair()
         self.reader.setblocking(False)
         self._writer.setblocking(False)
 
     def set(self) -> None:
-        self._event.set()
+        """Wake the supervisor (from any thread)."""
         with contextlib.suppress(BlockingIOError, OSError):
             self._writer.send(b"\0")
 
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
     def clear(self) -> None:
-        self._event.clear()
+        """Drop the wake-ups read so far."""
         with contextlib.suppress(BlockingIOError, OSError):
             while self.reader.recv(4096):
                 pass
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._event.wait(timeout)
 
 
 class LocalDispatcher:
