@@ -1,0 +1,18 @@
+"""What the ingest tests share: reading the record store back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from downloader.ingest.load import store_path
+
+
+def rows(data_dir: Path, sql: str, params: list[object] | None = None) -> list[tuple]:
+    """The rows ``sql`` selects from the store in ``data_dir`` (opened read-only)."""
+    con = duckdb.connect(str(store_path(data_dir)), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
