@@ -136,7 +136,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         smtp_server() as inbox,
     ):
         boto3.client("s3", endpoint_url=s3.endpoint_url).create_bucket(Bucket=BUCKET)
-        source = ElasticsearchSource(osmem.url, index_prefix=PREFIX, timeout=10)
+        source = ElasticsearchSource(osmem.url, index_prefix=PREFIX, timeout=60)
         export_store(store_path(store_dir), source)
         port = free_port()
         env = {

@@ -20,6 +20,12 @@ is killed with SIGKILL at one named point:
 whole process group: serve and every worker, as a power cut or the OOM killer taking the
 lot) or ``worker`` (the one worker process). With ``DOWNLOADER_FAULT_ONCE=<path>`` the fault
 fires once (the file is created first; an existing file disarms it), otherwise every time.
+
+At scale the same points fire in a Celery worker (tests/integration/test_faults_at_scale.py),
+which is started in its own session with the variables set for it alone
+(``DOWNLOADER_FAULT_IN=celery`` lets them fire in any of its processes): ``service`` then
+kills the whole worker (its main process and pool), ``worker`` only the process building the
+job (a prefork pool process, as the OOM killer would pick).
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ _SPEC = os.environ.get("DOWNLOADER_FAULT", "")
 
 
 def _is_worker() -> bool:
+    if os.environ.get("DOWNLOADER_FAULT_IN") == "celery":
+        return True
     return multiprocessing.current_process().name == "build-worker"
 
 
@@ -78,17 +86,15 @@ def _around(
 
 def _install() -> None:
     from downloader.build import progress, run
-    from downloader.jobs import sqlite
-    from downloader.storage import local
+    from downloader.jobs import redis, sqlite
+    from downloader.storage import local, s3
 
-    _around(
-        sqlite.SQLiteJobStore,
-        "claim",
-        before="claim.before",
-        after="claim.after",
-        after_only_if_result=True,
-    )
-    _around(local.LocalStorage, "publish", before="publish.before")
+    for store in (sqlite.SQLiteJobStore, redis.RedisJobStore):
+        _around(
+            store, "claim", before="claim.before", after="claim.after", after_only_if_result=True
+        )
+    for storage in (local.LocalStorage, s3.S3Storage):
+        _around(storage, "publish", before="publish.before")
     # build_archive calls _succeeded right after the publish (and the cancel check that
     # follows it), before the job is saved: "published, not yet recorded".
     _around(run, "_succeeded", before="publish.after")
