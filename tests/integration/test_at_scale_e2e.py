@@ -54,6 +54,7 @@ class Stack:
     osmem: Any
     s3_endpoint: str
     tmp: Path
+    redis: Any = None
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
 
@@ -177,7 +178,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             stdout=serve_log.open("wb"),
             stderr=subprocess.STDOUT,
         )
-        st = Stack(f"http://127.0.0.1:{port}", env, inbox, source, osmem, s3.endpoint_url, tmp)
+        st = Stack(
+            f"http://127.0.0.1:{port}", env, inbox, source, osmem, s3.endpoint_url, tmp,
+            redis=redis_server,
+        )  # fmt: skip
         st.logs.append(serve_log)
         try:
             _wait_http(f"{st.base_url}/healthz", serve, serve_log)

@@ -25,12 +25,15 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from tests.integration.test_at_scale_e2e import (
+    BUCKET,
     PRODUCTION_LIMIT,
     Stack,
     _check_archive,
+    _mid_build,
     _published,
     stack,
 )
@@ -162,4 +165,62 @@ def test_pool_process_killed_at_a_build_point(point: str, stack: Stack, tmp_path
     # by the same worker once the dead build's heartbeat is stale.
     _finish_and_check(stack, status, rq, before, email, 1)
     assert once.exists() and worker.poll() is None
+    _stop_all(stack)
+
+
+def _unfinished_uploads(stack: Stack) -> list[str]:
+    client = boto3.client("s3", endpoint_url=stack.s3_endpoint)
+    uploads = client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+    return [u["Key"] for u in uploads]
+
+
+def test_s3_refusing_an_upload_is_retried_never_half_published(
+    stack: Stack, tmp_path: Path
+) -> None:
+    _stop_all(stack)
+    once = tmp_path / "fired"
+    stack.start_worker(
+        "s3-refuses",
+        PYTHONPATH=os.pathsep.join([str(FAULTS), str(ROOT)]),
+        DOWNLOADER_FAULT="s3.upload:refuse",
+        DOWNLOADER_FAULT_IN="celery",
+        DOWNLOADER_FAULT_ONCE=str(once),
+    )
+    before = _published(stack)
+    rq, email = _query(), "s3-refuses@example.org"
+    status = stack.request(rq, email)
+    # The refused upload is a transient storage error: the attempt is thrown away (its
+    # upload aborted, nothing visible) and the job is built again.
+    _finish_and_check(stack, status, rq, before, email, 1)
+    assert once.exists()
+    assert _unfinished_uploads(stack) == []
+    _stop_all(stack)
+
+
+def test_redis_restarted_mid_build_leaves_no_job_stuck(stack: Stack) -> None:
+    """Redis (job store and broker) restarted while a build streams, as an operator's
+    restart or a failover does: the job still ends whole or failed with a reason, and the
+    service takes new downloads afterwards."""
+    _stop_all(stack)
+    stack.start_worker("through-restart", **PRODUCTION_LIMIT)
+    before = _published(stack)
+    rq, email = _query(), "redis-restart@example.org"
+    status = stack.request(rq, email)
+    stack.wait(status["status_url"], _mid_build)
+    stack.redis.restart()
+    final, _ = stack.wait(status["status_url"], lambda s: s["complete"], timeout=150)
+    if final["task_status"] == "SUCCESS":
+        assert final["records_written"] == final["total_records"]
+        _check_archive(stack, final, rq)
+        assert len(_published(stack)) == len(before) + 1
+    else:
+        assert final["task_status"] == "FAILURE" and final["error"], final
+        assert _published(stack) == before
+    # The service and its worker are whole again: a new download completes.
+    rq2 = _query()
+    later = stack.request(rq2, "after-restart@example.org")
+    done, _ = stack.wait(later["status_url"], lambda s: s["complete"], timeout=150)
+    assert done["task_status"] == "SUCCESS", done
+    _check_archive(stack, done, rq2)
+    assert _unfinished_uploads(stack) == []
     _stop_all(stack)

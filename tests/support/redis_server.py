@@ -46,6 +46,8 @@ class RedisServer:
 
     process: subprocess.Popen[bytes]
     port: int
+    binary: str = "redis-server"
+    workdir: str = ""
 
     @property
     def url(self) -> str:
@@ -56,9 +58,26 @@ class RedisServer:
         """``redis://`` URL of another logical database of the same server."""
         return f"redis://127.0.0.1:{self.port}/{db}"
 
+    def restart(self) -> None:
+        """Stop the server as an operator's restart does (its data saved to disk, every
+        client cut off), then start it again on the same port from that snapshot, as a
+        production Redis with persistence comes back."""
+        client = redis.Redis(port=self.port, socket_connect_timeout=2)
+        try:
+            client.shutdown(save=True)
+        except redis.ConnectionError:
+            pass  # the server closes the connection as it goes down
+        finally:
+            client.close()
+        self.process.wait(timeout=30)
+        restarted = _start_once(self.binary, self.workdir, port=self.port)
+        if restarted is None:
+            raise RuntimeError(f"redis-server could not be started again on port {self.port}")
+        self.process = restarted.process
 
-def _start_once(binary: str, workdir: str) -> RedisServer | None:
-    port = free_port()
+
+def _start_once(binary: str, workdir: str, *, port: int = 0) -> RedisServer | None:
+    port = port or free_port()
     process = subprocess.Popen(
         [
             binary,
@@ -81,7 +100,7 @@ def _start_once(binary: str, workdir: str) -> RedisServer | None:
                 return None  # the port was taken in between; the caller tries another
             try:
                 client.ping()
-                return RedisServer(process, port)
+                return RedisServer(process, port, binary, workdir)
             except redis.ConnectionError:
                 time.sleep(0.05)
     finally:

@@ -4,7 +4,8 @@ Python imports ``sitecustomize`` at start-up from the first directory of ``sys.p
 one, so a ``downloader serve`` started with this directory first on ``PYTHONPATH`` loads it
 in serve and in each of its spawned worker processes. Nothing in the service knows about it:
 it wraps a few of the service's own functions, in the worker processes only, so that a build
-is killed with SIGKILL at one named point:
+is killed with SIGKILL at one named point (or, with the scope ``refuse``, meets an error
+there: ``s3.upload:refuse`` makes S3 refuse an upload once):
 
 ==================  ==========================================================
 ``claim.before``    the worker has the job id, before it claims the job
@@ -47,9 +48,11 @@ def _is_worker() -> bool:
     return multiprocessing.current_process().name == "build-worker"
 
 
-def _fire(point: str) -> None:
+def _fire(point: str, *, refusal: Callable[[], BaseException] | None = None) -> None:
     armed, _, scope = _SPEC.partition(":")
     if armed != point or not _is_worker():
+        return
+    if (scope == "refuse") != (refusal is not None):
         return
     once = os.environ.get("DOWNLOADER_FAULT_ONCE")
     if once:
@@ -57,6 +60,8 @@ def _fire(point: str) -> None:
             os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
             return  # fired already, in an earlier process
+    if refusal is not None:
+        raise refusal()
     if scope == "service":
         os.killpg(os.getpgid(0), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
@@ -109,6 +114,29 @@ def _install() -> None:
             _fire("stream")
 
     progress.ProgressReporter.progress = progress_then  # type: ignore[method-assign]
+
+    # S3 refusing an upload (a part of a multipart upload, or the single PUT of a small
+    # archive) with the 500 it sends when it has an internal error: the error goes through
+    # the storage module's own translation at its edge, as a real refusal would.
+    original_call = s3._call
+
+    def refusing_call(what: str, func: Callable[..., Any], /, **kwargs: Any) -> Any:
+        if "Body" in kwargs:
+
+            def refusal() -> BaseException:
+                from botocore.exceptions import ClientError
+
+                error = {"Code": "InternalError", "Message": "We encountered an internal error."}
+                return s3._translate(
+                    ClientError({"Error": error, "ResponseMetadata": {"HTTPStatusCode": 500}},
+                                "UploadPart"),
+                    what,
+                )  # fmt: skip
+
+            _fire("s3.upload", refusal=refusal)
+        return original_call(what, func, **kwargs)
+
+    s3._call = refusing_call
 
 
 if _SPEC:
