@@ -224,3 +224,26 @@ def test_redis_restarted_mid_build_leaves_no_job_stuck(stack: Stack) -> None:
     _check_archive(stack, done, rq2)
     assert _unfinished_uploads(stack) == []
     _stop_all(stack)
+
+
+def test_search_cluster_stopping_mid_scroll_fails_the_job_with_a_reason(stack: Stack) -> None:
+    """Last in this module: the search cluster stops while a build scrolls through it and
+    does not come back. The job fails with a reason once its attempts are spent; nothing of
+    the partial archive is published; the requester is told once."""
+    _stop_all(stack)
+    stack.start_worker("mid-scroll", **PRODUCTION_LIMIT)
+    before = _published(stack)
+    rq, email = _query(), "mid-scroll@example.org"
+    status = stack.request(rq, email)
+    stack.wait(status["status_url"], _mid_build)
+    stack.osmem.close()
+    final, _ = stack.wait(status["status_url"], lambda s: s["complete"], timeout=180)
+    assert final["task_status"] == "FAILURE", final
+    assert "could not be reached" in final["error"], final
+    assert _published(stack) == before
+    assert _unfinished_uploads(stack) == []
+    deadline = time.monotonic() + 30
+    while not stack.inbox.to(email) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(stack.inbox.to(email)) == 1
+    _stop_all(stack)
