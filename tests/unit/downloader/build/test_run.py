@@ -24,6 +24,7 @@ from downloader.jobs.sqlite import SQLiteJobStore
 from downloader.models import now_utc
 from downloader.service import downloads as service
 from downloader.service.downloads import cancel_download
+from downloader.service.jobs import job_document
 from downloader.storage.local import LocalStorage
 from notify.smtp import LogMailer
 from tests.support.schemas import check_archive_xml
@@ -303,6 +304,12 @@ def test_a_transient_error_is_retried_with_the_reason_and_time_in_the_status(
     assert "record store could not be reached" in status["error"]
     retry_at = datetime.fromisoformat(status["retry_at"])
     assert before + timedelta(seconds=10) <= retry_at <= now_utc() + timedelta(seconds=10)
+    # The jobs resource says the same in its own words.
+    queued = ctx.jobs.get(job_id)
+    assert queued is not None
+    resource = job_document(ctx, queued, base_url="http://svc")
+    assert resource["status"] == "STARTING" and resource["retrying"] is True
+    assert resource["retryAt"] == status["retry_at"] and resource["error"] == status["error"]
     # The next wait doubles.
     with pytest.raises(RetryLater) as raised:
         build_archive(job_id, ctx)
