@@ -126,6 +126,11 @@ def build_archive(job_id: str, ctx: Context) -> Job | None:
             "if it keeps failing, narrow the query or tell the service's operators.",
         )
     log.info("job %s started (attempt %d)", job.id, job.attempts)
+    if job.retry_at is not None:
+        # The retry is running now: no status may still say it waits (should this attempt
+        # die, the job is queued again as interrupted, not as waiting for a retry).
+        job.retry_at = None
+        ctx.jobs.save(job)
     key = archive_key(job)
     # An export job is named when it is created ({recordset}_{version}.{lastUpdated}.zip).
     filename = job.filename or archive_filename(job)
