@@ -51,6 +51,8 @@ class Settings:
     reuse_window_hours: float
     retention_days: float
     max_attempts: int
+    transient_retry_seconds: float
+    transient_retry_first_seconds: float
     job_time_limit_seconds: int
     progress_every: int
     batch_size: int
@@ -215,9 +217,15 @@ def _build(raw: dict[str, Any], *, origin: str, origins: dict[str, str] | None =
     for name in ("stale_job_seconds", "dispatch_poll_seconds", "client_timeout_seconds"):
         if values[name] <= 0:
             raise ConfigError(f"setting {name} must be a positive number, got {values[name]}")
+    if values["transient_retry_first_seconds"] <= 0:
+        raise ConfigError(
+            "setting transient_retry_first_seconds must be a positive number, got "
+            f"{values['transient_retry_first_seconds']}"
+        )
     for name in (
         "reuse_window_hours",
         "retention_days",
+        "transient_retry_seconds",
         "cleanup_interval_seconds",
         "shutdown_grace_seconds",
         "max_download_records",

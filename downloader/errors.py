@@ -19,6 +19,11 @@ class StorageUnavailable(DownloaderError):
     """Archive storage cannot be reached (transient: a retry may succeed)."""
 
 
+class JobStoreUnavailable(DownloaderError, ConnectionError):
+    """The job store cannot be reached (transient: a retry may succeed). A ConnectionError
+    too, so code that already handles a lost connection keeps doing so."""
+
+
 class JobNotFound(DownloaderError):
     """No job has this id."""
 

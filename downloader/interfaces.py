@@ -216,8 +216,17 @@ class Storage(Protocol):
         :meth:`publish` is called with the same writer; :meth:`discard` throws it away."""
         ...
 
-    def publish(self, key: str, writer: IO[bytes], *, content_type: str, filename: str) -> None:
-        """Make the written bytes visible under ``key``, atomically."""
+    def publish(
+        self,
+        key: str,
+        writer: IO[bytes],
+        *,
+        content_type: str,
+        filename: str,
+        sha256: str | None = None,
+    ) -> None:
+        """Make the written bytes visible under ``key``, atomically; ``sha256`` (hex), when
+        given, is recorded with the object where the storage can keep it."""
         ...
 
     def discard(self, key: str, writer: IO[bytes]) -> None:
@@ -233,8 +242,10 @@ class Storage(Protocol):
         ...
 
     def url(self, key: str, *, base_url: str, filename: str) -> str:
-        """The URL a client downloads ``key`` from: a path under this service for local
-        storage, a presigned or public URL for S3."""
+        """Where the bytes of ``key`` are fetched: a path under this service for local
+        storage, a presigned (at this call) or public URL for S3. Clients are given the
+        stable ``/archives/`` link (:func:`downloader.links.download_url`), which redirects
+        here on S3."""
         ...
 
     def check(self) -> None:

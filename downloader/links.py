@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from urllib.parse import quote
 
 from downloader.backends import Context
 from downloader.config import Settings
@@ -112,6 +113,12 @@ def status_url(job: Job, base_url: str) -> str:
 
 
 def download_url(ctx: Context, job: Job, base_url: str) -> str:
-    """Where the finished archive is downloaded from."""
+    """Where the finished archive is downloaded from, on every storage:
+    ``<base>/archives/<job id>/<filename>``, a link of this service that works for the
+    archive's whole life. Local storage serves the bytes there; S3 storage answers with a
+    redirect to a freshly presigned (or public) URL at each request, so the link outlives
+    any signature."""
+    del ctx  # the same link on every storage
     key = job.archive_key or f"{job.id}.zip"
-    return ctx.storage.url(key, base_url=base_url, filename=job.filename or key)
+    filename = job.filename or key
+    return f"{base_url.rstrip('/')}/archives/{quote(job.id)}/{quote(filename)}"

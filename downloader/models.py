@@ -43,6 +43,14 @@ class Job:
     filename: str | None = None
     error: str | None = None
     attempts: int = 0
+    #: Transient errors retried so far (each also counted in ``attempts``, which the
+    #: interrupted-build limit ``max_attempts`` counts without them).
+    retries: int = 0
+    #: When the next attempt after a transient error is due (None: none is waiting).
+    retry_at: datetime | None = None
+    #: When the first transient error of this job happened: retries stop
+    #: ``transient_retry_seconds`` after it.
+    retry_since: datetime | None = None
     emails: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     recordset_count: int | None = None
@@ -55,3 +63,9 @@ class Job:
     #: Who the job is counted against for ``active_jobs_per_requester``: ``email:<address>``
     #: or ``client:<address>`` of the request that created it (None: not counted).
     requester: str | None = None
+
+    @property
+    def interruptions(self) -> int:
+        """Attempts that did not end in a transient-error retry: builds that were started
+        and interrupted (or the one running now)."""
+        return max(0, self.attempts - self.retries)

@@ -90,7 +90,7 @@ SHA-256: {job.sha256 or "unknown"}
 Status:  {status_url}
 
 If the download breaks off, resume it rather than starting over, for example with
-curl -C - -o archive.zip '{download_url}'
+curl -L -C - -o archive.zip '{download_url}'
 and compare the SHA-256 above with `sha256sum archive.zip`.
 
 The archive's records.citation.txt lists the recordsets to cite.

@@ -1,8 +1,11 @@
-"""Serving finished archives from local storage: resumable (Range, If-Range), with the
-archive's sha256 as its ETag, and 410 Gone once it expired."""
+"""The stable download link ``/archives/{id}[/{filename}]`` on every storage: from local
+storage the archive itself, resumable (Range, If-Range), with its sha256 as its ETag; on S3
+a 302 to a URL presigned at this request (or the public URL), with the sha256 in ``ETag``
+and ``Repr-Digest``; 410 Gone once it expired or was erased."""
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import os
 import re
@@ -53,7 +56,8 @@ class ArchiveHandler(BaseHandler):
     """``GET|HEAD /archives/{id}[/{filename}]``: the archive, resumable.
 
     ETag is the archive's sha256; ``Range`` gives 206 (or 416 outside the file); ``If-Range``
-    and ``If-None-Match`` work with that ETag; an expired archive is 410 Gone.
+    and ``If-None-Match`` work with that ETag; an expired archive is 410 Gone. On S3 storage:
+    a 302 to the object (the client's Range goes with it), ETag still the sha256.
     """
 
     async def head(self, job_id: str, filename: str | None = None) -> None:
@@ -65,7 +69,11 @@ class ArchiveHandler(BaseHandler):
         await self._send(job_id, body=True)
 
     async def _send(self, job_id: str, *, body: bool) -> None:
-        archive = await self.run(service.local_archive, job_id)
+        archive = await self.run(service.published_archive, job_id, base_url=self.base_url)
+        if archive.location is not None:
+            self._redirect(archive)
+            return
+        assert archive.path is not None  # local storage: a file or a location, never neither
         try:
             handle = Path(archive.path).open("rb")  # noqa: SIM115  # closed in the finally below
         except FileNotFoundError as exc:  # deleted by cleanup between the check and now
@@ -123,6 +131,19 @@ class ArchiveHandler(BaseHandler):
             self.finish()
         finally:
             handle.close()
+
+    def _redirect(self, archive: service.ArchiveFile) -> None:
+        """S3 storage: a redirect to a URL presigned for this request (or the public URL),
+        with the archive's sha256 in our own headers (S3's ETag is not the sha256)."""
+        if archive.sha256:
+            self.set_header("ETag", f'"{archive.sha256}"')
+            digest = base64.b64encode(bytes.fromhex(archive.sha256)).decode("ascii")
+            self.set_header("Repr-Digest", f"sha-256=:{digest}:")
+        # The target is signed per request: never keep this answer.
+        self.set_header("Cache-Control", "no-store")
+        self.clear_header("Content-Type")
+        assert archive.location is not None
+        self.redirect(archive.location, status=302)
 
     def clear(self) -> None:
         """Keep ``Content-Range: bytes */size`` on a 416 (send_error clears headers)."""

@@ -12,9 +12,10 @@ redelivery of the first message is harmless, and attempts stay counted (a job th
 killing its worker fails after ``max_attempts`` with a message that says so).
 
 A message can also be held by a worker that dies before it claims the job (it had fetched
-the message ahead): the job stays PENDING, never started, until the broker's visibility
-timeout. :func:`redispatch_unclaimed`, run by the same sweep, sends a PENDING job that no
-worker has claimed for ``stale_job_seconds`` once more (at most once per ten windows per job):
+the message ahead, or holds it for a delayed retry after a transient error): the job stays
+PENDING until the broker's visibility timeout. :func:`redispatch_unclaimed`, run by the
+same sweep, sends a PENDING job that no worker has claimed for ``stale_job_seconds``, or one
+whose ``retry_at`` passed that long ago, once more (at most once per ten windows per job):
 whichever message comes first claims it, the other finds nothing to do.
 
 The embedded dispatcher does not need either: it watches its worker processes itself.
@@ -52,17 +53,20 @@ _resent_lock = threading.Lock()
 
 def redispatch_unclaimed(ctx: Context, dispatcher: Dispatcher) -> list[str]:
     """Send again every PENDING job that no worker has claimed (attempts 0) for longer than
-    ``stale_job_seconds`` since it was created, at most once per ten windows each; their
-    ids. A job waiting to be retried after a transient error has attempts counted and keeps
-    its own backoff."""
+    ``stale_job_seconds`` since it was created, or whose retry after a transient error is
+    overdue by that long (the worker holding the delayed message died), at most once per
+    ten windows each; their ids. A job still waiting out its backoff is left alone."""
     window = ctx.settings.stale_job_seconds
     now = time.time()
     monotonic = time.monotonic()
     ids = []
     for job in ctx.jobs.pending_jobs():
-        if job.state != "PENDING" or job.attempts > 0 or job.created is None:
+        if job.state != "PENDING":
             continue
-        if now - job.created.timestamp() <= window:
+        if job.retry_at is not None:
+            if now - job.retry_at.timestamp() <= window:
+                continue
+        elif job.attempts > 0 or job.created is None or now - job.created.timestamp() <= window:
             continue
         with _resent_lock:
             if monotonic - _resent.get(job.id, -1e18) < 10 * window:

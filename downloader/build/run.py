@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from archive import (
@@ -30,28 +30,39 @@ from archive import (
 from downloader.backends import Context
 from downloader.build.plan import ArchivePlan, archive_filename, archive_key, plan_archive
 from downloader.build.progress import ProgressReporter
-from downloader.errors import SourceUnavailable, StorageUnavailable
+from downloader.errors import JobStoreUnavailable, SourceUnavailable, StorageUnavailable
 from downloader.links import content_type, download_url, job_base_url, status_url
 from downloader.models import Job, now_utc
 from notify.service import send_failure_email, send_ready_email
 
 log = logging.getLogger(__name__)
 
-#: Errors worth another attempt: the source or the storage was unreachable for a moment.
-TRANSIENT = (SourceUnavailable, StorageUnavailable)
+#: Errors worth another attempt: the record source, the storage or the job store was
+#: unreachable for a while (each system's module translates its vendor's errors into these).
+TRANSIENT = (SourceUnavailable, StorageUnavailable, JobStoreUnavailable)
+
+#: The longest wait between two attempts after transient errors.
+RETRY_CAP_SECONDS = 300.0
 
 
 class RetryLater(Exception):
-    """The build hit a transient error and the job is PENDING again for another attempt.
+    """The build hit a transient error and the job is PENDING again, due at ``retry_at``
+    (``delay`` seconds from now).
 
-    Celery tasks turn it into ``self.retry()``; local workers just exit (the dispatcher
-    picks the job up again after a short pause).
+    Celery tasks turn it into ``self.retry(countdown=delay)``; local workers just exit (the
+    dispatcher starts the job again once ``retry_at`` has passed).
     """
 
-    def __init__(self, job_id: str, cause: BaseException) -> None:
-        super().__init__(f"job {job_id} will be retried: {cause}")
+    def __init__(self, job_id: str, cause: BaseException, *, delay: float = 0.0) -> None:
+        super().__init__(f"job {job_id} will be retried in {delay:g} s: {cause}")
         self.job_id = job_id
         self.cause = cause
+        self.delay = delay
+
+
+def retry_delay(retries: int, *, first: float, cap: float = RETRY_CAP_SECONDS) -> float:
+    """Exponential backoff: ``first``, twice that, four times ..., at most ``cap`` seconds."""
+    return float(min(cap, first * 2 ** min(retries, 32)))
 
 
 class RunningElsewhere(Exception):
@@ -106,15 +117,20 @@ def build_archive(job_id: str, ctx: Context) -> Job | None:
     job = ctx.jobs.claim(job_id, max_attempts=settings.max_attempts)
     if job is None:
         return _not_claimed(ctx, job_id)
-    if job.attempts > settings.max_attempts:
+    if job.interruptions > settings.max_attempts:
         return fail_job(
             ctx,
             job,
-            f"The archive build was interrupted {job.attempts - 1} times (the worker stopped "
+            f"The archive build was interrupted {job.interruptions - 1} times (the worker stopped "
             "or the service restarted) and was given up. Please request the download again; "
             "if it keeps failing, narrow the query or tell the service's operators.",
         )
     log.info("job %s started (attempt %d)", job.id, job.attempts)
+    if job.retry_at is not None:
+        # The retry is running now: no status may still say it waits (should this attempt
+        # die, the job is queued again as interrupted, not as waiting for a retry).
+        job.retry_at = None
+        ctx.jobs.save(job)
     key = archive_key(job)
     # An export job is named when it is created ({recordset}_{version}.{lastUpdated}.zip).
     filename = job.filename or archive_filename(job)
@@ -139,7 +155,11 @@ def build_archive(job_id: str, ctx: Context) -> Job | None:
                 should_cancel=reporter.should_cancel,
             )
             ctx.storage.publish(
-                key, writer, content_type=content_type(plan.spec.form), filename=filename
+                key,
+                writer,
+                content_type=content_type(plan.spec.form),
+                filename=filename,
+                sha256=result.sha256,
             )
             writer = None
             if ctx.jobs.is_cancel_requested(job.id):
@@ -230,6 +250,7 @@ def _succeeded(
     job.total_records = sum(job.counts.values())
     job.records_written = job.total_records
     job.error = None
+    job.retry_at = None
 
 
 def _kinds(spec: ArchiveSpec) -> list[DataFile]:
@@ -265,19 +286,7 @@ def _stopped(ctx: Context, job: Job, exc: Exception) -> Job:
     if out_of_space(exc):
         return _no_space(ctx, job, exc)
     if isinstance(exc, TRANSIENT):
-        if job.attempts < ctx.settings.max_attempts:
-            job.state = "PENDING"
-            ctx.jobs.save(job)
-            log.warning("job %s: transient error, will retry: %s", job.id, exc)
-            raise RetryLater(job.id, exc) from exc
-        what = "record store" if isinstance(exc, SourceUnavailable) else "archive storage"
-        return fail_job(
-            ctx,
-            job,
-            f"The {what} could not be reached in {job.attempts} attempts ({exc}). "
-            "This is a problem on our side, not with your query: please request the "
-            "download again later.",
-        )
+        return _transient(ctx, job, exc)
     log.error("job %s failed unexpectedly", job.id, exc_info=exc)
     return fail_job(
         ctx,
@@ -286,6 +295,56 @@ def _stopped(ctx: Context, job: Job, exc: Exception) -> Job:
         f"logged under download id {job.id}; please try again, and tell the "
         "service's operators if it happens again.",
     )
+
+
+def _what(exc: BaseException) -> str:
+    if isinstance(exc, SourceUnavailable):
+        return "record store"
+    if isinstance(exc, StorageUnavailable):
+        return "archive storage"
+    return "job store"
+
+
+def _transient(ctx: Context, job: Job, exc: Exception) -> Job:
+    """A transient error: the job is PENDING again with ``retry_at`` and the reason in
+    ``error`` (raising :class:`RetryLater`) while ``transient_retry_seconds`` have not passed
+    since its first transient error; then it fails with the reason."""
+    settings = ctx.settings
+    now = now_utc()
+    since = job.retry_since or now
+    total = settings.transient_retry_seconds
+    left = total - (now - since).total_seconds()
+    reason = f"The {_what(exc)} could not be reached ({exc})"
+    if left > 0:
+        # The last wait is cut so that the final attempt starts when the total is up.
+        delay = min(retry_delay(job.retries, first=settings.transient_retry_first_seconds), left)
+        job.state = "PENDING"
+        job.retries += 1
+        job.retry_since = since
+        job.retry_at = now + timedelta(seconds=delay)
+        job.error = f"{reason}; the build is retried automatically."
+        ctx.jobs.save(job)
+        log.warning(
+            "job %s: transient error, retry %d in %.0f s: %s", job.id, job.retries, delay, exc
+        )
+        raise RetryLater(job.id, exc, delay=delay) from exc
+    job.retry_at = None
+    if job.retries:
+        tries = job.retries + 1
+        reason += f", and still not after {_span(since, now)} of retries ({tries} attempts)"
+    return fail_job(
+        ctx,
+        job,
+        f"{reason}. This is a problem on our side, not with your query: please request the "
+        "download again later.",
+    )
+
+
+def _span(since: datetime, now: datetime) -> str:
+    seconds = max(0, round((now - since).total_seconds()))
+    if seconds >= 120:
+        return f"{seconds // 60} minutes"
+    return f"{seconds} seconds"
 
 
 def _no_space(ctx: Context, job: Job, exc: BaseException) -> Job:

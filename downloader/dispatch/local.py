@@ -35,6 +35,7 @@ from downloader.backends import Context, make_context
 from downloader.build import fail_job
 from downloader.config import Settings
 from downloader.dispatch.worker import run_job, serve_jobs
+from downloader.models import now_utc
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,6 @@ class LocalDispatcher:
         self._stopping = threading.Event()
         self._running: dict[str, _Run] = {}
         self._workers: list[_Worker] = []
-        self._not_before: dict[str, float] = {}
         self._thread: threading.Thread | None = None
         self._early_deaths = 0
         self._next_spawn = 0.0
@@ -234,14 +234,14 @@ class LocalDispatcher:
         idle = [w for w in self._workers if w.ready and w.job_id is None and not w.retiring]
         if not idle or self._stopping.is_set():
             return
-        now = time.monotonic()
+        now = now_utc()
         for job in self.ctx.jobs.pending_jobs():
             if not idle:
                 break
             if job.state != "PENDING" or job.id in self._running:
                 continue
-            if self._not_before.get(job.id, 0.0) > now:
-                continue
+            if job.retry_at is not None and job.retry_at > now:
+                continue  # waiting out its backoff after a transient error
             worker = idle.pop(0)
             try:
                 worker.conn.send(job.id)
@@ -305,14 +305,9 @@ class LocalDispatcher:
         if job.state == "STARTED":
             # It ended without recording an outcome: it crashed or was killed.
             self._interrupted(job_id, f"its worker process ended unexpectedly (exit {code})")
-        elif job.state == "PENDING":
-            # A transient error: try again after a pause that grows with the attempts.
-            delay = min(60.0, 2.0 ** max(0, job.attempts))
-            self._not_before[job_id] = time.monotonic() + delay
-            self._wake.set()
         else:
-            self._not_before.pop(job_id, None)
-            # A worker is free: look for the next job at once.
+            # A worker is free: look for the next job at once (a job PENDING again after a
+            # transient error waits for its retry_at, see _launch).
             self._wake.set()
 
     def _enforce_time_limit(self) -> None:
@@ -347,11 +342,11 @@ class LocalDispatcher:
         if job is None or job.state not in ("STARTED", "PENDING"):
             return
         self._discard_partial(job_id)
-        if job.attempts >= self.settings.max_attempts:
+        if job.interruptions >= self.settings.max_attempts:
             fail_job(
                 self.ctx,
                 job,
-                f"The archive build was interrupted {job.attempts} times ({why}) and was "
+                f"The archive build was interrupted {job.interruptions} times ({why}) and was "
                 "given up. Please request the download again; if it keeps failing, narrow "
                 "the query or tell the service's operators.",
             )

@@ -2,8 +2,9 @@
 
 ``build_archive`` runs :func:`downloader.build.build_archive`, the same function the embedded
 worker processes run. It is idempotent by job id (the job store's claim decides), retries
-only transient errors (the record source or the storage unreachable: ``RetryLater``) with
-exponential backoff, and leaves every other outcome recorded in the job by the domain code.
+only transient errors (the record source, the storage or the job store unreachable:
+``RetryLater``) after the delay the domain code chose (exponential backoff up to
+``transient_retry_seconds``), and leaves every other outcome recorded in the job by the domain code.
 """
 
 from __future__ import annotations
@@ -22,10 +23,6 @@ from downloader.dispatch.celery_app import app
 
 log = logging.getLogger(__name__)
 
-#: First retry after this many seconds, doubling up to RETRY_CAP.
-RETRY_BASE_SECONDS = 10
-RETRY_CAP_SECONDS = 600
-
 _context: Context | None = None
 
 
@@ -35,11 +32,6 @@ def worker_context() -> Context:
     if _context is None:
         _context = make_context(load_settings())
     return _context
-
-
-def retry_delay(retries: int) -> int:
-    """Exponential backoff: 10 s, 20 s, 40 s ... capped at ten minutes."""
-    return int(min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2**retries))
 
 
 class BuildTask(Task):
@@ -91,9 +83,10 @@ def build_archive(self: Task, job_id: str, looked: int = 0) -> str | None:
             args=[job_id], kwargs={"looked": looked + 1}, countdown=delay, max_retries=None
         ) from exc
     except RetryLater as exc:
-        # The domain code put the job back to PENDING and counts attempts itself, giving up
-        # with a FAILURE after ``max_attempts``; Celery only has to wait and redeliver.
-        delay = retry_delay(self.request.retries)
-        log.warning("job %s: %s; retrying in %d s", job_id, exc.cause, delay)
-        raise self.retry(countdown=delay, exc=exc) from exc
+        # The domain code put the job back to PENDING with its backoff (retry_at) and gives
+        # up with a FAILURE after transient_retry_seconds; Celery only waits and redelivers.
+        log.warning("job %s: %s; retrying in %.0f s", job_id, exc.cause, exc.delay)
+        raise self.retry(
+            args=[job_id], kwargs={}, countdown=exc.delay, exc=exc, max_retries=None
+        ) from exc
     return None if job is None else job.state

@@ -34,9 +34,12 @@ from typing import Any, ParamSpec, TypeVar
 
 import redis
 
+from downloader.errors import JobStoreUnavailable
 from downloader.models import Job
 
-_DATETIME_FIELDS = frozenset({"created", "started", "completed", "expires"})
+_DATETIME_FIELDS = frozenset(
+    {"created", "started", "completed", "expires", "retry_at", "retry_since"}
+)
 #: Fields kept as their own hash fields rather than inside ``doc``: the Lua scripts read or
 #: change them (state, created, started, attempts), or other writers update them without
 #: rewriting the whole job (progress from the worker, addresses from new requesters).
@@ -111,14 +114,15 @@ R = TypeVar("R")
 
 
 def _edge(func: Callable[P, R]) -> Callable[P, R]:
-    """Translate redis-py's connection errors into the built-in ConnectionError."""
+    """Translate redis-py's connection errors into :class:`JobStoreUnavailable` (a
+    built-in ConnectionError too)."""
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise ConnectionError(f"the job store (Redis) cannot be reached: {exc}") from exc
+            raise JobStoreUnavailable(f"the job store (Redis) cannot be reached: {exc}") from exc
 
     return wrapper
 

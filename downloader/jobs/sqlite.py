@@ -59,7 +59,9 @@ CREATE TABLE IF NOT EXISTS job_owners (
 CREATE INDEX IF NOT EXISTS owners_by_time ON job_owners (owner, added);
 """
 
-_DATETIME_FIELDS = frozenset({"created", "started", "completed", "expires"})
+_DATETIME_FIELDS = frozenset(
+    {"created", "started", "completed", "expires", "retry_at", "retry_since"}
+)
 #: Fields kept in their own columns because other writers change them without rewriting the
 #: whole job (progress from the worker, addresses from new requesters, the cancel flag).
 _OUT_OF_BAND = frozenset({"records_written", "total_records", "emails"})

@@ -16,7 +16,7 @@ import secrets
 import threading
 import uuid
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -289,6 +289,7 @@ def status_document(ctx: Context, job: Job, base_url: str) -> dict[str, Any]:
         "cancelled": job.state == "CANCELLED",
         "expired": job.state == "EXPIRED",
         "attempts": job.attempts,
+        "retrying": False,
         "data_version": job.data_version,
     }
     if job.state == "SUCCESS":
@@ -299,6 +300,11 @@ def status_document(ctx: Context, job: Job, base_url: str) -> dict[str, Any]:
         doc["citation_bibtex"] = citation_bibtex(job, **cite)
         doc["citation_ris"] = citation_ris(job, **cite)
         MEASURED.observe(job)
+    elif job.state == "PENDING" and job.retry_at is not None:
+        # Waiting out its backoff after a transient error: say why and when it runs again.
+        doc["retrying"] = True
+        doc["retry_at"] = _iso(job.retry_at)
+        doc["error"] = job.error or "A service the build needs could not be reached."
     elif job.state == "FAILURE":
         doc["error"] = job.error or "The archive could not be built."
     elif job.state == "CANCELLED":
@@ -388,17 +394,6 @@ class StatusCache:
             self._entries.pop((job_id, base_url), None)
 
 
-def _stable_links(ctx: Context, job: Job) -> bool:
-    # A presigned S3 URL is signed when it is made and expires: a status holding one is
-    # rendered afresh every time. Other links depend only on the job and the base URL.
-    if job.state != "SUCCESS":
-        return True
-    from downloader.storage.local import LocalStorage
-
-    storage = ctx.storage
-    return isinstance(storage, LocalStorage) or bool(getattr(storage, "public_base_url", None))
-
-
 def status_response(
     ctx: Context, job_id: str, *, base_url: str, cache: StatusCache | None = None
 ) -> RenderedStatus:
@@ -428,10 +423,9 @@ def status_response(
         # "Unchanged" from a version we do not hold (a store bug): read it, keep nothing.
         return render_status(status_document(ctx, load_job(ctx, key), base))
     rendered = render_status(status_document(ctx, job, base))
-    if _stable_links(ctx, job):
-        cache.put(key, base, version, rendered)
-    elif kept is not None:
-        cache.discard(key, base)
+    # Every link in a status depends only on the job and the base URL (a download link is
+    # this service's /archives/ path on every storage), so the response can be kept.
+    cache.put(key, base, version, rendered)
     return rendered
 
 
@@ -457,27 +451,26 @@ def count(ctx: Context, params: Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ArchiveFile:
-    """A published archive in local storage, ready to be sent."""
+    """A published archive, ready to be sent: from ``path`` (local storage) or by a
+    redirect to ``location`` (S3: a URL presigned for this request, or the public one)."""
 
     job: Job
-    path: Path
     content_type: str
     filename: str
     sha256: str | None
+    path: Path | None = None
+    location: str | None = None
 
 
-def local_archive(ctx: Context, job_id: str) -> ArchiveFile:
-    """The finished archive of a job in local storage.
+def published_archive(ctx: Context, job_id: str, *, base_url: str = "") -> ArchiveFile:
+    """The finished archive of a job, for ``/archives/{id}`` (the stable download link).
 
-    Raises :class:`JobNotFound` (unknown job or storage that is not local), a 409
-    :class:`RequestError` while the job runs, or :class:`ArchiveGone` once it expired.
+    Raises :class:`JobNotFound` for an unknown job, a 409 :class:`RequestError` while the
+    job runs, or :class:`ArchiveGone` once it expired or was erased.
     """
     from downloader.storage.local import LocalStorage
 
     job = load_job(ctx, job_id)
-    storage = ctx.storage
-    if not isinstance(storage, LocalStorage):
-        raise JobNotFound("archives are not served by this service; use the download_url")
     if job.state == "EXPIRED" or (
         job.state == "SUCCESS" and job.expires is not None and job.expires <= now_utc()
     ):
@@ -493,16 +486,22 @@ def local_archive(ctx: Context, job_id: str) -> ArchiveFile:
             task_status=_TASK_STATUS.get(job.state, "UNKNOWN"),
         )
     key = job.archive_key or f"{job.id}.zip"
-    path = storage.path(key)
-    if not path.is_file():
-        raise ArchiveGone(f"the archive of download {job.id} is no longer stored")
-    return ArchiveFile(
+    found = ArchiveFile(
         job=job,
-        path=path,
         content_type=content_type(str(job.request.get("form", "dwca-csv"))),
         filename=job.filename or key,
         sha256=job.sha256,
     )
+    storage = ctx.storage
+    if not isinstance(storage, LocalStorage):
+        # Signed now, for this request: the link we hand out never expires before the
+        # archive does, whatever the signature's lifetime.
+        location = storage.url(key, base_url=base_url, filename=found.filename)
+        return replace(found, location=location)
+    path = storage.path(key)
+    if not path.is_file():
+        raise ArchiveGone(f"the archive of download {job.id} is no longer stored")
+    return replace(found, path=path)
 
 
 def cleanup_expired(ctx: Context, *, now: datetime | None = None) -> list[str]:

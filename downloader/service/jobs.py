@@ -90,6 +90,11 @@ def job_document(ctx: Context, job: Job, *, base_url: str) -> dict[str, Any]:
             "expiryDate": _iso(job.expires),
         }
         links.append({"rel": "enclosure", "link": file_url(ctx, job, base)})
+    elif job.state == "PENDING" and job.retry_at is not None:
+        # Waiting out its backoff after a transient error (as the status JSON's retrying).
+        doc["retrying"] = True
+        doc["retryAt"] = _iso(job.retry_at)
+        doc["error"] = job.error
     elif job.state in ("FAILURE", "CANCELLED", "EXPIRED"):
         doc["error"] = (
             job.error

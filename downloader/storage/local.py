@@ -52,13 +52,21 @@ class LocalStorage:
         except OSError as exc:
             raise StorageUnavailable(f"cannot write archives to {self.root}: {exc}") from exc
 
-    def publish(self, key: str, writer: IO[bytes], *, content_type: str, filename: str) -> None:
+    def publish(
+        self,
+        key: str,
+        writer: IO[bytes],
+        *,
+        content_type: str,
+        filename: str,
+        sha256: str | None = None,
+    ) -> None:
         """Flush and fsync the writer, then rename it to ``key`` and fsync the directory.
 
-        ``content_type`` and ``filename`` are not stored: the download handler derives them
-        from the job, which is the single record of them.
+        ``content_type``, ``filename`` and ``sha256`` are not stored: the download handler
+        derives them from the job, which is the single record of them.
         """
-        del content_type, filename
+        del content_type, filename, sha256
         final = self.path(key)
         try:
             writer.flush()

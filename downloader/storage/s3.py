@@ -15,6 +15,7 @@ a single ``PutObject`` at publish time, which is just as atomic.
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import math
@@ -202,13 +203,23 @@ class _S3Writer(io.RawIOBase):
         )
         return {"PartNumber": number, "ETag": response["ETag"]}
 
-    def complete(self, *, content_type: str, filename: str) -> None:
-        """Upload what is left and make the object visible."""
+    def complete(self, *, content_type: str, filename: str, sha256: str | None = None) -> None:
+        """Upload what is left and make the object visible (with ``sha256`` recorded, see
+        :meth:`S3Storage.publish`)."""
         if self.finished:
             raise ValueError(f"upload of {self.object_key} already finished")
         try:
             if self._upload_id is None:
                 # Smaller than one part: a single PutObject is atomic too.
+                extra: dict[str, Any] = {}
+                if sha256:
+                    # S3 checks the body against ChecksumSHA256 and keeps it (GetObject with
+                    # ChecksumMode=ENABLED returns it); the metadata and tag say it in hex.
+                    extra = {
+                        "ChecksumSHA256": base64.b64encode(bytes.fromhex(sha256)).decode(),
+                        "Metadata": {"sha256": sha256},
+                        "Tagging": f"sha256={sha256}",
+                    }
                 _call(
                     f"uploading {self.object_key}",
                     self._client.put_object,
@@ -217,6 +228,7 @@ class _S3Writer(io.RawIOBase):
                     Body=bytes(self._buffer),
                     ContentType=content_type,
                     ContentDisposition=_content_disposition(filename),
+                    **extra,
                 )
             else:
                 if self._buffer or not self._parts:
@@ -231,6 +243,8 @@ class _S3Writer(io.RawIOBase):
                     UploadId=self._upload_id,
                     MultipartUpload={"Parts": parts},
                 )
+                if sha256:
+                    self._tag_sha256(sha256)
                 if content_type != self.content_type:
                     log.warning(
                         "archive %s was uploaded as %s, not %s (the type is fixed when a "
@@ -245,6 +259,23 @@ class _S3Writer(io.RawIOBase):
         self.finished = True
         self._pool.shutdown(wait=True)
         super().close()
+
+    def _tag_sha256(self, sha256: str) -> None:
+        """Tag a completed multipart object with its sha256. Its metadata is fixed when the
+        upload starts, before the hash is known, and S3's own checksum of a multipart object
+        is a checksum of part checksums; a tag can be added afterwards without copying.
+        Best effort: without ``s3:PutObjectTagging`` the archive is still whole, and the
+        job (status ``checksum``, the download link's ``ETag``) keeps the sha256."""
+        try:
+            _call(
+                f"tagging {self.object_key}",
+                self._client.put_object_tagging,
+                Bucket=self._bucket,
+                Key=self.object_key,
+                Tagging={"TagSet": [{"Key": "sha256", "Value": sha256}]},
+            )
+        except (OSError, StorageUnavailable) as exc:
+            log.warning("could not tag %s with its sha256: %s", self.object_key, exc)
 
     def abort(self) -> None:
         """Throw the upload away; S3 frees the parts already sent."""
@@ -351,10 +382,22 @@ class S3Storage:
         )
         return writer  # type: ignore[return-value]  # RawIOBase is a binary file; typeshed keeps them apart
 
-    def publish(self, key: str, writer: IO[bytes], *, content_type: str, filename: str) -> None:
-        """Complete the upload: the archive appears under ``key`` whole or not at all."""
+    def publish(
+        self,
+        key: str,
+        writer: IO[bytes],
+        *,
+        content_type: str,
+        filename: str,
+        sha256: str | None = None,
+    ) -> None:
+        """Complete the upload: the archive appears under ``key`` whole or not at all.
+
+        ``sha256`` (hex) goes with the object: as the tag ``sha256`` always, and for an
+        archive sent in one PutObject also as ``x-amz-meta-sha256`` and S3's own
+        ``ChecksumSHA256``, which S3 verifies against the bytes it received."""
         s3_writer = self._own_writer(key, writer)
-        s3_writer.complete(content_type=content_type, filename=filename)
+        s3_writer.complete(content_type=content_type, filename=filename, sha256=sha256)
 
     def discard(self, key: str, writer: IO[bytes]) -> None:
         """Abort the upload; no part of it ever becomes visible."""

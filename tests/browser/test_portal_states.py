@@ -107,7 +107,7 @@ def test_queued_then_progress_then_success(watched: Watched) -> None:
     link = page.get_attribute("#job-link", "href")
     assert link == f"http://127.0.0.1/archives/{JOB}/dwca-acer-0b8d1c7e.zip"
     assert page.text_content("#job-sha") == sha
-    assert "curl -C - -o dwca-acer-0b8d1c7e.zip" in page.text_content("#job-curl")
+    assert "curl -L -C - -o dwca-acer-0b8d1c7e.zip" in page.text_content("#job-curl")
     assert "1,000 records" in page.text_content("#job-counts")
     assert "3 recordsets" in page.text_content("#job-counts")
     assert sha in page.text_content("#job-citation")
@@ -144,6 +144,24 @@ def test_failure_shows_the_reason_and_retry_forces_a_new_build(watched: Watched)
         page.wait_for_timeout(100)
     assert len(bodies) == 2
     assert bodies[-1]["force"] is True and bodies[-1]["rq"] == {"genus": "acer"}
+
+
+def test_a_retry_after_a_transient_error_shows_the_reason_and_stays_queued(
+    watched: Watched,
+) -> None:
+    created = status("PENDING", cancel_token=TOKEN)
+    waiting = status(
+        "PENDING",
+        retrying=True,
+        retry_at="2026-12-04T10:05:00+00:00",
+        error="The record store could not be reached (timeout); it is retried automatically.",
+    )
+    script(watched, created, [created, waiting])
+    page = ask(watched)
+    expect(page.locator("#job-progress-text")).to_contain_text("could not be reached")
+    assert "Next attempt at" in page.text_content("#job-progress-text")
+    assert page.text_content("#job-state") == "queued"
+    assert page.is_hidden("#job-error")  # not a failure
 
 
 def test_cancel_sends_the_stored_token(watched: Watched) -> None:

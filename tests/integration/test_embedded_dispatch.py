@@ -1,8 +1,9 @@
 """The local dispatcher with real spawned worker processes and a real SMTP server.
 
 The record store is made unreachable (an Elasticsearch URL nobody listens on), so the build
-hits a transient error in its worker process: it is retried, then fails after
-``max_attempts`` with a message for the researcher, who is told by email.
+hits a transient error in its worker process: it waits with ``retry_at`` and the reason,
+is retried with backoff, then fails once ``transient_retry_seconds`` are spent, with a
+message for the researcher, who is told by email.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ def test_unreachable_source_is_retried_in_worker_processes_then_fails_and_mails(
             "record_source": "elasticsearch",
             "elasticsearch_url": f"http://127.0.0.1:{free_port()}",
             "elasticsearch_timeout_seconds": 2,
-            "max_attempts": 2,
+            "max_attempts": 1,  # counts interrupted builds, not transient retries
+            "transient_retry_seconds": 3,
+            "transient_retry_first_seconds": 1,
             "dispatch_poll_seconds": 0.2,
             "smtp_host": smtp.host,
             "smtp_port": smtp.port,
@@ -54,9 +57,12 @@ def test_unreachable_source_is_retried_in_worker_processes_then_fails_and_mails(
     dispatcher.start()
     try:
         deadline = time.monotonic() + 120
+        waits = []
         while True:
             current = ctx.jobs.get(job.id)
             assert current is not None
+            if current.state == "PENDING" and current.retry_at is not None:
+                waits.append((current.retry_at, current.error))
             if current.state == "FAILURE":
                 break
             assert time.monotonic() < deadline, f"still {current.state}"
@@ -65,8 +71,10 @@ def test_unreachable_source_is_retried_in_worker_processes_then_fails_and_mails(
         (mail,) = smtp.wait_for(1)
     finally:
         dispatcher.stop()
-    assert current.attempts == 2
-    assert "record store could not be reached in 2 attempts" in (current.error or "")
+    assert current.attempts >= 2 and current.retries == current.attempts - 1
+    assert waits and all("record store could not be reached" in (e or "") for _, e in waits)
+    assert "record store could not be reached" in (current.error or "")
+    assert f"{current.attempts} attempts" in (current.error or "")
     assert mail["To"] == "ana@example.org"
     assert "record store could not be reached" in mail.get_content()
     assert not list((tmp_path / "archives").glob("*"))

@@ -30,6 +30,7 @@ import pytest
 
 from tests.integration.test_at_scale_e2e import (
     BUCKET,
+    FAST_RETRIES,
     PRODUCTION_LIMIT,
     Stack,
     _check_archive,
@@ -185,6 +186,7 @@ def test_s3_refusing_an_upload_is_retried_never_half_published(
         DOWNLOADER_FAULT="s3.upload:refuse",
         DOWNLOADER_FAULT_IN="celery",
         DOWNLOADER_FAULT_ONCE=str(once),
+        **FAST_RETRIES,
     )
     before = _published(stack)
     rq, email = _query(), "s3-refuses@example.org"
@@ -228,10 +230,13 @@ def test_redis_restarted_mid_build_leaves_no_job_stuck(stack: Stack) -> None:
 
 def test_search_cluster_stopping_mid_scroll_fails_the_job_with_a_reason(stack: Stack) -> None:
     """Last in this module: the search cluster stops while a build scrolls through it and
-    does not come back. The job fails with a reason once its attempts are spent; nothing of
+    does not come back. The job fails with a reason once its retries are spent; nothing of
     the partial archive is published; the requester is told once."""
     _stop_all(stack)
-    stack.start_worker("mid-scroll", **PRODUCTION_LIMIT)
+    # A short total for transient retries: a few attempts over about five seconds.
+    stack.start_worker(
+        "mid-scroll", DOWNLOADER_TRANSIENT_RETRY_SECONDS="5", **FAST_RETRIES, **PRODUCTION_LIMIT
+    )
     before = _published(stack)
     rq, email = _query(), "mid-scroll@example.org"
     status = stack.request(rq, email)

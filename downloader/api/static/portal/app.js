@@ -634,7 +634,9 @@ function renderJob(doc) {
       if (rate > 0) eta = ` · about ${duration((100 - pct) / rate)} left`;
     }
     $("job-progress-text").textContent =
-      st === "PENDING"
+      st === "PENDING" && doc.retrying
+        ? `${doc.error || "A service the build needs is unreachable."} Next attempt at ${new Date(doc.retry_at).toLocaleTimeString()}.`
+        : st === "PENDING"
         ? "Waiting for a worker…"
         : `${written.toLocaleString("en")} of ${total === null || total === undefined ? "?" : total.toLocaleString("en")} records written · ${pct.toFixed(0)}%${eta}`;
     document.title = `(${pct.toFixed(0)}%) ${TITLE}`;
@@ -654,7 +656,7 @@ function renderDone(doc) {
   const sha = doc.checksum ? doc.checksum.value : "";
   $("job-sha").textContent = sha || "–";
   const name = doc.filename || "archive.zip";
-  $("job-curl").textContent = `curl -C - -o ${name} '${doc.download_url}'`;
+  $("job-curl").textContent = `curl -L -C - -o ${name} '${doc.download_url}'`;
   $("job-check").textContent = sha ? `echo '${sha}  ${name}' | sha256sum -c` : "";
   const c = doc.counts || {};
   const words = { records: "records", mediarecords: "media records", localities: "localities", names: "names" };

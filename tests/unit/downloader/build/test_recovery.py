@@ -74,17 +74,23 @@ def test_a_job_no_worker_took_is_sent_again_once_per_window(tmp_path: Path) -> N
     waiting = request(ctx)  # its message is held by a worker that died before claiming it
     fresh = request(ctx, rq='{"genus": "quercus"}')
     retrying = request(ctx, rq='{"genus": "pinus"}')
-    for job_id in (waiting, retrying):
+    overdue = request(ctx, rq='{"genus": "betula"}')
+    for job_id in (waiting, retrying, overdue):
         job = ctx.jobs.get(job_id)
         assert job is not None
-        job.created = now_utc() - timedelta(seconds=30)
-        if job_id == retrying:
-            job.attempts = 1  # waits for its own backoff after a transient error
+        job.created = now_utc() - timedelta(seconds=300)
+        if job_id == retrying:  # waits out its own backoff after a transient error
+            job.attempts = job.retries = 1
+            job.retry_at = now_utc() + timedelta(seconds=60)
+        if job_id == overdue:  # the worker holding its delayed retry died
+            job.attempts = job.retries = 1
+            job.retry_at = now_utc() - timedelta(seconds=30)
         ctx.jobs.save(job)
     dispatcher = Recorder()
-    assert redispatch_unclaimed(ctx, dispatcher) == [waiting]
+    assert sorted(redispatch_unclaimed(ctx, dispatcher)) == sorted([waiting, overdue])
     assert redispatch_unclaimed(ctx, dispatcher) == []  # not again within ten windows
-    assert dispatcher.ids == [waiting] and fresh not in dispatcher.ids
+    assert sorted(dispatcher.ids) == sorted([waiting, overdue])
+    assert fresh not in dispatcher.ids and retrying not in dispatcher.ids
     job = build_archive(waiting, ctx)
     assert job is not None and job.state == "SUCCESS"
     assert build_archive(waiting, ctx) is None  # the first message, late: nothing to do

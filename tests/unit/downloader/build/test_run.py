@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import zipfile
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,15 @@ from dwca.read import DwCAReader
 from downloader.backends import Context
 from downloader.build import RetryLater, build_archive
 from downloader.build.plan import archive_filename
+from downloader.build.run import retry_delay
 from downloader.config import load_settings
 from downloader.dispatch.local import LocalDispatcher
+from downloader.errors import JobStoreUnavailable, StorageUnavailable
 from downloader.jobs.sqlite import SQLiteJobStore
+from downloader.models import now_utc
 from downloader.service import downloads as service
 from downloader.service.downloads import cancel_download
+from downloader.service.jobs import job_document
 from downloader.storage.local import LocalStorage
 from notify.smtp import LogMailer
 from tests.support.schemas import check_archive_xml
@@ -276,33 +281,154 @@ def test_cancel_download_of_a_queued_job(tmp_path: Path) -> None:
     assert build_archive(job_id, ctx) is None
 
 
-def test_transient_errors_retry_then_fail_with_a_clear_message(tmp_path: Path) -> None:
-    ctx = make_ctx(tmp_path, FakeSource(30, fail_batches=99), max_attempts=2)
+def _expire_retries(ctx: Context, job_id: str, seconds: float) -> None:
+    """Move the job's first transient error ``seconds`` into the past (no sleeping)."""
+    job = ctx.jobs.get(job_id)
+    assert job is not None and job.retry_since is not None
+    job.retry_since -= timedelta(seconds=seconds)
+    ctx.jobs.save(job)
+
+
+def test_a_transient_error_is_retried_with_the_reason_and_time_in_the_status(
+    tmp_path: Path,
+) -> None:
+    ctx = make_ctx(tmp_path, FakeSource(30, fail_batches=99), transient_retry_first_seconds=10)
     job_id = request(ctx)
-    with pytest.raises(RetryLater):
+    before = now_utc()
+    with pytest.raises(RetryLater) as raised:
         build_archive(job_id, ctx)
+    assert raised.value.delay == 10
+    status = service.get_status(ctx, job_id, base_url="http://svc")
+    assert status["task_status"] == "PENDING" and status["complete"] is False
+    assert status["retrying"] is True
+    assert "record store could not be reached" in status["error"]
+    retry_at = datetime.fromisoformat(status["retry_at"])
+    assert before + timedelta(seconds=10) <= retry_at <= now_utc() + timedelta(seconds=10)
+    # The jobs resource says the same in its own words.
     queued = ctx.jobs.get(job_id)
-    assert queued is not None and queued.state == "PENDING" and queued.attempts == 1
+    assert queued is not None
+    resource = job_document(ctx, queued, base_url="http://svc")
+    assert resource["status"] == "STARTING" and resource["retrying"] is True
+    assert resource["retryAt"] == status["retry_at"] and resource["error"] == status["error"]
+    # The next wait doubles.
+    with pytest.raises(RetryLater) as raised:
+        build_archive(job_id, ctx)
+    assert raised.value.delay == 20
+    job = ctx.jobs.get(job_id)
+    assert job is not None and job.retries == 2 and job.state == "PENDING"
+    assert ctx.mailer.sent == []  # type: ignore[attr-defined]  # LogMailer in this test
+
+
+def test_transient_errors_fail_with_the_reason_once_the_retry_total_is_spent(
+    tmp_path: Path,
+) -> None:
+    # max_attempts counts interrupted builds only: many retries do not exhaust it.
+    ctx = make_ctx(
+        tmp_path, FakeSource(30, fail_batches=99), max_attempts=1, transient_retry_seconds=600
+    )
+    job_id = request(ctx)
+    for _ in range(3):
+        with pytest.raises(RetryLater):
+            build_archive(job_id, ctx)
+    # The last wait is cut to what is left of the total.
+    _expire_retries(ctx, job_id, 595)
+    with pytest.raises(RetryLater) as raised:
+        build_archive(job_id, ctx)
+    assert raised.value.delay <= 5
+    _expire_retries(ctx, job_id, 10)
     job = build_archive(job_id, ctx)
-    assert job is not None and job.state == "FAILURE" and job.attempts == 2
+    assert job is not None and job.state == "FAILURE"
     assert "record store could not be reached" in (job.error or "")
+    assert "5 attempts" in (job.error or "")
+    status = service.get_status(ctx, job_id, base_url="http://svc")
+    assert status["task_status"] == "FAILURE" and status["retrying"] is False
+    assert "retry_at" not in status
     assert list((tmp_path / "archives").iterdir()) == []
     (msg,) = ctx.mailer.sent  # type: ignore[attr-defined]  # LogMailer in this test
     assert "could not be built" in msg["Subject"]
     assert "record store could not be reached" in msg.get_content()
 
 
+def test_no_retries_when_the_total_is_zero(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, FakeSource(30, fail_batches=1), transient_retry_seconds=0)
+    job_id = request(ctx)
+    job = build_archive(job_id, ctx)
+    assert job is not None and job.state == "FAILURE" and job.attempts == 1
+    assert "record store could not be reached" in (job.error or "")
+
+
 def test_a_transient_error_then_success(tmp_path: Path) -> None:
-    ctx = make_ctx(tmp_path, FakeSource(30, fail_batches=1))
+    ctx = make_ctx(tmp_path, FakeSource(30, fail_batches=2), max_attempts=1)
+    job_id = request(ctx)
+    for _ in range(2):
+        with pytest.raises(RetryLater):
+            build_archive(job_id, ctx)
+    job = build_archive(job_id, ctx)
+    assert job is not None and job.state == "SUCCESS" and job.attempts == 3
+    assert job.retry_at is None and job.error is None
+    status = service.get_status(ctx, job_id, base_url="http://svc")
+    assert status["retrying"] is False and "error" not in status
+
+
+class _FlakyStorage(LocalStorage):
+    """Local storage whose publish fails ``failures`` times as S3 does under throttling."""
+
+    def __init__(self, root: Path, failures: int) -> None:
+        super().__init__(root)
+        self.failures = failures
+
+    def publish(self, key: str, writer: Any, **kwargs: Any) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise StorageUnavailable("S3 is unavailable while uploading: SlowDown")
+        super().publish(key, writer, **kwargs)
+
+
+def test_a_storage_error_is_retried_and_the_archive_then_published(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path)
+    ctx.storage = _FlakyStorage(tmp_path / "archives", failures=1)
     job_id = request(ctx)
     with pytest.raises(RetryLater):
         build_archive(job_id, ctx)
+    status = service.get_status(ctx, job_id, base_url="http://svc")
+    assert status["retrying"] is True and "archive storage" in status["error"]
+    assert [p.name for p in (tmp_path / "archives").iterdir()] == []  # nothing half-written
     job = build_archive(job_id, ctx)
-    assert job is not None and job.state == "SUCCESS" and job.attempts == 2
+    assert job is not None and job.state == "SUCCESS"
+    with DwCAReader(str(archive_path(ctx, job_id))) as dwca:
+        assert len(list(dwca)) == job.counts["records"] == 10  # the acer records
+
+
+def test_a_job_store_error_during_a_build_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = make_ctx(tmp_path)
+    job_id = request(ctx)
+    check = ctx.jobs.is_cancel_requested
+    calls = {"n": 0}
+
+    def blip(job_id: str) -> bool:
+        calls["n"] += 1
+        if calls["n"] == 1:  # the build's first cancel check
+            raise JobStoreUnavailable("the job store (Redis) cannot be reached: reset")
+        return check(job_id)
+
+    monkeypatch.setattr(ctx.jobs, "is_cancel_requested", blip)
+    with pytest.raises(RetryLater):
+        build_archive(job_id, ctx)
+    status = service.get_status(ctx, job_id, base_url="http://svc")
+    assert status["retrying"] is True and "job store" in status["error"]
+    job = build_archive(job_id, ctx)
+    assert job is not None and job.state == "SUCCESS"
+
+
+def test_the_retry_delay_doubles_up_to_the_cap() -> None:
+    assert [retry_delay(n, first=10) for n in range(7)] == [10, 20, 40, 80, 160, 300, 300]
+    assert retry_delay(100, first=1, cap=60) == 60
 
 
 def test_a_failed_job_is_not_reused(tmp_path: Path) -> None:
-    ctx = make_ctx(tmp_path, FakeSource(30, fail_batches=99), max_attempts=1)
+    ctx = make_ctx(tmp_path, FakeSource(30, fail_batches=99), transient_retry_seconds=0)
     first = request(ctx)
     build_archive(first, ctx)
     assert request(ctx) != first

@@ -156,7 +156,9 @@ def test_the_cache_is_bounded_and_keyed_on_the_base_url(store: SQLiteJobStore, a
         )
 
 
-def test_presigned_download_urls_are_not_cached(api: Api) -> None:
+def test_on_presigning_storage_the_status_holds_the_stable_link_and_is_cached(
+    api: Api,
+) -> None:
     class Presigning:
         calls = 0
 
@@ -168,9 +170,12 @@ def test_presigned_download_urls_are_not_cached(api: Api) -> None:
     ctx = replace(api.ctx, storage=Presigning())  # type: ignore[arg-type]
     cache = service.StatusCache()
     urls = {
-        json.loads(service.status_response(ctx, job_id, base_url="", cache=cache).body)[
+        json.loads(service.status_response(ctx, job_id, base_url="http://svc", cache=cache).body)[
             "download_url"
         ]
         for _ in range(2)
     }
-    assert len(urls) == 2 and len(cache) == 0
+    (url,) = urls
+    assert url.startswith(f"http://svc/archives/{job_id}/")
+    # Nothing is signed for a status: the link redirects to a fresh signature when used.
+    assert Presigning.calls == 0 and len(cache) == 1

@@ -61,6 +61,27 @@ def test_small_archive_appears_only_on_publish(storage: S3Storage) -> None:
     assert _listed(storage) == [storage.object_key("small.zip")]
 
 
+def _tags(storage: S3Storage, key: str) -> dict[str, str]:
+    answer = storage._client.get_object_tagging(Bucket=BUCKET, Key=storage.object_key(key))
+    return {t["Key"]: t["Value"] for t in answer["TagSet"]}
+
+
+def test_a_small_archive_carries_its_sha256_as_metadata_and_tag(
+    storage: S3Storage,
+) -> None:
+    body = b"PK" + os.urandom(5000)
+    digest = hashlib.sha256(body).hexdigest()
+    writer = storage.open_writer("sum.zip")
+    writer.write(body)
+    storage.publish(
+        "sum.zip", writer, content_type="application/zip", filename="sum.zip", sha256=digest
+    )
+    head = storage._client.head_object(Bucket=BUCKET, Key=storage.object_key("sum.zip"))
+    assert head["Metadata"]["sha256"] == digest
+    # ChecksumSHA256 is sent too (S3 verifies and keeps it); moto neither checks nor keeps it.
+    assert _tags(storage, "sum.zip") == {"sha256": digest}
+
+
 def test_multipart_upload_streams_parts_and_is_invisible_until_complete(
     storage: S3Storage,
 ) -> None:
@@ -71,8 +92,13 @@ def test_multipart_upload_streams_parts_and_is_invisible_until_complete(
     # Two full parts went up while writing, yet nothing is listed under the key.
     assert _pending_uploads(storage) == [storage.object_key("big.zip")]
     assert not storage.exists("big.zip")
-    storage.publish("big.zip", writer, content_type="application/zip", filename="big.zip")
+    digest = hashlib.sha256(payload).hexdigest()
+    storage.publish(
+        "big.zip", writer, content_type="application/zip", filename="big.zip", sha256=digest
+    )
     assert _pending_uploads(storage) == []
+    # A multipart object's metadata is fixed before the hash is known: it is tagged.
+    assert _tags(storage, "big.zip") == {"sha256": digest}
     body = requests.get(storage.url("big.zip", base_url="", filename="big.zip"), timeout=60)
     assert body.status_code == 200
     assert hashlib.sha256(body.content).hexdigest() == hashlib.sha256(payload).hexdigest()
