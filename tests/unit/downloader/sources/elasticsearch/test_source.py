@@ -350,9 +350,8 @@ def test_a_parquet_archive_from_the_cluster_holds_what_the_store_gives(
     for name, table in cluster.items():
         assert table.schema.names == store[name].schema.names, name
         assert table.num_rows == store[name].num_rows > 0, name
-        assert set(table.column("coreid").to_pylist()) == set(
-            store[name].column("coreid").to_pylist()
-        )
+        # Column 0 is the id (coreid; gbifID in GBIF's simple layout).
+        assert set(table.column(0).to_pylist()) == set(store[name].column(0).to_pylist())
         for field in table.schema:
             other = store[name].schema.field(field.name)
             if not (pa.types.is_null(field.type) or pa.types.is_null(other.type)):
