@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,10 +27,21 @@ FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "real-dwca"
 SYMBIOTA = FIXTURES / "symbiota-seinet-pere-2025-02-13.zip"
 IDIGBIO = FIXTURES / "idigbio-download-acer-rubrum-2022-05-11.zip"
 
-dwcahandler = pytest.importorskip(
-    "dwcahandler",
-    reason="dwcahandler (ALA, PyPI) is in the test extra: pip install -e '.[test]'",
-)
+
+@pytest.fixture(scope="module")
+def dwcahandler() -> Any:
+    """The dwcahandler package. Its modules call ``logging.basicConfig(level=INFO)`` when
+    imported, so the root logger is put back as it was for the rest of the suite."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        return pytest.importorskip(
+            "dwcahandler.dwca.core_dwca",
+            reason="dwcahandler (ALA, PyPI) is in the test extra: pip install -e '.[test]'",
+        )
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 @pytest.fixture(scope="module")
@@ -76,16 +89,15 @@ def data_files(path: Path) -> dict[str, list[list[str]]]:
     ],
 )
 def test_dwcahandler_validates_our_archives_and_keeps_every_column(
-    service: Service, tmp_path: Path, form: str, rq: str
+    dwcahandler: Any, service: Service, tmp_path: Path, form: str, rq: str
 ) -> None:
-    from dwcahandler import DwcaHandler
-    from dwcahandler.dwca.core_dwca import Dwca
+    from dwcahandler import DwcaHandler  # imported by the fixture, logging put back
 
     path = download(service, tmp_path / "a.zip", rq=rq, form=form)
     written = data_files(path)
     assert DwcaHandler.validate_dwca(str(path)) is True
 
-    reader = Dwca(dwca_file_loc=str(path))
+    reader = dwcahandler.Dwca(dwca_file_loc=str(path))
     reader.extract_dwca()
     contents = [reader.core_content, *reader.ext_content]
     read = {c.meta_info.file_name: c.df_content for c in contents}
