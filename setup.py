@@ -61,6 +61,10 @@ setup(
             "playwright==1.65.2",
             # GBIF's own client, driven against the service's GBIF download API.
             "pygbif>=0.7",
+            # ALA's DwC-A library: its validate_dwca is run on the archives the tests write,
+            # since it keys columns by term local name and refused archives other readers
+            # took (its terms ship in the package; it reads nothing from the network).
+            "dwcahandler>=1.1,<1.2",
             "hypothesis>=6.100",
             "ruff>=0.6",
             # The layering of docs/architecture.md as checked contracts (pyproject.toml).

@@ -5,8 +5,9 @@ and terms come from one place (and from the field catalogue in :mod:`query.field
 
 File names are iDigBio's: ``occurrence.csv``, ``occurrence_raw.csv``, ``multimedia.csv``,
 ``multimedia_raw.csv``, ``locality.csv``, ``names.csv`` (``.tsv`` for the ``dwca-tsv`` and
-``tsv`` forms), ``records.citation.txt``, ``mediarecords.citation.txt``, ``citations.txt``,
-``rights.txt``, ``meta.xml``, ``eml.xml``.
+``tsv`` forms, ``.parquet`` for ``parquet``), ``records.citation.txt``,
+``mediarecords.citation.txt``, ``citations.txt``, ``rights.txt``, ``meta.xml`` (``meta.json``
+for ``parquet``), ``eml.xml``.
 
 Row types: records are ``dwc:Occurrence``; media records are
 ``http://rs.tdwg.org/ac/terms/Multimedia``, the Audubon Core class as GBIF's Audubon Media
@@ -17,6 +18,7 @@ case, which names no class); ``uniquelocality`` is ``dwc:Location`` and ``unique
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -46,6 +48,19 @@ ROW_TYPES: dict[CoreType, str] = {
     "uniquenames": TAXON,
 }
 
+#: The type of each catalogue kind in a Parquet file: the batches' own types (see
+#: ``RecordSource.batches``), with dates marked as UTC, which they are.
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "text": pa.string(),
+    "longtext": pa.string(),
+    "list": pa.list_(pa.string()),
+    "integer": pa.int64(),
+    "float": pa.float64(),
+    "boolean": pa.bool_(),
+    "date": pa.timestamp("us", tz="UTC"),
+    "point": pa.struct([("lat", pa.float64()), ("lon", pa.float64())]),
+}
+
 #: uuid5 namespaces of the ids of distinct values (iDigBio's ``identification.py``).
 LOCALITY_NAMESPACE = uuid.UUID("e8518454-3e95-5e2f-95b4-e4b25c6ebb53")
 NAMES_NAMESPACE = uuid.UUID("90181196-fecf-5082-a4c1-411d4f314cda")
@@ -54,18 +69,20 @@ _UNIQUE: dict[UniqueCoreType, tuple[str, uuid.UUID, Column]] = {
     "uniquelocality": (
         "locality",
         LOCALITY_NAMESPACE,
-        Column("dwc:locality", catalogue.term_uri("dwc:locality")),
+        Column("dwc:locality", catalogue.term_uri("dwc:locality"), pa.string()),
     ),
     "uniquenames": (
         "names",
         NAMES_NAMESPACE,
-        Column("dwc:scientificName", catalogue.term_uri("dwc:scientificName")),
+        Column("dwc:scientificName", catalogue.term_uri("dwc:scientificName"), pa.string()),
     ),
 }
-_ITEM_COUNT = Column("idigbio:itemCount", catalogue.term_uri("idigbio:itemCount"))
+_ITEM_COUNT = Column("idigbio:itemCount", catalogue.term_uri("idigbio:itemCount"), pa.int64())
 _BASE_NAMES: dict[RecordType, str] = {"records": "occurrence", "mediarecords": "multimedia"}
 
 META_XML = "meta.xml"
+#: The descriptor of a ``parquet`` archive (see :func:`archive.meta.meta_json`).
+META_JSON = "meta.json"
 EML_XML = "eml.xml"
 CITATIONS_TXT = "citations.txt"
 RIGHTS_TXT = "rights.txt"
@@ -87,9 +104,14 @@ def file_extension(form: Form) -> str:
     or ``parquet``; GBIF's simple download is tab-separated and named ``.csv``."""
     if form == "dwca-gbif":
         return "txt"
-    if form == "simple-parquet":
+    if is_parquet(form):
         return "parquet"
     return "tsv" if form.endswith("tsv") else "csv"
+
+
+def is_parquet(form: Form) -> bool:
+    """Whether the data files of ``form`` are Parquet (``parquet``, ``simple-parquet``)."""
+    return form in ("parquet", "simple-parquet")
 
 
 def delimiter(form: Form) -> str:
@@ -98,9 +120,16 @@ def delimiter(form: Form) -> str:
 
 
 def is_zip(form: Form) -> bool:
-    """Whether ``form`` is a Darwin Core Archive (``dwca-*``: data files, meta.xml, EML,
-    citations) rather than one data file."""
-    return form.startswith("dwca")
+    """Whether ``form`` is an archive of every data file with a descriptor, EML and
+    citations: the Darwin Core Archives (``dwca-*``, described by meta.xml) and ``parquet``
+    (their files as Parquet, described by :data:`META_JSON`), rather than one data file."""
+    return form.startswith("dwca") or form == "parquet"
+
+
+def descriptor_name(form: Form) -> str:
+    """The archive descriptor's name: ``meta.xml``, or ``meta.json`` for ``parquet`` (the
+    text guidelines' meta.xml can only describe delimited text files)."""
+    return META_JSON if form == "parquet" else META_XML
 
 
 def is_packed(form: Form) -> bool:
@@ -150,8 +179,24 @@ def index_columns(rtype: RecordType, field_names: Sequence[str]) -> list[Column]
         found = catalogue.get_field(rtype, name)
         if found is None:
             raise ValueError(f"{name!r} is not an indexed {rtype} field")
-        columns.append(Column(found.csv_header, found.term_uri))
+        columns.append(Column(found.csv_header, found.term_uri, ARROW_TYPES[found.kind]))
     return columns
+
+
+#: Where the declared URI of a verbatim column whose term shares its local name with a
+#: more standard one of the same file is made (see :func:`raw_columns`).
+VERBATIM_NAMESPACE = "http://portal.idigbio.org/terms/verbatim/"
+#: Namespaces whose terms keep their URI when a verbatim file has two terms of one local
+#: name (Darwin Core, Audubon Core and the other TDWG vocabularies, DCMI terms).
+_STANDARD = ("http://rs.tdwg.org/", "http://purl.org/dc/terms/")
+
+
+def local_name(term_uri: str) -> str:
+    """A term URI's local name as readers that key columns by it take it (ALA's
+    dwcahandler): the last path segment, with ``_<fragment>`` when there is a fragment."""
+    head, _, fragment = term_uri.partition("#")
+    name = re.split(r"[/:]", head)[-1]
+    return f"{name}_{fragment}" if fragment else name
 
 
 def raw_columns(terms: Sequence[str]) -> list[Column]:
@@ -159,8 +204,35 @@ def raw_columns(terms: Sequence[str]) -> list[Column]:
 
     The header is the term name as published (``dwc:scientificName``) and its URI comes from
     :func:`query.fields.term_uri` (an unknown prefix keeps the name, as iDigBio does).
+
+    Recordsets publish terms of one local name under several URIs (``dc:type`` and
+    ``dcterms:type``; ``http://`` and ``https://`` spellings of a community namespace), and
+    a file holding both cannot be read by readers that key columns by local name (ALA's
+    dwcahandler refuses the archive). So within one file each local name (compared
+    case-insensitively) is declared once with its published URI: a TDWG or DCMI terms URI
+    first, else the first in file order; any other column of that local name is declared as
+    :data:`VERBATIM_NAMESPACE` followed by its header made a name (``dc_type``). Headers
+    and values stay as published.
     """
-    return [COREID, *(Column(term, catalogue.term_uri(term)) for term in terms)]
+    uris = [catalogue.term_uri(term) for term in terms]
+    ranked = sorted(range(len(uris)), key=lambda i: (not uris[i].startswith(_STANDARD), i))
+    taken = {"coreid", "id"}  # column 0's names in such readers
+    declared = list(uris)
+    for i in ranked:
+        name = local_name(uris[i]).lower()
+        if name in taken:
+            stem = re.sub(r"[^A-Za-z0-9]+", "_", terms[i]).strip("_") or "term"
+            candidate, n = stem, 1
+            while candidate.lower() in taken:
+                n += 1
+                candidate = f"{stem}_{n}"
+            declared[i] = VERBATIM_NAMESPACE + candidate
+            name = candidate.lower()
+        taken.add(name)
+    return [
+        COREID,
+        *(Column(term, uri, pa.string()) for term, uri in zip(terms, declared, strict=True)),
+    ]
 
 
 def unique_columns(core_type: UniqueCoreType) -> list[Column]:

@@ -10,7 +10,9 @@ that a file with no other field declares column 0 as :data:`COREID_TERM`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from archive.models import DataFile
@@ -62,3 +64,42 @@ def meta_xml(files: Sequence[DataFile], *, delimiter: str, metadata: str = "eml.
 
 def _text(value: str) -> str:
     return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def meta_json(files: Sequence[DataFile], *, metadata: str = "eml.xml") -> bytes:
+    """The descriptor of a ``parquet`` archive, as UTF-8 JSON.
+
+    It says what meta.xml says of a Darwin Core Archive, for Parquet files (the text
+    guidelines' meta.xml can only describe delimited text). Its shape follows meta.xml's::
+
+        {"format": "parquet", "metadata": "eml.xml",
+         "core": {"location": "occurrence.parquet", "rowType": "...", "id": 0,
+                  "fields": [{"index": 0, "name": "coreid", "term": null},
+                             {"index": 1, "name": "dwc:basisOfRecord",
+                              "term": "http://rs.tdwg.org/dwc/terms/basisOfRecord"}, ...]},
+         "extensions": [{"location": "occurrence_raw.parquet", "rowType": "...",
+                         "coreid": 0, "fields": [...]}, ...]}
+
+    ``name`` is the Parquet column's name; every column is listed, with ``term`` null where
+    meta.xml would declare no field.
+    """
+
+    def describe(data_file: DataFile) -> dict[str, Any]:
+        return {
+            "location": data_file.filename,
+            "rowType": data_file.row_type,
+            "id" if data_file.core else "coreid": 0,
+            "fields": [
+                {"index": index, "name": column.header, "term": column.term_uri}
+                for index, column in enumerate(data_file.columns)
+            ],
+        }
+
+    core = [describe(f) for f in files if f.core]
+    document = {
+        "format": "parquet",
+        "metadata": metadata,
+        "core": core[0] if core else None,
+        "extensions": [describe(f) for f in files if not f.core],
+    }
+    return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")

@@ -35,15 +35,18 @@ class Column:
 
     Column 0 of every data file is ``Column("coreid", None)``: the core's id (``<id>``) or an
     extension's link to the core (``<coreid>``). A later column whose ``term_uri`` is None is
-    written but not declared in meta.xml.
+    written but not declared in meta.xml. ``arrow_type``, when known, is the column's type in
+    a Parquet file (so that a file without rows still has its columns' types); None takes
+    the type of the batches. It is not part of a column's identity (equality).
     """
 
     header: str
     term_uri: str | None
+    arrow_type: pa.DataType | None = field(default=None, compare=False)
 
 
 #: Column 0 of every data file.
-COREID = Column("coreid", None)
+COREID = Column("coreid", None, pa.string())
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +171,8 @@ class ArchiveSpec:
         type written both indexed and raw counts twice; ``counts`` maps a kind to its count
         (``{"records": 120, "mediarecords": 40}``). Use it as the denominator of a percentage.
         """
-        files = self.files if self.form.startswith("dwca") else [self.core]
+        whole = self.form.startswith("dwca") or self.form == "parquet"  # dwca.is_zip
+        files = self.files if whole else [self.core]
         return sum(counts.get(f.kind, 0) for f in files if f.kind != "other")
 
 

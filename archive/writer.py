@@ -10,7 +10,8 @@ cores, and memory stays flat: at most a few pieces and chunks of a few MiB are i
 whatever the archive's size (and Arrow allocates from :func:`archive.memory.use_compact_pool`).
 
 Zip entries, in this order: the data files (in spec order), the citation files,
-citations.txt, rights.txt, the extra files, eml.xml, meta.xml. Every entry carries
+citations.txt, rights.txt, the extra files, eml.xml, meta.xml (meta.json for ``parquet``,
+whose data files :mod:`archive.parquet` writes). Every entry carries
 ``spec.timestamp``, so the same spec over the same data gives the same bytes.
 """
 
@@ -30,7 +31,7 @@ from archive import cells, dwca
 from archive.eml import eml_xml
 from archive.errors import ArchiveCancelled, ArchiveError
 from archive.memory import use_compact_pool
-from archive.meta import meta_xml
+from archive.meta import meta_json, meta_xml
 from archive.models import ArchiveResult, ArchiveSpec, DataFile, EmlInfo
 from archive.parquet import write_parquet
 from archive.zipstream import Deflate, HashingSink, ZipStream
@@ -112,7 +113,7 @@ def _check_spec(spec: ArchiveSpec) -> None:
     names = [f.filename for f in spec.files]
     if dwca.is_zip(spec.form):
         names += [c.filename for c in spec.citations]
-        names += [dwca.metadata_file_name(spec.form), dwca.META_XML]
+        names += [dwca.metadata_file_name(spec.form), dwca.descriptor_name(spec.form)]
         names += [dwca.CITATIONS_TXT, dwca.RIGHTS_TXT]
         names += [e.filename for e in spec.extras]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -217,6 +218,34 @@ def _write_data_file(
                 future.cancel()
 
 
+def _write_file(
+    spec: ArchiveSpec,
+    data_file: DataFile,
+    *,
+    delimiter: str,
+    emit: Callable[[Any], None],
+    progress: _Progress,
+    should_cancel: Callable[[], bool],
+) -> None:
+    """One data file of a zip, as delimited text or, for the Parquet forms, as Parquet."""
+    if dwca.is_parquet(spec.form):
+        progress.rows.setdefault(data_file.filename, 0)
+        write_parquet(
+            data_file,
+            emit=emit,
+            on_rows=lambda n: progress.add(data_file, n),
+            should_cancel=should_cancel,
+        )
+    else:
+        _write_data_file(
+            data_file,
+            delimiter=delimiter,
+            emit=emit,
+            progress=progress,
+            should_cancel=should_cancel,
+        )
+
+
 def _never() -> bool:
     return False
 
@@ -232,8 +261,9 @@ def write_archive(
     """Write the archive described by ``spec`` to ``sink`` and say what was written.
 
     ``sink`` is only appended to (no seek), so it can be a file, a pipe or an upload
-    stream. For the ``dwca-*`` forms it receives a zip; for ``csv``/``tsv`` the core data
-    file alone. Each data file's ``batches`` factory is called on this thread.
+    stream. For the ``dwca-*``, ``parquet`` and ``simple-*`` forms it receives a zip; for
+    ``csv``/``tsv`` the core data file alone. Each data file's ``batches`` factory is called
+    on this thread.
 
     ``progress`` is called on this thread after every chunk of rows (a few thousand) with
     the running number of rows written to ``records`` and ``mediarecords`` files (see
@@ -298,7 +328,8 @@ def _write_zip(
         if cancel():
             raise ArchiveCancelled(f"cancelled before writing {data_file.filename}")
         thread.call(archive.start, data_file.filename)
-        _write_data_file(
+        _write_file(
+            spec,
             data_file,
             delimiter=delimiter,
             emit=lambda data: thread.call(archive.write, data),
@@ -327,9 +358,11 @@ def _write_zip(
         thread.call(archive.finish)
     metadata = dwca.metadata_file_name(spec.form)
     thread.call(archive.add, metadata, eml_xml(eml, citation=texts[0] if texts else None))
-    thread.call(
-        archive.add, dwca.META_XML, meta_xml(spec.files, delimiter=delimiter, metadata=metadata)
-    )
+    if spec.form == "parquet":
+        descriptor = meta_json(spec.files, metadata=metadata)
+    else:
+        descriptor = meta_xml(spec.files, delimiter=delimiter, metadata=metadata)
+    thread.call(archive.add, dwca.descriptor_name(spec.form), descriptor)
     thread.call(archive.close)
 
 
@@ -346,14 +379,14 @@ def _write_packed(
     archive = ZipStream(hashing, timestamp=spec.timestamp, deflate=deflate)
     core = spec.core
     thread.call(archive.start, core.filename)
-    emit = lambda data: thread.call(archive.write, data)  # noqa: E731  (one sink, two writers)
-    if spec.form == "simple-parquet":
-        counter.rows.setdefault(core.filename, 0)
-        write_parquet(core, emit=emit, on_rows=lambda n: counter.add(core, n), should_cancel=cancel)
-    else:
-        _write_data_file(
-            core, delimiter=delimiter, emit=emit, progress=counter, should_cancel=cancel
-        )
+    _write_file(
+        spec,
+        core,
+        delimiter=delimiter,
+        emit=lambda data: thread.call(archive.write, data),
+        progress=counter,
+        should_cancel=cancel,
+    )
     thread.call(archive.finish)
     thread.call(archive.close)
 

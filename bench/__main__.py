@@ -194,6 +194,8 @@ def _embedded(args: argparse.Namespace, results: dict[str, Any]) -> None:  # noq
                         _skip(results, f"build {sel.label} at {size:,}", exc)
                         if sel.label == "all":
                             pace = float("inf")
+                    if sel.label == "all" and size == smallest and row.get("ours"):
+                        _parquet(results, row, store, sel, args.build_timeout)
                 if "baseline" in args.only and size == smallest:
                     log(f"baseline: {sel.label}")
                     try:
@@ -251,6 +253,38 @@ def _reference_dict(run: Any) -> dict[str, Any]:
         "phases": run.phases,
         "files": [vars(f) for f in run.files],
     }
+
+
+def _parquet(
+    results: dict[str, Any], row: dict[str, Any], store: Any, sel: Any, timeout: float
+) -> None:
+    """The same build as ``form=parquet``, right after the dwca-csv one: time, size and peak
+    RSS as ratios to it."""
+    from bench.embedded import run_ours
+
+    log(f"ours, form=parquet: {sel.label} ({row['records']:,} records)")
+    try:
+        parquet = run_ours(store, sel, timeout=timeout, form="parquet")
+    except Exception as exc:
+        _skip(results, f"parquet build {sel.label}", exc)
+        return
+    ours = row["ours"]
+    row["parquet"] = parquet
+    row["ratios"]["parquet_vs_dwca_csv_seconds"] = parquet["seconds"] / ours["seconds"]
+    row["ratios"]["parquet_vs_dwca_csv_size"] = (parquet.get("size") or 0) / max(
+        ours.get("size") or 1, 1
+    )
+    row["ratios"]["parquet_vs_dwca_csv_rss"] = parquet["peak_rss_bytes"] / max(
+        ours["peak_rss_bytes"], 1
+    )
+    log(
+        f"parquet: {parquet['seconds']:.2f} s "
+        f"({row['ratios']['parquet_vs_dwca_csv_seconds']:.2f}x dwca-csv's time), "
+        f"{(parquet.get('size') or 0) / MB:.1f} MB "
+        f"({row['ratios']['parquet_vs_dwca_csv_size']:.2f}x its size), "
+        f"peak RSS {parquet['peak_rss_bytes'] / MB:.0f} MB "
+        f"({row['ratios']['parquet_vs_dwca_csv_rss']:.2f}x)"
+    )
 
 
 def _ratios(row: dict[str, Any]) -> None:

@@ -129,8 +129,9 @@ def run_ours(
     timeout: float,
     env_extra: dict[str, str] | None = None,
     profile: Path | None = None,
+    form: str | None = None,
 ) -> dict[str, Any]:
-    """Our build of the default DwC-A for ``sel`` in a measured child process."""
+    """Our build of the default DwC-A (or ``form``) for ``sel`` in a measured child process."""
     env = bench_env(
         {
             "DOWNLOADER_DATA_DIR": str(store.data_dir),
@@ -138,7 +139,10 @@ def run_ours(
             **(env_extra or {}),
         }
     )
-    args = ["-m", "bench.build_child", json.dumps({"rq": sel.rq})]
+    params: dict[str, Any] = {"rq": sel.rq}
+    if form:
+        params["form"] = form
+    args = ["-m", "bench.build_child", json.dumps(params)]
     if profile is not None:
         args.append(str(profile))
     run = run_measured_child(args, timeout=timeout, env=env)

@@ -273,6 +273,26 @@ def markdown(results: dict[str, Any], verdicts: list[Verdict]) -> str:
                 f"| {_fmt(ratios.get('ours_vs_baseline'), 1)}x "
                 f"| {_fmt(ratios.get('limit_vs_ours'))} |"
             )
+    parquet_rows = [r for r in emb if r.get("parquet")]
+    if parquet_rows:
+        lines += [
+            "",
+            "## `form=parquet` beside `dwca-csv` (the same query, built right after)",
+            "",
+            "| store | query | parquet s | archive MB | peak RSS MB | time vs dwca-csv "
+            "| size vs dwca-csv | RSS vs dwca-csv |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in parquet_rows:
+            pq, ratios = r["parquet"], r["ratios"]
+            lines.append(
+                f"| {r['store_records']:,} | {r['label']} | {_fmt(pq.get('seconds'))} "
+                f"| {_fmt((pq.get('size') or 0) / MB, 1)} "
+                f"| {_fmt((pq.get('peak_rss_bytes') or 0) / MB, 0)} "
+                f"| {_fmt(ratios.get('parquet_vs_dwca_csv_seconds'))}x "
+                f"| {_fmt(ratios.get('parquet_vs_dwca_csv_size'))}x "
+                f"| {_fmt(ratios.get('parquet_vs_dwca_csv_rss'))}x |"
+            )
     search = results.get("search")
     if search:
         o, b = search.get("ours") or {}, search["bare"]

@@ -504,7 +504,12 @@ def _register_fetch(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--server", default="http://localhost:8080", help="service base URL")
     p.add_argument("--email", default=None, help="also email this address when ready")
     p.add_argument("-o", "--output", default=None, help="file to write (default: server's name)")
-    p.add_argument("--form", default=None, help="dwca-csv (default), dwca-tsv, csv or tsv")
+    p.add_argument(
+        "--form",
+        default=None,
+        help="dwca-csv (default), dwca-tsv, dwca-gbif, parquet, csv, tsv, simple-csv, "
+        "simple-parquet",
+    )
     p.add_argument("--core-type", default=None, help="records (default), mediarecords, ...")
     p.add_argument("--force", action="store_true", help="build afresh even if a copy exists")
     p.add_argument("--poll", type=float, default=2.0, help="seconds between status polls")

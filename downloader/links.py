@@ -25,6 +25,7 @@ _CONTENT_TYPES = {
     "dwca-csv": "application/zip",
     "dwca-tsv": "application/zip",
     "dwca-gbif": "application/zip",
+    "parquet": "application/zip",
     "simple-csv": "application/zip",
     "simple-parquet": "application/zip",
     "csv": "text/csv; charset=utf-8",

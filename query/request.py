@@ -22,7 +22,9 @@ from query.validate import DEFAULT_MAX_QUERY_BYTES, resolve_key, validate_query
 
 CoreType = Literal["records", "mediarecords", "uniquelocality", "uniquenames"]
 CoreSource = Literal["indexterms", "raw"]
-Form = Literal["dwca-csv", "dwca-tsv", "dwca-gbif", "csv", "tsv", "simple-csv", "simple-parquet"]
+Form = Literal[
+    "dwca-csv", "dwca-tsv", "dwca-gbif", "parquet", "csv", "tsv", "simple-csv", "simple-parquet"
+]
 
 CORE_TYPES: tuple[CoreType, ...] = ("records", "mediarecords", "uniquelocality", "uniquenames")
 CORE_SOURCES: tuple[CoreSource, ...] = ("indexterms", "raw")
@@ -30,6 +32,7 @@ FORMS: tuple[Form, ...] = (
     "dwca-csv",
     "dwca-tsv",
     "dwca-gbif",
+    "parquet",
     "csv",
     "tsv",
     "simple-csv",

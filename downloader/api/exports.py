@@ -26,20 +26,24 @@ class ExportHandler(ArchiveHandler, DeletableHandler):
     DELETE (admin): 204, or 404 when there is no export.
     """
 
+    def _form(self) -> str:
+        # ``?form=parquet``: the version's files as Parquet; the DwC-A by default.
+        return exports.export_form(self.get_query_argument("form", None))
+
     async def get(self, recordset: str, version: str | None = None) -> None:
         """The export, or a status code saying why not."""
-        view = await self.run(exports.get_export, recordset, version or "")
+        view = await self.run(exports.get_export, recordset, version or "", form=self._form())
         await self._answer(view, body=True)
 
     async def head(self, recordset: str, version: str | None = None) -> None:
         """As GET, headers only: a cheap availability check."""
-        view = await self.run(exports.get_export, recordset, version or "")
+        view = await self.run(exports.get_export, recordset, version or "", form=self._form())
         await self._answer(view, body=False)
 
     async def post(self, recordset: str, version: str) -> None:
         """Start the export's build unless it runs or exists."""
         outcome, view, token = await self.run(
-            exports.request_export, recordset, version, base_url=self.base_url
+            exports.request_export, recordset, version, base_url=self.base_url, form=self._form()
         )
         if outcome == "exists":
             self.write_json(view.to_dict(self.base_url))
@@ -65,7 +69,7 @@ class ExportHandler(ArchiveHandler, DeletableHandler):
     async def delete(self, recordset: str, version: str) -> None:
         """Delete the export (admin token required)."""
         await self.run(jobs.require_admin, request_token(self))
-        await self.run(exports.delete_export, recordset, version)
+        await self.run(exports.delete_export, recordset, version, form=self._form())
         self.set_status(204)
         self.finish()
 

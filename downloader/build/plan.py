@@ -32,6 +32,7 @@ from downloader.build.deletions import deleted_file
 from downloader.interfaces import EXPORT_KEY_PREFIX, RecordSource
 from downloader.models import Job, now_utc
 from query import fields as catalogue
+from query import gbif
 from query.fields import RecordType
 
 
@@ -244,18 +245,71 @@ SIMPLE_COLUMNS: tuple[tuple[str, str | None], ...] = (
     ("hasImage", "hasImage"),
 )
 _SIMPLE_READ = [f for _, f in SIMPLE_COLUMNS if f] + ["geopoint"]
+#: Columns whose value is the verbatim one, as published, where the record has it: our
+#: index lower-cases text, GBIF's simple download keeps the publisher's (or its backbone's)
+#: casing. The index value is the fallback (capitalised for the higher taxa, as GBIF's
+#: backbone names them).
+_SIMPLE_VERBATIM: dict[str, str] = {
+    header: f"dwc:{header}"
+    for header in (
+        "occurrenceID",
+        "kingdom",
+        "phylum",
+        "class",
+        "order",
+        "family",
+        "genus",
+        "specificEpithet",
+        "infraspecificEpithet",
+        "scientificName",
+        "locality",
+        "stateProvince",
+        "institutionCode",
+        "collectionCode",
+        "catalogNumber",
+        "recordNumber",
+        "recordedBy",
+        "typeStatus",
+    )
+}
+_SIMPLE_CAPITALISED = {"kingdom", "phylum", "class", "order", "family", "genus"}
+_SIMPLE_TERMS = list(_SIMPLE_VERBATIM.values())
+#: basisOfRecord as GBIF's enum, from our index's lower-cased value.
+_BASIS_ENUM = {index: enum for enum, index in gbif.BASIS.items()}
 
 
 def _simple_batches(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
-    """The index fields read for a simple download, in GBIF's simple columns."""
+    """The index fields and verbatim terms read for a simple download, in GBIF's simple
+    columns: text as published where the record has it, ISO country codes, taxon ranks and
+    basisOfRecord upper-cased as GBIF writes them."""
     import pyarrow.compute as pc
 
     for batch in batches:
-        by_field = dict(zip(["coreid", *_SIMPLE_READ], batch.columns, strict=True))
+        names = ["coreid", *_SIMPLE_READ, *_SIMPLE_TERMS]
+        by_field = dict(zip(names, batch.columns, strict=True))
         point = by_field["geopoint"]
         columns: list[pa.Array] = []
         for header, field in SIMPLE_COLUMNS:
-            if field is not None:
+            if header in _SIMPLE_VERBATIM:
+                assert field is not None  # every verbatim column has its index field
+                # A term no matching record publishes may come as a column of nulls.
+                verbatim = pc.utf8_trim_whitespace(
+                    by_field[_SIMPLE_VERBATIM[header]].cast(pa.string())
+                )
+                verbatim = pc.if_else(pc.equal(verbatim, ""), None, verbatim)
+                fallback = by_field[field].cast(pa.string())
+                if header in _SIMPLE_CAPITALISED:
+                    fallback = pc.utf8_capitalize(fallback)
+                columns.append(pc.coalesce(verbatim, fallback))
+            elif header in ("countryCode", "taxonRank") and field is not None:
+                columns.append(pc.utf8_upper(by_field[field].cast(pa.string())))
+            elif header == "basisOfRecord" and field is not None:
+                value = by_field[field].cast(pa.string())
+                known = pa.array(list(_BASIS_ENUM), pa.string())
+                enums = pa.array(list(_BASIS_ENUM.values()), pa.string())
+                mapped = pc.take(enums, pc.index_in(value, value_set=known))
+                columns.append(pc.coalesce(mapped, pc.utf8_upper(value)))
+            elif field is not None:
                 columns.append(by_field[field])
             elif header == "gbifID":
                 columns.append(by_field["coreid"])
@@ -275,7 +329,14 @@ def _simple_file(src: RecordSource, request: dict[str, Any], form: str) -> DataF
 
     def make() -> Iterable[pa.RecordBatch]:
         return _simple_batches(
-            src.batches("records", rq, mq, fields=_SIMPLE_READ, batch_size=batch_size)
+            src.batches(
+                "records",
+                rq,
+                mq,
+                fields=_SIMPLE_READ,
+                raw_terms=_SIMPLE_TERMS,
+                batch_size=batch_size,
+            )
         )
 
     columns = [Column(h, catalogue.term_uri(f"dwc:{h}")) for h, _ in SIMPLE_COLUMNS]
@@ -444,8 +505,8 @@ def plan_archive(
 
 
 def archive_filename(job: Job) -> str:
-    """A meaningful file name: ``dwca-<query words>-<short id>.zip`` (``.csv``/``.tsv`` for
-    the bare forms), e.g. ``dwca-acer-3f2a9c1d.zip``."""
+    """A meaningful file name: ``dwca-<query words>-<short id>.zip`` (``parquet-...`` for the
+    ``parquet`` form, ``.csv``/``.tsv`` for the bare forms), e.g. ``dwca-acer-3f2a9c1d.zip``."""
     words: list[str] = []
 
     def collect(value: Any) -> None:
@@ -466,7 +527,8 @@ def archive_filename(job: Job) -> str:
     form = job.request.get("form", "dwca-csv")
     short = job.id.split("-")[0]
     zipped = dwca.is_zip(form) or dwca.is_packed(form)
-    stem = "-".join(p for p in ("dwca" if form.startswith("dwca") else "", slug, short) if p)
+    prefix = "dwca" if form.startswith("dwca") else "parquet" if form == "parquet" else ""
+    stem = "-".join(p for p in (prefix, slug, short) if p)
     return f"{stem}.{'zip' if zipped else dwca.file_extension(form)}"
 
 

@@ -13,6 +13,9 @@ an ordinary job of kind ``export`` built by :func:`downloader.build.build_archiv
   version was ingested, ``YYYYMMDDHHMMSS`` UTC) and it does not expire: it stays until an
   admin deletes it.
 
+A version can also be exported as Parquet (``form=parquet`` on the export URL): built on
+request only, a job of its own (:func:`export_hash` of the recordset and the form).
+
 The job store is therefore the registry of versions; the record source answers for a version
 that was ingested without the hook (its records carry the version number).
 
@@ -45,6 +48,9 @@ EXPORT_KIND: Literal["export"] = "export"
 HEAD_VERSION = "HEAD"
 
 ExportState = Literal["none", "building", "ready", "failed"]
+#: The forms a version is exported in: the DwC-A (built by every ingest) and, on request,
+#: the same files as Parquet.
+EXPORT_FORMS: tuple[str, ...] = ("dwca-csv", "parquet")
 
 _BUILDING = frozenset({"PENDING", "STARTED"})
 
@@ -65,23 +71,41 @@ def normalise_recordset(recordset: str) -> str:
     return value
 
 
-def export_hash(recordset: str) -> str:
-    """The ``query_hash`` every export job of ``recordset`` shares (any version)."""
-    return hashlib.sha1(f"export:{recordset}".encode()).hexdigest()
+def export_form(value: str | None) -> str:
+    """The ``form`` parameter of the export URLs: ``dwca-csv`` (the default) or
+    ``parquet``; anything else is a 400 naming it."""
+    form = (value or "dwca-csv").strip().lower()
+    if form not in EXPORT_FORMS:
+        raise RequestError(
+            f"form must be one of {', '.join(EXPORT_FORMS)}, not {value!r}", key="form"
+        )
+    return form
 
 
-def export_filename(recordset: str, version: int, last_updated: datetime) -> str:
+def export_hash(recordset: str, form: str = "dwca-csv") -> str:
+    """The ``query_hash`` every export job of ``recordset`` in ``form`` shares (any
+    version)."""
+    suffix = "" if form == "dwca-csv" else f":{form}"
+    return hashlib.sha1(f"export:{recordset}{suffix}".encode()).hexdigest()
+
+
+def export_filename(
+    recordset: str, version: int, last_updated: datetime, form: str = "dwca-csv"
+) -> str:
     """``{recordset}_{version}.{lastUpdated}.zip`` with ``lastUpdated`` as YYYYMMDDHHMMSS UTC
-    (characters a file name cannot safely hold, as in URL-like recordset ids, become ``_``)."""
+    (characters a file name cannot safely hold, as in URL-like recordset ids, become ``_``);
+    ``.parquet.zip`` for the Parquet form."""
     when = last_updated if last_updated.tzinfo else last_updated.replace(tzinfo=UTC)
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", recordset).strip("._") or "recordset"
-    return f"{safe}_{version}.{when.astimezone(UTC):%Y%m%d%H%M%S}.zip"
+    kind = "" if form == "dwca-csv" else f".{form}"
+    return f"{safe}_{version}.{when.astimezone(UTC):%Y%m%d%H%M%S}{kind}.zip"
 
 
-def export_path(recordset: str, version: int | str) -> str:
+def export_path(recordset: str, version: int | str, form: str = "dwca-csv") -> str:
     """The export's path under the service's base URL (the id percent-encoded: recordset
-    ids may be URLs)."""
-    return f"/recordsets/{quote(recordset, safe='')}/{version}/export/"
+    ids may be URLs), with ``?form=`` for a form other than the DwC-A."""
+    query = "" if form == "dwca-csv" else f"?form={form}"
+    return f"/recordsets/{quote(recordset, safe='')}/{version}/export/{query}"
 
 
 def parse_version(version: str) -> int:
@@ -122,13 +146,16 @@ class ExportView:
     last_updated: datetime | None
     job: Job | None
     state: ExportState
+    form: str = "dwca-csv"
 
     @property
     def filename(self) -> str:
         """The archive's file name."""
         if self.job is not None and self.job.filename:
             return self.job.filename
-        return export_filename(self.recordset, self.version, self.last_updated or now_utc())
+        return export_filename(
+            self.recordset, self.version, self.last_updated or now_utc(), self.form
+        )
 
     def to_dict(self, base_url: str) -> dict[str, Any]:
         """The version as listed by ``GET /recordsets/{id}/versions/``."""
@@ -140,7 +167,7 @@ class ExportView:
             "lastUpdatedISO": self.last_updated.isoformat() if self.last_updated else None,
             "export": {
                 "state": self.state,
-                "url": base + export_path(self.recordset, self.version),
+                "url": base + export_path(self.recordset, self.version, self.form),
             },
         }
         if self.job is not None:
@@ -178,10 +205,10 @@ def _state(job: Job | None) -> ExportState:
     return "none"  # CANCELLED, or EXPIRED (deleted by an admin)
 
 
-def _jobs_by_version(ctx: Context, recordset: str) -> dict[int, list[Job]]:
-    """The recordset's export jobs per version, newest first."""
+def _jobs_by_version(ctx: Context, recordset: str, form: str = "dwca-csv") -> dict[int, list[Job]]:
+    """The recordset's export jobs in ``form`` per version, newest first."""
     found: dict[int, list[Job]] = {}
-    for job in ctx.jobs.jobs_for_hash(export_hash(recordset), kind=EXPORT_KIND):
+    for job in ctx.jobs.jobs_for_hash(export_hash(recordset, form), kind=EXPORT_KIND):
         try:
             found.setdefault(int(job.data_version), []).append(job)
         except ValueError:
@@ -208,13 +235,13 @@ def _in_store(ctx: Context, recordset: str, version: int) -> bool:
     return ctx.source().count("records", query, None) > 0
 
 
-def get_export(ctx: Context, recordset: str, version: str) -> ExportView:
-    """The state of one version's export; 405 for ``HEAD``, 404 for an unknown recordset
-    or version. A ``ready`` export whose archive is gone from storage (an S3 lifecycle rule,
-    a hand deletion) is recorded as deleted and reported as ``none``."""
+def get_export(ctx: Context, recordset: str, version: str, *, form: str = "dwca-csv") -> ExportView:
+    """The state of one version's export in ``form``; 405 for ``HEAD``, 404 for an unknown
+    recordset or version. A ``ready`` export whose archive is gone from storage (an S3
+    lifecycle rule, a hand deletion) is recorded as deleted and reported as ``none``."""
     number = parse_version(version)
     rs = normalise_recordset(recordset)
-    jobs = _jobs_by_version(ctx, rs).get(number, [])
+    jobs = _jobs_by_version(ctx, rs, form).get(number, [])
     if not jobs and not _in_store(ctx, rs, number):
         raise RecordsetNotFound(f"recordset {recordset!r} has no version {number}")
     job = jobs[0] if jobs else None
@@ -225,7 +252,11 @@ def get_export(ctx: Context, recordset: str, version: str) -> ExportView:
         job.error = "The export's archive is no longer stored."
         ctx.jobs.save(job)
         state = "none"
-    return ExportView(rs, number, last, job, state)
+    if last is None and form != "dwca-csv":
+        # The version's ingest time is known from its DwC-A export, built by the ingest.
+        dwca_jobs = _jobs_by_version(ctx, rs).get(number, [])
+        last = next((t for t in (_last_updated(j) for j in dwca_jobs) if t is not None), None)
+    return ExportView(rs, number, last, job, state, form)
 
 
 def list_versions(ctx: Context, recordset: str, *, base_url: str) -> dict[str, Any]:
@@ -253,18 +284,24 @@ def _key(job: Job) -> str:
 
 
 def _new_job(
-    ctx: Context, rs: str, version: int, last_updated: datetime, *, base_url: str | None
+    ctx: Context,
+    rs: str,
+    version: int,
+    last_updated: datetime,
+    *,
+    base_url: str | None,
+    form: str = "dwca-csv",
 ) -> Job:
-    request = parse_download_request({"rq": {"recordset": rs, "version": version}})
+    request = parse_download_request({"rq": {"recordset": rs, "version": version}, "form": form})
     return Job(
         id=str(uuid.uuid4()),
         kind=EXPORT_KIND,
-        query_hash=export_hash(rs),
+        query_hash=export_hash(rs, form),
         request=request.canonical(),
         query={"recordset": rs, "version": version, "lastUpdated": last_updated.isoformat()},
         data_version=str(version),
         created=now_utc(),
-        filename=export_filename(rs, version, last_updated),
+        filename=export_filename(rs, version, last_updated, form),
         cancel_token=secrets.token_urlsafe(24),
         base_url=base_url or ctx.settings.base_url or None,
     )
@@ -277,11 +314,13 @@ def start_export(
     *,
     last_updated: datetime | None = None,
     base_url: str | None = None,
+    form: str = "dwca-csv",
 ) -> tuple[Job, bool]:
-    """Queue the export of a version unless one is queued, running or done (atomic: two
-    requests at once make one job). True when a new job was created and dispatched."""
+    """Queue the export of a version in ``form`` unless one is queued, running or done
+    (atomic: two requests at once make one job). True when a new job was created and
+    dispatched."""
     rs = normalise_recordset(recordset)
-    candidate = _new_job(ctx, rs, version, last_updated or now_utc(), base_url=base_url)
+    candidate = _new_job(ctx, rs, version, last_updated or now_utc(), base_url=base_url, form=form)
     job, created = ctx.jobs.create_or_reuse(candidate, reuse_after=None)
     if created:
         _dispatch(ctx, job)
@@ -298,13 +337,13 @@ def _dispatch(ctx: Context, job: Job) -> None:
 
 
 def request_export(
-    ctx: Context, recordset: str, version: str, *, base_url: str
+    ctx: Context, recordset: str, version: str, *, base_url: str, form: str = "dwca-csv"
 ) -> tuple[Literal["started", "running", "exists"], ExportView, str | None]:
     """``POST /recordsets/{id}/{version}/export/``: start a build unless one runs or the
     export exists. Returns what happened, the version's view and, for a new job, its
     cancel token. A superseded version whose records are no longer stored cannot be
     rebuilt: 410."""
-    view = get_export(ctx, recordset, version)
+    view = get_export(ctx, recordset, version, form=form)
     if view.state == "building":
         return "running", view, None
     if view.state == "ready":
@@ -318,18 +357,25 @@ def request_export(
             name="VersionGone",
         )
     job, created = start_export(
-        ctx, view.recordset, view.version, last_updated=view.last_updated, base_url=base_url
+        ctx,
+        view.recordset,
+        view.version,
+        last_updated=view.last_updated,
+        base_url=base_url,
+        form=form,
     )
-    new_view = ExportView(view.recordset, view.version, view.last_updated, job, _state(job))
+    new_view = ExportView(view.recordset, view.version, view.last_updated, job, _state(job), form)
     if not created:  # another request won the race an instant ago
         return ("exists" if new_view.state == "ready" else "running"), new_view, None
     return "started", new_view, job.cancel_token
 
 
-def delete_export(ctx: Context, recordset: str, version: str) -> ExportView:
-    """Delete a version's export (its archive; the job is kept as EXPIRED so its history
-    stays visible), or stop its build. 404 when there is neither."""
-    view = get_export(ctx, recordset, version)
+def delete_export(
+    ctx: Context, recordset: str, version: str, *, form: str = "dwca-csv"
+) -> ExportView:
+    """Delete a version's export in ``form`` (its archive; the job is kept as EXPIRED so its
+    history stays visible), or stop its build. 404 when there is neither."""
+    view = get_export(ctx, recordset, version, form=form)
     job = view.job
     if job is None or view.state not in ("ready", "building"):
         raise RecordsetNotFound(

@@ -66,6 +66,7 @@ def job_document(ctx: Context, job: Job, *, base_url: str) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "id": job.id,
         "kind": job.kind,
+        "format": job.request.get("form", "dwca-csv"),
         "status": STATUS.get(job.state, "UNKNOWN"),
         "percentComplete": percent_complete(job),
         "recordsWritten": job.records_written,

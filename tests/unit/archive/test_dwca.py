@@ -154,3 +154,31 @@ def test_citation_text() -> None:
     naive = dwca.render_citation(citation, publisher="P", accessed=datetime(2024, 1, 1))
     assert "accessed on 2024-01-01T00:00:00+00:00" in naive
     assert datetime(2024, 1, 1, tzinfo=UTC).year == 2024
+
+
+def test_verbatim_terms_of_one_local_name_are_declared_apart() -> None:
+    # Recordsets publish dc:type beside dcterms:type, and Symbiota's terms under http and
+    # https; readers that key columns by local name (ALA's dwcahandler) need them apart.
+    terms = [
+        "dc:type",
+        "dcterms:type",
+        "http://symbiota.org/terms/recordID",
+        "https://symbiota.org/terms/recordID",
+        "idigbio:recordId",
+        "dwc:scientificName",
+    ]
+    columns = dwca.raw_columns(terms)
+    assert [c.header for c in columns] == ["coreid", *terms]  # headers as published
+    uris = {c.header: c.term_uri for c in columns[1:]}
+    assert uris["dcterms:type"] == "http://purl.org/dc/terms/type"  # the DCMI term keeps it
+    assert uris["dc:type"] == dwca.VERBATIM_NAMESPACE + "dc_type"
+    assert uris["http://symbiota.org/terms/recordID"] == "http://symbiota.org/terms/recordID"
+    assert uris["https://symbiota.org/terms/recordID"] == (
+        dwca.VERBATIM_NAMESPACE + "https_symbiota_org_terms_recordID"
+    )
+    assert uris["idigbio:recordId"] == dwca.VERBATIM_NAMESPACE + "idigbio_recordId"
+    assert uris["dwc:scientificName"] == "http://rs.tdwg.org/dwc/terms/scientificName"
+    names = [dwca.local_name(u).lower() for u in uris.values()]
+    assert len(set(names)) == len(names)
+    # Without a clash every term keeps its URI.
+    assert dwca.raw_columns(["dc:type"])[1].term_uri == "http://purl.org/dc/elements/1.1/type"

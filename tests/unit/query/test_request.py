@@ -121,7 +121,11 @@ def test_field_lists_are_checked_and_normalised() -> None:
             "records, mediarecords, uniquelocality, uniquenames",
         ),
         ({"rq": "{}", "core_source": "verbatim"}, "core_source", "indexterms, raw"),
-        ({"rq": "{}", "form": "zip"}, "form", "dwca-csv, dwca-tsv, dwca-gbif, csv, tsv, simple-"),
+        (
+            {"rq": "{}", "form": "zip"},
+            "form",
+            "dwca-csv, dwca-tsv, dwca-gbif, parquet, csv, tsv, simple-",
+        ),
         ({"rq": "{}", "form": 3}, "form", "not a valid form"),
         ({"rq": "{}", "record_fields": "uuid,genus"}, "record_fields", "not valid JSON"),
         ({"rq": "{}", "record_fields": '{"uuid": 1}'}, "record_fields", "JSON list of field names"),

@@ -166,3 +166,38 @@ def test_a_new_version_stops_the_unfinished_export_of_the_previous_one(svc: Serv
     listed = {v["version"]: v for v in svc.get("/recordsets/rs-a/versions/").json()["versions"]}
     assert listed[1]["export"]["state"] == "none"
     assert listed[2]["export"]["state"] == "ready"
+
+
+def test_a_version_exported_as_parquet_on_request(svc: Service, tmp_path: Path) -> None:
+    import io
+    import json
+    import zipfile
+
+    import pandas as pd
+
+    svc.ingest(40, "rs-a")
+    svc.build_all()  # the DwC-A export the ingest queued
+    parquet = EXPORT + "?form=parquet"
+    assert svc.get(parquet).status_code == 204  # never built in this form
+    bad = svc.get(EXPORT + "?form=xml")
+    assert bad.status_code == 400 and bad.json()["key"] == "form"
+
+    started = svc.request("POST", parquet)
+    assert started.status_code == 202, started.text
+    assert started.json()["format"] == "parquet"
+    svc.build_all()
+    r = svc.get(parquet)
+    assert r.status_code == 200
+    name = f"rs-a_1.{_last_updated(svc, 'rs-a')}.parquet.zip"
+    assert f'filename="{name}"' in r.headers["Content-Disposition"]
+    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+        assert json.loads(zf.read("meta.json"))["core"]["location"] == "occurrence.parquet"
+        frame = pd.read_parquet(io.BytesIO(zf.read("occurrence.parquet")))
+    assert len(frame) == 40 and set(frame["idigbio:recordset"]) == {"rs-a"}
+    # The DwC-A export is its own, untouched.
+    archive = read_zip(svc.get(EXPORT).content, tmp_path / "export.zip")
+    assert sorted(archive.core_ids) == sorted(frame["coreid"])
+    assert svc.request("POST", parquet).status_code == 200  # exists
+    deleted = svc.request("DELETE", parquet, headers={"Authorization": f"Bearer {ADMIN}"})
+    assert deleted.status_code == 204
+    assert svc.get(parquet).status_code == 204 and svc.get(EXPORT).status_code == 200

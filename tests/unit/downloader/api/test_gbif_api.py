@@ -195,6 +195,11 @@ def test_pygbif_simple_csv_and_parquet(pygbif_here: Any, service: Service, tmp_p
     rows = list(csv.DictReader(io.StringIO(text), delimiter="\t"))
     assert {r["gbifID"] for r in rows} == expected
     assert all(r["decimalLatitude"] for r in rows)
+    # GBIF's casing, not our index's lower case: the enum, ISO codes, names as published.
+    assert {r["basisOfRecord"] for r in rows} == {"PRESERVED_SPECIMEN"}
+    assert all(r["genus"] == "Acer" for r in rows)
+    assert all(r["scientificName"].startswith("Acer rubrum") for r in rows)
+    assert all(r["institutionCode"] == "FSU" for r in rows)
 
     _, path, _ = fetch(pygbif_here, "SIMPLE_PARQUET", tmp_path)
     with zipfile.ZipFile(path) as zf:
@@ -204,6 +209,7 @@ def test_pygbif_simple_csv_and_parquet(pygbif_here: Any, service: Service, tmp_p
 
     frame = pd.read_parquet(io.BytesIO(data))
     assert set(frame["gbifID"]) == expected
+    assert set(frame["basisOfRecord"]) == {"PRESERVED_SPECIMEN"}
     assert str(frame["decimalLatitude"].dtype) == "float64"
     parquet = tmp_path / "simple.parquet"
     parquet.write_bytes(data)

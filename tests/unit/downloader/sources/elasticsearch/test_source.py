@@ -316,3 +316,43 @@ def test_unreachable_cluster_is_transient() -> None:
     source.es = make_client(f"http://127.0.0.1:{free_port()}", timeout=1).options(max_retries=0)
     with pytest.raises(SourceUnavailable, match="cannot be reached"):
         source.count("records", None, None)
+
+
+@pytest.mark.parametrize("form", ["parquet", "simple-parquet"])
+def test_a_parquet_archive_from_the_cluster_holds_what_the_store_gives(
+    es_source: ElasticsearchSource, duck: Any, tmp_path: Path, form: str
+) -> None:
+    # form=parquet streams the cluster's batches into Parquet as it does the store's: the
+    # same files, the same rows and the same column types from either source.
+    import io
+    import zipfile
+
+    import pyarrow.parquet as pq
+
+    from downloader.build import build_archive
+    from tests.unit.downloader.build.test_run import make_ctx, request
+
+    rq = '{"hasImage": true}'
+    got: dict[str, dict[str, pa.Table]] = {}
+    for name, source in (("cluster", es_source), ("store", duck)):
+        ctx = make_ctx(tmp_path / name, source)  # type: ignore[arg-type]  # a real source
+        job = build_archive(request(ctx, rq=rq, form=form), ctx)
+        assert job is not None and job.state == "SUCCESS", job and job.error
+        path = tmp_path / name / "archives" / str(job.archive_key)
+        with zipfile.ZipFile(path) as zf:
+            got[name] = {
+                n: pq.read_table(io.BytesIO(zf.read(n)))
+                for n in zf.namelist()
+                if n.endswith(".parquet")
+            }
+    cluster, store = got["cluster"], got["store"]
+    assert set(cluster) == set(store) and "occurrence.parquet" in cluster
+    for name, table in cluster.items():
+        assert table.schema.names == store[name].schema.names, name
+        assert table.num_rows == store[name].num_rows > 0, name
+        # Column 0 is the id (coreid; gbifID in GBIF's simple layout).
+        assert set(table.column(0).to_pylist()) == set(store[name].column(0).to_pylist())
+        for field in table.schema:
+            other = store[name].schema.field(field.name)
+            if not (pa.types.is_null(field.type) or pa.types.is_null(other.type)):
+                assert field.type == other.type, (name, field.name)
