@@ -45,6 +45,14 @@ _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 _JSON = json.JSONEncoder(sort_keys=True, default=str)
 
 
+def error_body(exc_info: Any, status: int, reason: str) -> dict[str, Any]:
+    """The whole JSON error body (with ``status``) for Tornado's ``write_error`` arguments,
+    for handlers that are not a :class:`BaseHandler` (the page's static files)."""
+    code, body = _error_body(exc_info[1] if exc_info else None, status, reason)
+    body["status"] = code
+    return body
+
+
 def _error_body(exc: BaseException | None, status: int, reason: str) -> tuple[int, dict[str, Any]]:
     """Our one error shape, and the status code that goes with ``exc``."""
     if isinstance(exc, QueryError):
