@@ -111,6 +111,12 @@ def redact_uri(uri: str) -> str:
     return logged
 
 
+def request_summary(handler: RequestHandler) -> str:
+    """``METHOD uri (ip)`` as Tornado's log lines show a request, with :func:`redact_uri`."""
+    request = handler.request
+    return f"{request.method} {redact_uri(request.uri or '')} ({request.remote_ip})"
+
+
 #: Largest total of request headers accepted (431 beyond), the request line aside.
 MAX_HEADER_BYTES = 64 * 1024
 #: What the HTTP server itself reads before it gives up on a request's head and closes the
@@ -275,7 +281,18 @@ class BaseHandler(RequestHandler):
             # line, no traceback; /readyz tells the operator which dependency it is.
             log.warning("%s %s: 503: %s", self.request.method, uri, value)
         else:
-            super().log_exception(typ, value, tb)
+            # Tornado's own line would show the raw URI (a ?token= or an address in it).
+            log.error(
+                "Uncaught exception %s %s (%s)",
+                self.request.method,
+                uri,
+                self.request.remote_ip,
+                exc_info=(typ, value, tb),
+            )
+
+    def _request_summary(self) -> str:
+        """Tornado's summary of a request in its own log lines, with the URI redacted."""
+        return request_summary(self)
 
 
 @stream_request_body

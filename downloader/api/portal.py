@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import tornado.web
 
-from downloader.api.base import BaseHandler, error_body
+from downloader.api.base import BaseHandler, error_body, request_summary
 from downloader.service import portal
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -90,6 +90,10 @@ class StaticHandler(tornado.web.StaticFileHandler):
         self.finish(
             "" if self.request.method == "HEAD" else json.dumps(body, sort_keys=True) + "\n"
         )
+
+    def _request_summary(self) -> str:
+        """Tornado's summary of a request in its log lines, the URI redacted (a ?token=)."""
+        return request_summary(self)
 
     def get_content_type(self) -> str:
         """JavaScript modules and GeoJSON with their proper types."""

@@ -1,0 +1,119 @@
+"""schemathesis against a live ``downloader serve``, from the service's own /openapi.json.
+
+The test starts ``serve`` on a free port over a small store (two of the bundled sample
+archives), loads the contract from the server itself, and lets schemathesis generate
+requests for every documented operation (query strings, JSON and form bodies, path
+parameters, tokens and Basic credentials). Each answer must be no 5xx, a documented status
+code with the documented content type and headers, and a body valid against its schema.
+
+Why schemathesis's pytest integration (``schemathesis.pytest.from_fixture`` +
+``parametrize``) rather than the ``st`` CLI in a subprocess: one test per operation in the
+suite's own report, failures shown with the request that caused them as a curl line, and the
+examples bounded by hypothesis ``settings`` like the rest of the suite. Only positive
+generation (requests the contract says are valid) is checked for conformance: negative
+cases would test the fuzzer's idea of "invalid" (our parameters are deliberately lenient,
+like iDigBio's), while 5xx and off-contract answers are caught either way.
+
+The limits are loose in this serve (hundreds of new jobs per minute) so that the fuzzing
+reaches the handlers instead of meeting 429s; 429 and 503 are in the contract all the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from downloader.api.openapi import document
+from tests.support.serve import Serve
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = [
+    ROOT / "tests" / "fixtures" / "dwca" / "dwca-simple-test-archive.zip",
+    ROOT / "tests" / "fixtures" / "dwca" / "gbif-results.zip",
+]
+#: Generated requests per operation (about 35 operations): bounded so the whole run stays
+#: well under a minute on two busy cores.
+EXAMPLES = 12
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+
+#: Answers seen, by status code (reported at the end of the module, and checked to be
+#: more than a pile of 404s).
+SEEN: dict[int, int] = {}
+
+
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
+    from downloader.ingest.load import ingest_paths
+
+    data = tmp_path_factory.mktemp("fuzz")
+    _, failures = ingest_paths(data, SAMPLES)
+    assert not failures, failures
+    server = Serve(
+        data,
+        DOWNLOADER_WORKERS="1",
+        DOWNLOADER_NEW_JOBS_PER_MINUTE="100000",
+        DOWNLOADER_ACTIVE_JOBS_PER_REQUESTER="0",
+        DOWNLOADER_EMAILS_PER_ADDRESS_PER_DAY="0",
+        DOWNLOADER_ADMIN_TOKENS="fuzz-admin-token",
+        DOWNLOADER_SHUTDOWN_GRACE_SECONDS="2",
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+    log = server.log_text()
+    assert "Traceback" not in log, log[-4000:]
+
+
+#: The contract, built in this process: collection needs it before any server runs
+#: (schemathesis's lazy ``from_fixture`` loader fails under pytest 9). The served
+#: document is checked to be this one in :func:`test_the_served_contract_is_the_one_fuzzed`.
+schema = schemathesis.openapi.from_dict(document())
+schema.config.generation.update(modes=[GenerationMode.POSITIVE], max_examples=EXAMPLES)
+
+
+def test_the_served_contract_is_the_one_fuzzed(serve: Serve) -> None:
+    assert serve.get("/openapi.json").json() == document(server_url=serve.url)
+
+
+@schema.parametrize()
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+def test_the_service_keeps_its_contract(case: schemathesis.Case, serve: Serve) -> None:
+    response = case.call_and_validate(base_url=serve.url, checks=CHECKS, timeout=60)
+    SEEN[response.status_code] = SEEN.get(response.status_code, 0) + 1
+
+
+def test_the_fuzzing_reached_the_handlers() -> None:
+    # Runs after the parametrized test (file order): the generated requests must have got
+    # past routing and validation often enough to mean something.
+    total = sum(SEEN.values())
+    print(f"schemathesis: {total} requests, by status: {dict(sorted(SEEN.items()))}")
+    assert total >= 100
+    assert sum(n for code, n in SEEN.items() if 200 <= code < 300) >= 20
+    assert not [code for code in SEEN if code >= 500]
