@@ -24,6 +24,8 @@ from downloader.api.base import BaseHandler
 from downloader.service import gbif
 from downloader.service.downloads import _TASK_STATUS, REQUEST_KEYS
 from downloader.service.jobs import STATUS as JOB_STATUS
+from query import gbif as gbif_fields
+from query.fields import field_names
 from query.request import CORE_SOURCES, CORE_TYPES, FORMS
 from query.schema import QUERY_SCHEMA
 
@@ -118,7 +120,7 @@ def _download_parameters() -> list[dict[str, Any]]:
             "description": "Index fields of the media file, as a JSON list or commas.",
             "schema": text,
         },
-        {"name": "extensions", "in": "query", "schema": {"type": "string"}},
+        {"name": "extensions", "in": "query", "schema": _FLAG_TEXT},
     ]
 
 
@@ -128,48 +130,69 @@ def _requester_parameters() -> list[dict[str, Any]]:
             "name": "email",
             "in": "query",
             "description": "Where the ready (or failed) email goes; never echoed.",
-            "schema": {"type": "string"},
+            "schema": {"type": "string", "format": "email"},
         },
         {
             "name": "force",
             "in": "query",
             "description": "true: a new job even if an equal one may be reused.",
-            "schema": {"type": "string"},
+            "schema": _FLAG_TEXT,
         },
     ]
 
 
+#: The values ``force`` and ``extensions`` take as text (either case).
+_FLAG_TEXT = {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no", "on", "off"]}
+#: One of these names the query (csv.idigbio.org's ``query`` is ``rq``'s old name).
+_NEEDS_QUERY = [{"required": ["rq"]}, {"required": ["mq"]}, {"required": ["query"]}]
+
+
 def _download_body(*, with_requester: bool) -> dict[str, Any]:
     """The body of a POST to ``/v2/download`` or ``/v2/count``: JSON (``rq`` an object or
-    JSON text) or a form (every value text, as iDigBio's portal sends it)."""
+    JSON text) or a form (every value text, as iDigBio's portal sends it). Keys other than
+    these are ignored by the service; the contract leaves them out."""
+    field_list = {"anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "string"}]}
     json_props: dict[str, Any] = {
-        "rq": {"anyOf": [_ref("Query"), {"type": "string"}]},
-        "mq": {"anyOf": [_ref("Query"), {"type": "string"}]},
-        "query": {"anyOf": [_ref("Query"), {"type": "string"}]},
+        # The service also takes these as JSON text, as in a form; the contract names the
+        # object, the shape a JSON body is for.
+        "rq": _ref("Query"),
+        "mq": _ref("Query"),
+        "query": _ref("Query"),
         "core_type": {"type": "string", "enum": [*CORE_TYPES]},
         "core_source": {"type": "string", "enum": [*CORE_SOURCES]},
         "form": {"type": "string", "enum": [*FORMS]},
-        "record_fields": {
-            "anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "string"}]
-        },
-        "mediarecord_fields": {
-            "anyOf": [{"type": "array", "items": {"type": "string"}}, {"type": "string"}]
-        },
-        "extensions": {"type": ["boolean", "string"]},
+        "record_fields": field_list,
+        "mediarecord_fields": field_list,
+        "extensions": {"anyOf": [{"type": "boolean"}, _FLAG_TEXT]},
     }
-    form_props = {name: {"type": "string"} for name in REQUEST_KEYS}
+    form_props: dict[str, Any] = {name: {"type": "string"} for name in REQUEST_KEYS}
+    form_props.update(
+        core_type=json_props["core_type"],
+        core_source=json_props["core_source"],
+        form=json_props["form"],
+        extensions=_FLAG_TEXT,
+    )
     if with_requester:
-        json_props["email"] = {"type": "string"}
-        json_props["force"] = {"type": ["boolean", "string"]}
-        form_props["email"] = {"type": "string"}
-        form_props["force"] = {"type": "string"}
+        json_props["email"] = {"type": "string", "format": "email"}
+        json_props["force"] = {"anyOf": [{"type": "boolean"}, _FLAG_TEXT]}
+        form_props["email"] = {"type": "string", "format": "email"}
+        form_props["force"] = _FLAG_TEXT
+
+    def body(props: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "schema": {
+                "type": "object",
+                "properties": props,
+                "additionalProperties": False,
+                "anyOf": _NEEDS_QUERY,
+            }
+        }
+
     return {
-        "required": False,
+        "required": True,
         "content": {
-            _JSON: {"schema": {"type": "object", "properties": json_props}},
-            "application/x-www-form-urlencoded": {
-                "schema": {"type": "object", "properties": form_props}
-            },
+            _JSON: body(json_props),
+            "application/x-www-form-urlencoded": body(form_props),
         },
     }
 
@@ -196,6 +219,7 @@ def _paths() -> dict[str, Any]:
                 _ref("Status"),
                 "The status of the job that builds the archive: a new one (with its "
                 "cancel_token) or an equal one reused.",
+                links=_job_links("$response.body#/id", cancel=True),
             ),
         ),
     }
@@ -207,7 +231,8 @@ def _paths() -> dict[str, Any]:
     }
     cancel = {
         "summary": "Cancel a queued or running job (its cancel_token, or an admin token)",
-        "security": [{"bearer": []}, {"adminToken": []}, {"tokenQuery": []}],
+        "security": [{}, {"bearer": []}, {"adminToken": []}],
+        "parameters": [_TOKEN_PARAM],
         "responses": _responses("401", "403", "404", "409", r200=job_ok, r202=job_ok),
     }
     status_get = {
@@ -223,6 +248,10 @@ def _paths() -> dict[str, Any]:
             r200={"description": "The archive.", "content": {"*/*": {}}},
             r206={"description": "The requested range.", "content": {"*/*": {}}},
             r304={"description": "Not modified (If-None-Match)."},
+            r409=_error(
+                "The download has no archive (yet): it is queued, building, failed or "
+                "cancelled; task_status says which."
+            ),
         ),
     }
     archive_head = {
@@ -385,6 +414,17 @@ def _paths() -> dict[str, Any]:
                     r201={
                         "description": "The download's key.",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
+                        "links": {
+                            "GbifDownload": {
+                                "operationId": "get_v1_occurrence_download_key",
+                                "parameters": {"key": "$response.body"},
+                            },
+                            "GbifFile": {
+                                "operationId": "get_v1_occurrence_download_request_key",
+                                "parameters": {"key": "$response.body"},
+                            },
+                            **_job_links("$response.body", cancel=False),
+                        },
                     },
                 ),
             }
@@ -542,6 +582,34 @@ def _operation_id(method: str, path: str) -> str:
     return method + re.sub(r"[^A-Za-z0-9]", "_", path.replace("{", "").replace("}", ""))
 
 
+_TOKEN_PARAM = {
+    "name": "token",
+    "in": "query",
+    "required": False,
+    "description": "The job's cancel_token or an admin token (also accepted as "
+    "'Authorization: Bearer' or X-Admin-Token; never logged).",
+    "schema": {"type": "string"},
+}
+
+
+def _job_links(id_expression: str, *, cancel: bool) -> dict[str, Any]:
+    """OpenAPI links from an answer naming a job to what can be done with it next."""
+    links: dict[str, Any] = {
+        name: {"operationId": operation, "parameters": {"id": id_expression}}
+        for name, operation in (
+            ("Status", "get_v2_download_id"),
+            ("Job", "get_v1_jobs_id"),
+            ("Archive", "get_archives_id"),
+        )
+    }
+    if cancel:
+        links["Cancel"] = {
+            "operationId": "delete_v2_download_id",
+            "parameters": {"id": id_expression, "token": "$response.body#/cancel_token"},
+        }
+    return links
+
+
 def _headless(responses: dict[str, Any]) -> dict[str, Any]:
     """A GET's answers as HEAD gives them: the same codes and headers, no body."""
     out = {}
@@ -571,6 +639,14 @@ def _schemas() -> dict[str, Any]:
     count = {"type": "integer", "minimum": 0}
     query = copy.deepcopy(QUERY_SCHEMA)
     query.pop("$schema", None)
+    # The keys a query may use: the catalogue's fields (GET /v2/fields; names match
+    # case-insensitively, listed here as the catalogue spells them) and data.<term>.
+    names = sorted({*field_names("records"), *field_names("mediarecords")})
+    query["propertyNames"] = {"anyOf": [{"enum": names}, {"pattern": "^data\\..+"}]}
+    query["description"] = (
+        "An iDigBio search query: field names (as GET /v2/fields lists them, in any case) "
+        "or data.<term>, each with a value, a list of values or a typed clause."
+    )
     return {
         "Error": {
             "description": "The one JSON error shape: what is wrong, in words a person can "
@@ -824,14 +900,53 @@ def _schemas() -> dict[str, Any]:
             },
         },
         "GbifRequest": {
-            "description": "GBIF's download request (pygbif's and rgbif's occ_download).",
+            "description": "GBIF's download request (pygbif's and rgbif's occ_download). "
+            "The creator may come from HTTP Basic credentials instead.",
             "type": "object",
+            "required": ["creator", "predicate"],
+            "additionalProperties": False,
             "properties": {
                 "creator": {"type": "string"},
                 "format": {"enum": sorted(gbif.FORMATS)},
-                "predicate": {"type": "object"},
+                "predicate": _ref("GbifPredicate"),
                 "sendNotification": {"type": "boolean"},
-                "notificationAddresses": {"type": "array", "items": {"type": "string"}},
+                "notificationAddresses": {
+                    "type": "array",
+                    "items": {"type": "string", "format": "email"},
+                },
+            },
+        },
+        "GbifPredicate": {
+            "description": "GBIF's predicate: equals, in, like, isNull, isNotNull, within, "
+            "geoDistance on a key, or and/or/not of predicates.",
+            "type": "object",
+            "required": ["type"],
+            "additionalProperties": False,
+            "properties": {
+                "type": {
+                    "enum": [
+                        "equals",
+                        "in",
+                        "like",
+                        "isNull",
+                        "isNotNull",
+                        "within",
+                        "geoDistance",
+                        "and",
+                        "or",
+                        "not",
+                    ]
+                },
+                "key": {"enum": sorted(gbif_fields.FIELDS)},
+                "value": {"type": ["string", "number", "boolean"]},
+                "values": {"type": "array", "items": {"type": ["string", "number"]}},
+                "parameter": {"type": "string"},
+                "geometry": {"type": "string"},
+                "predicate": {"$ref": "#/components/schemas/GbifPredicate"},
+                "predicates": {
+                    "type": "array",
+                    "items": {"$ref": "#/components/schemas/GbifPredicate"},
+                },
             },
         },
         "GbifDownload": {
