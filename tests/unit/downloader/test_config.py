@@ -39,6 +39,8 @@ def test_other_file_via_downloader_config(tmp_path: Path) -> None:
         ({"DOWNLOADER_WORKERS": "0"}, "workers"),
         ({"DOWNLOADER_STORAGE": "ftp"}, "storage must be one of local, s3"),
         ({"DOWNLOADER_STALE_JOB_SECONDS": "-1"}, "stale_job_seconds"),
+        ({"DOWNLOADER_WORKER_NICE": "20"}, "worker_nice must be between 0 and 19"),
+        ({"DOWNLOADER_WORKER_NICE": "-5"}, "worker_nice must be between 0 and 19"),
         ({"DOWNLOADER_CONFIG": "/nonexistent/x.yaml"}, "does not exist"),
         (
             {"DOWNLOADER_STORAGE": "s3", "DOWNLOADER_S3_EXPORTS_PREFIX": "downloads/exports/"},
