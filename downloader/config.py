@@ -102,7 +102,7 @@ class Settings:
     s3_exports_prefix: str
     s3_public_base_url: str
     s3_presign_seconds: int
-    admin_tokens: str
+    admin_tokens: str = field(repr=False)  # never in a log line or a traceback
 
     @property
     def data_path(self) -> Path:

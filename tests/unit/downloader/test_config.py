@@ -91,3 +91,18 @@ def test_an_elasticsearch_url_the_client_cannot_use_is_a_config_error(url: str, 
     with pytest.raises(ConfigError, match=says):
         load_settings({"DOWNLOADER_ELASTICSEARCH_URL": url})
     assert load_settings({"DOWNLOADER_ELASTICSEARCH_URL": "https://es:443"}).elasticsearch_url
+
+
+def test_secrets_never_show_in_the_settings_repr() -> None:
+    # A settings object in a log line or a traceback must not carry a token or a password.
+    settings = load_settings(
+        {},
+        overrides={
+            "admin_tokens": "admin-s3cret,other-s3cret",
+            "smtp_password": "smtp-s3cret",
+            "elasticsearch_username": "elastic",
+            "elasticsearch_password": "es-s3cret",
+        },
+    )
+    assert settings.admin_token_list == ["admin-s3cret", "other-s3cret"]
+    assert "s3cret" not in repr(settings)
