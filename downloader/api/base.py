@@ -117,6 +117,16 @@ def request_summary(handler: RequestHandler) -> str:
     return f"{request.method} {redact_uri(request.uri or '')} ({request.remote_ip})"
 
 
+def log_unexpected(handler: RequestHandler, typ: Any, value: Any, tb: Any) -> None:
+    """Log an unexpected exception of a request with its traceback. Tornado's own line
+    would show the raw URI (a ``?token=`` or an address in it) and the request's repr."""
+    if isinstance(value, HTTPError):
+        if value.log_message:
+            log.warning("%s: %s", request_summary(handler), value)
+        return
+    log.error("Uncaught exception %s", request_summary(handler), exc_info=(typ, value, tb))
+
+
 #: Largest total of request headers accepted (431 beyond), the request line aside.
 MAX_HEADER_BYTES = 64 * 1024
 #: What the HTTP server itself reads before it gives up on a request's head and closes the
@@ -281,14 +291,7 @@ class BaseHandler(RequestHandler):
             # line, no traceback; /readyz tells the operator which dependency it is.
             log.warning("%s %s: 503: %s", self.request.method, uri, value)
         else:
-            # Tornado's own line would show the raw URI (a ?token= or an address in it).
-            log.error(
-                "Uncaught exception %s %s (%s)",
-                self.request.method,
-                uri,
-                self.request.remote_ip,
-                exc_info=(typ, value, tb),
-            )
+            log_unexpected(self, typ, value, tb)
 
     def _request_summary(self) -> str:
         """Tornado's summary of a request in its own log lines, with the URI redacted."""

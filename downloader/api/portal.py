@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import tornado.web
 
-from downloader.api.base import BaseHandler, error_body, request_summary
+from downloader.api.base import BaseHandler, error_body, log_unexpected
 from downloader.service import portal
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -85,15 +85,14 @@ class StaticHandler(tornado.web.StaticFileHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """A missing or refused file is the one JSON error shape, as everywhere else."""
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.clear_header("Content-Security-Policy")
         body = error_body(kwargs.get("exc_info"), status_code, self._reason)
         self.finish(
             "" if self.request.method == "HEAD" else json.dumps(body, sort_keys=True) + "\n"
         )
 
-    def _request_summary(self) -> str:
-        """Tornado's summary of a request in its log lines, the URI redacted (a ?token=)."""
-        return request_summary(self)
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        """As every handler logs errors: the URI redacted (a ?token=), no request repr."""
+        log_unexpected(self, typ, value, tb)
 
     def get_content_type(self) -> str:
         """JavaScript modules and GeoJSON with their proper types."""

@@ -23,6 +23,7 @@ the handlers instead of meeting 429s; 429 and 503 are in the contract all the sa
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,8 +50,10 @@ SAMPLES = [
     ROOT / "tests" / "fixtures" / "dwca" / "gbif-results.zip",
 ]
 #: Generated requests per operation (about 35 operations): bounded so the whole run stays
-#: well under a minute on two busy cores.
-EXAMPLES = 10
+#: around a minute on two busy cores. ``FUZZ_EXAMPLES=200 FUZZ_NEGATIVE=1`` runs deeper
+#: (invalid requests too, checked for 5xx and answers outside the contract).
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))
+MODES = list(GenerationMode) if os.environ.get("FUZZ_NEGATIVE") else [GenerationMode.POSITIVE]
 #: Scenarios of linked calls (each up to 6 steps) in the stateful test.
 STATEFUL_SCENARIOS = 8
 CHECKS = [
@@ -94,7 +97,7 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
 #: (schemathesis's lazy ``from_fixture`` loader fails under pytest 9). The served
 #: document is checked to be this one in :func:`test_the_served_contract_is_the_one_fuzzed`.
 schema = schemathesis.openapi.from_dict(document())
-schema.config.generation.update(modes=[GenerationMode.POSITIVE], max_examples=EXAMPLES)
+schema.config.generation.update(modes=MODES, max_examples=EXAMPLES)
 
 
 def test_the_served_contract_is_the_one_fuzzed(serve: Serve) -> None:
