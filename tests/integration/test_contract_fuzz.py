@@ -55,7 +55,7 @@ SAMPLES = [
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))
 MODES = list(GenerationMode) if os.environ.get("FUZZ_NEGATIVE") else [GenerationMode.POSITIVE]
 #: Scenarios of linked calls (each up to 6 steps) in the stateful test.
-STATEFUL_SCENARIOS = 8
+STATEFUL_SCENARIOS = int(os.environ.get("FUZZ_SCENARIOS", "8"))
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -173,6 +173,8 @@ def test_sequences_of_calls_along_the_contract_links_keep_it(serve: Serve) -> No
 def test_the_fuzzing_reached_the_handlers() -> None:
     # Runs after the parametrized test (file order): the generated requests must have got
     # past routing and validation often enough to mean something.
+    if not SEEN:
+        pytest.skip("the fuzzing tests of this module did not run in this session")
     total = sum(SEEN.values())
     print(f"schemathesis: {total} requests, by status: {dict(sorted(SEEN.items()))}")
     assert total >= 100
