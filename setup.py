@@ -87,6 +87,13 @@ setup(
             # Validates the meta.xml and eml.xml of every archive the tests write against
             # the XSDs in tests/fixtures/schemas/ (pure Python, so no libxml2 build needed).
             "xmlschema>=3.0",
+            # Fuzzes a live serve from its OpenAPI document (/openapi.json): generated
+            # requests for every operation, every answer checked against the contract
+            # (tests/integration/test_contract_fuzz.py). The one maintained OpenAPI 3.1
+            # fuzzer built on hypothesis, which the suite already uses.
+            "schemathesis>=4,<5",
+            # Validates the OpenAPI document itself against the 3.1 specification's schema.
+            "openapi-spec-validator>=0.7",
         ],
         "bench": ["matplotlib>=3.8", "psutil>=5.9", "pyinstrument>=4.6", "py-spy>=0.3.14"],
     },

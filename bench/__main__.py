@@ -25,7 +25,7 @@ DEFAULT_SIZES = (1_000_000, 5_000_000)
 QUICK_SIZES = (20_000,)
 #: Records per recordset when a larger store is grown from a smaller one.
 INGEST_PART = 1_000_000
-SECTIONS = ("build", "baseline", "limit", "search", "api", "small", "counts", "ingest")
+SECTIONS = ("build", "baseline", "limit", "search", "api", "load", "small", "counts", "ingest")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -223,6 +223,8 @@ def _embedded(args: argparse.Namespace, results: dict[str, Any]) -> None:  # noq
                 _profile(args, store, selections(store)[0])
             if "api" in args.only and size == smallest:
                 _api(args, results, store, work)
+            if "load" in args.only and size == smallest:
+                _load(args, results, store, work)
             if "small" in args.only and size == smallest:
                 _small(results, store, work)
             if "counts" in args.only and size == smallest:
@@ -329,6 +331,42 @@ def _api(args: argparse.Namespace, results: dict[str, Any], store: Any, work: Pa
         _skip(results, "api", exc)
 
 
+def _load(args: argparse.Namespace, results: dict[str, Any], store: Any, work: Path) -> None:
+    from bench.embedded import selections
+    from bench.load import run_load
+
+    # Builds that last a while: the whole store when it is small (--quick), a tenth of it
+    # at a million records and more.
+    sels = selections(store)
+    rq = (sels[0] if store.records <= 100_000 else sels[-1]).rq
+    log("load: 200 clients polling while 20 downloads build")
+    try:
+        results["load"] = run_load(
+            store.data_dir,
+            work,
+            rq,
+            clients=200,
+            downloads=20,
+            duration=120.0,
+            interval=1.0,
+            build_timeout=args.build_timeout,
+        )
+        log("load: the same with the workers at serve's priority (worker_nice 0)")
+        results["load"]["equal_priority"] = run_load(
+            store.data_dir,
+            work,
+            rq,
+            clients=200,
+            downloads=20,
+            duration=120.0,
+            interval=1.0,
+            build_timeout=args.build_timeout,
+            worker_nice=0,
+        )
+    except Exception as exc:
+        _skip(results, "load", exc)
+
+
 def _search(args: argparse.Namespace, results: dict[str, Any]) -> None:
     from bench.search import run_search
 
@@ -400,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     started = time.perf_counter()
     results: dict[str, Any] = {"meta": _meta(argv), "embedded": []}
-    if args.only & {"build", "baseline", "limit", "api", "small", "counts"}:
+    if args.only & {"build", "baseline", "limit", "api", "load", "small", "counts"}:
         _embedded(args, results)
     if "search" in args.only:
         _search(args, results)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import time
 from collections import Counter
@@ -33,6 +34,12 @@ class Tally:
     statuses: Counter[int] = field(default_factory=Counter)
     errors: int = 0
     sent: int = 0
+    #: Set by SIGTERM/SIGINT (the command line): every connection stops after its request.
+    stopped: bool = False
+    #: Requests started before this ``perf_counter`` time are the warm-up: their latency
+    #: and status are not counted (errors are, always).
+    count_after: float = 0.0
+    warmup_requests: int = 0
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
@@ -57,11 +64,29 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
 
 
 async def _connection(
-    host: str, port: int, request: bytes, tally: Tally, deadline: float, limit: int
+    host: str,
+    port: int,
+    request: bytes,
+    tally: Tally,
+    deadline: float,
+    limit: int,
+    *,
+    interval: float = 0.0,
+    offset: float = 0.0,
 ) -> None:
     reader: asyncio.StreamReader | None = None
     writer: asyncio.StreamWriter | None = None
-    while time.perf_counter() < deadline and tally.sent < limit:
+    # A polling client: one request every ``interval`` seconds (none: back to back),
+    # starting ``offset`` into the first interval so the clients do not ask in step.
+    next_at = time.perf_counter() + offset
+    while time.perf_counter() < deadline and tally.sent < limit and not tally.stopped:
+        if interval > 0:
+            wait = next_at - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                if time.perf_counter() >= deadline or tally.stopped:
+                    break
+            next_at = max(next_at + interval, time.perf_counter())
         if writer is None or reader is None:
             try:
                 reader, writer = await asyncio.open_connection(host, port)
@@ -79,8 +104,11 @@ async def _connection(
             writer.close()
             reader = writer = None
             continue
-        tally.latencies.append(time.perf_counter() - start)
-        tally.statuses[status] += 1
+        if start < tally.count_after:
+            tally.warmup_requests += 1
+        else:
+            tally.latencies.append(time.perf_counter() - start)
+            tally.statuses[status] += 1
         if not keep:
             writer.close()
             reader = writer = None
@@ -98,36 +126,52 @@ def _percentile(sorted_values: Sequence[float], q: float) -> float:
 async def run_load(
     host: str,
     port: int,
-    path: str,
+    path: str | Sequence[str],
     *,
     concurrency: int,
     duration: float,
     max_requests: int,
     warmup: float = 0.5,
+    interval: float = 0.0,
+    tally: Tally | None = None,
 ) -> dict[str, Any]:
     """Load ``path`` for ``duration`` seconds or ``max_requests`` requests, whichever first.
 
-    A short warm-up with the same connections comes first and is not counted.
+    With several paths, connection ``i`` asks for path ``i % len(paths)`` (many clients,
+    each polling its own download). A warm-up of ``warmup`` seconds comes first and is not
+    counted (on the same connections, which stay open). With ``interval``, each connection
+    sends one request every ``interval`` seconds (a client polling) instead of back to
+    back. ``tally`` may be given to stop the run from outside (set its ``stopped``).
     """
-    request = (
-        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: application/json\r\n"
-        "Connection: keep-alive\r\n\r\n"
-    ).encode("latin-1")
-    if warmup > 0:
-        await asyncio.gather(
-            *(
-                _connection(host, port, request, Tally(), time.perf_counter() + warmup, 10**9)
-                for _ in range(concurrency)
-            )
-        )
-    tally = Tally()
-    start = time.perf_counter()
+    paths = [path] if isinstance(path, str) else list(path)
+    requests = [
+        (
+            f"GET {p} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: application/json\r\n"
+            "Connection: keep-alive\r\n\r\n"
+        ).encode("latin-1")
+        for p in paths
+    ]
+    tally = tally or Tally()
+    begun = time.perf_counter()
+    # The warm-up runs on the same connections (they stay open, as a polling client's
+    # does), so the measured part does not include connecting them.
+    tally.count_after = begun + warmup
     await asyncio.gather(
         *(
-            _connection(host, port, request, tally, start + duration, max_requests)
-            for _ in range(concurrency)
+            _connection(
+                host,
+                port,
+                requests[i % len(requests)],
+                tally,
+                begun + warmup + duration,
+                max_requests,
+                interval=interval,
+                offset=interval * i / concurrency,
+            )
+            for i in range(concurrency)
         )
     )
+    start = min(tally.count_after, time.perf_counter())
     seconds = time.perf_counter() - start
     lat = sorted(tally.latencies)
     ok = sum(n for code, n in tally.statuses.items() if 200 <= code < 300)
@@ -142,6 +186,9 @@ async def run_load(
         "p99_ms": _percentile(lat, 0.99) * 1000,
         "max_ms": (lat[-1] * 1000) if lat else float("nan"),
         "concurrency": concurrency,
+        "interval": interval,
+        "warmup_requests": tally.warmup_requests,
+        "paths": len(paths),
         "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
     }
 
@@ -151,25 +198,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--path", required=True)
+    p.add_argument(
+        "--path", required=True, action="append", help="repeat for several (spread over clients)"
+    )
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--duration", type=float, default=10.0, help="seconds (upper bound)")
     p.add_argument("--max-requests", type=int, default=100_000, help="upper bound")
     p.add_argument("--warmup", type=float, default=0.5, help="seconds not counted")
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=0.0,
+        help="seconds between one connection's requests (0: back to back)",
+    )
     args = p.parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         p.error("the load generator only targets loopback addresses")
-    result = asyncio.run(
-        run_load(
+
+    async def run() -> dict[str, Any]:
+        # SIGTERM or SIGINT ends the run early (the caller decides when): figures so far.
+        tally = Tally()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: setattr(tally, "stopped", True))
+        return await run_load(
             args.host,
             args.port,
-            args.path,
+            args.path if len(args.path) > 1 else args.path[0],
             concurrency=args.concurrency,
             duration=args.duration,
             max_requests=args.max_requests,
             warmup=args.warmup,
+            interval=args.interval,
+            tally=tally,
         )
-    )
+
+    result = asyncio.run(run())
     print(json.dumps(result))
     return 0
 

@@ -145,6 +145,7 @@ def judge(results: dict[str, Any]) -> list[Verdict]:
         verdicts.append(
             Verdict("status endpoint", ">= 1,500 req/s, p99 < 25 ms", "not measured", None)
         )
+    verdicts.append(_load_verdict(results))
     small = results.get("small")
     if small:
         verdicts.append(
@@ -161,6 +162,21 @@ def judge(results: dict[str, Any]) -> list[Verdict]:
     verdicts.extend(_count_verdicts(results))
     verdicts.extend(_ingest_verdicts(results))
     return verdicts
+
+
+def _load_verdict(results: dict[str, Any]) -> Verdict:
+    load = results.get("load")
+    name = "status p99, 200 clients while 20 downloads build"
+    if not load:
+        return Verdict(name, "< 50 ms, no errors", "not measured", None)
+    s = load["status"]
+    return Verdict(
+        name,
+        f"< {load['goal_p99_ms']:g} ms, no errors",
+        f"p99 {s['p99_ms']:.1f} ms (p50 {s['p50_ms']:.1f} ms, {s['requests_per_second']:,.0f} "
+        f"req/s), {s['errors']} errors, {load['non_2xx']} non-2xx, jobs {load['final_states']}",
+        bool(load["ok"]) and s["p99_ms"] < load["goal_p99_ms"],
+    )
 
 
 def _count_verdicts(results: dict[str, Any]) -> list[Verdict]:
@@ -334,6 +350,40 @@ def markdown(results: dict[str, Any], verdicts: list[Verdict]) -> str:
             f"max {_fmt(re_['max_ms'])} ms. First submission (creates the job): "
             f"{api['first_submission_ms']:.1f} ms.",
         ]
+    load = results.get("load")
+    if load:
+        built = load.get("all_built_after_s")
+        lines += [
+            "",
+            "## Polling while downloads build (`--only load`)",
+            "",
+            f"{load['clients']} keep-alive clients, each polling one of {load['downloads']} "
+            f"downloads (same query, `force=true`) every {load['interval']:g} s, from the "
+            "requests until every download is built; "
+            + (
+                f"all built {built:.1f} s into the load."
+                if built is not None
+                else f"{load['still_building_when_the_load_ended']} still building after "
+                f"{load['duration_limit']:g} s."
+            ),
+            "",
+            "| workers | requests | req/s | p50 ms | p99 ms | max ms | errors | non-2xx | jobs "
+            "| all built after s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for label, run in (
+            ("worker_nice default", load),
+            ("worker_nice 0 (reference)", load.get("equal_priority")),
+        ):
+            if not run:
+                continue
+            r = run["status"]
+            lines.append(
+                f"| {label} | {r['requests']:,} | {r['requests_per_second']:,.0f} "
+                f"| {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} | {r['errors']} "
+                f"| {run['non_2xx']} | {run['final_states']} "
+                f"| {_fmt(run.get('all_built_after_s'), 1)} |"
+            )
     skipped = results.get("skipped") or {}
     if skipped:
         lines += ["", "## Not measured in this run", ""]

@@ -48,6 +48,7 @@ class Settings:
     workers: int
     worker_max_jobs: int
     worker_max_rss_mb: int
+    worker_nice: int
     reuse_window_hours: float
     retention_days: float
     max_attempts: int
@@ -103,7 +104,7 @@ class Settings:
     s3_exports_prefix: str
     s3_public_base_url: str
     s3_presign_seconds: int
-    admin_tokens: str
+    admin_tokens: str = field(repr=False)  # never in a log line or a traceback
 
     @property
     def data_path(self) -> Path:
@@ -236,6 +237,10 @@ def _build(raw: dict[str, Any], *, origin: str, origins: dict[str, str] | None =
     ):
         if values[name] < 0:
             raise ConfigError(f"setting {name} must not be negative, got {values[name]}")
+    if not 0 <= values["worker_nice"] <= 19:
+        raise ConfigError(
+            f"setting worker_nice must be between 0 and 19, got {values['worker_nice']}"
+        )
     if values["storage"] == "s3" and values["s3_exports_prefix"].startswith(values["s3_prefix"]):
         # The lifecycle rule expires everything under s3_prefix; exports must stay.
         raise ConfigError(

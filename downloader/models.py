@@ -16,6 +16,14 @@ def now_utc() -> datetime:
     return datetime.now(UTC)
 
 
+def utc_iso(value: datetime | None) -> str | None:
+    """``value`` as RFC 3339 text with its offset; a naive time (the record store keeps
+    UTC without a zone) is UTC. None stays None."""
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+
+
 @dataclass
 class Job:
     """One archive build: a normalised download request and everything learnt while building it.
@@ -54,7 +62,8 @@ class Job:
     emails: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     recordset_count: int | None = None
-    cancel_token: str | None = None
+    #: Kept out of ``repr``: a job printed in a log line or a traceback must not show it.
+    cancel_token: str | None = field(default=None, repr=False)
     source: str | None = None
     kind: Literal["download", "export"] = "download"
     #: The service's public base URL as the first requester reached it, so a worker (which

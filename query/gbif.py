@@ -74,6 +74,8 @@ BASIS = {
 #: GBIF's size limits: predicates in one request and points of a ``within`` polygon.
 MAX_PREDICATES = 101_000
 MAX_POINTS = 10_000
+#: Deepest nesting of and/or/not accepted (GBIF's own clients build a few levels).
+MAX_DEPTH = 32
 
 _COMPARE = {
     "lessThan": "lt",
@@ -91,12 +93,31 @@ def compile_predicate(predicate: Any) -> dict[str, Any]:
     """The ``rq`` (our query format, not yet validated) equivalent to a GBIF predicate."""
     if predicate is None:
         return {}
+    _check_depth(predicate)
     count = _count(predicate)
     if count > MAX_PREDICATES:
         raise TooLarge("predicate", f"{count} predicates; GBIF accepts at most {MAX_PREDICATES}")
     rq: dict[str, Any] = {}
     _add(rq, predicate, "predicate")
     return rq
+
+
+def _check_depth(predicate: Any) -> None:
+    """Refuse a predicate nested deeper than :data:`MAX_DEPTH` (read without recursion: a
+    few hundred levels would otherwise exhaust Python's stack, a 500, not a 400)."""
+    stack = [(predicate, 1)]
+    while stack:
+        p, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise QueryError(
+                "predicate", f"the predicate is nested more than {MAX_DEPTH} levels deep"
+            )
+        if isinstance(p, dict):
+            inner = p.get("predicates")
+            children = inner if isinstance(inner, list) else []
+            if "predicate" in p:
+                children = [*children, p["predicate"]]
+            stack.extend((child, depth + 1) for child in children)
 
 
 def _count(p: Any) -> int:

@@ -15,7 +15,17 @@ import tornado.httpserver
 import tornado.web
 from tornado.ioloop import IOLoop, PeriodicCallback
 
-from downloader.api import archives, base, downloads, exports, gbif, health, jobs, portal
+from downloader.api import (
+    archives,
+    base,
+    downloads,
+    exports,
+    gbif,
+    health,
+    jobs,
+    openapi,
+    portal,
+)
 from downloader.api.metrics import Metrics, MetricsHandler
 from downloader.backends import Context, make_context
 from downloader.build import redispatch_unclaimed, requeue_stale
@@ -106,6 +116,8 @@ def make_app(ctx: Context, *, executor: Executor | None = None) -> tornado.web.A
         (r"/healthz", health.HealthHandler, args),
         (r"/metrics", MetricsHandler, {**args, "metrics": metrics}),
         (r"/readyz", health.ReadyHandler, args),
+        # This API's OpenAPI 3.1 document (api/openapi.py).
+        (r"/openapi\.json", openapi.OpenAPIHandler, args),
     ]
     return tornado.web.Application(
         routes,

@@ -45,6 +45,14 @@ _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 _JSON = json.JSONEncoder(sort_keys=True, default=str)
 
 
+def error_body(exc_info: Any, status: int, reason: str) -> dict[str, Any]:
+    """The whole JSON error body (with ``status``) for Tornado's ``write_error`` arguments,
+    for handlers that are not a :class:`BaseHandler` (the page's static files)."""
+    code, body = _error_body(exc_info[1] if exc_info else None, status, reason)
+    body["status"] = code
+    return body
+
+
 def _error_body(exc: BaseException | None, status: int, reason: str) -> tuple[int, dict[str, Any]]:
     """Our one error shape, and the status code that goes with ``exc``."""
     if isinstance(exc, QueryError):
@@ -101,6 +109,22 @@ def redact_uri(uri: str) -> str:
     if len(uri) > MAX_LOGGED_URI:
         logged = f"{logged}... ({len(uri)} characters)"
     return logged
+
+
+def request_summary(handler: RequestHandler) -> str:
+    """``METHOD uri (ip)`` as Tornado's log lines show a request, with :func:`redact_uri`."""
+    request = handler.request
+    return f"{request.method} {redact_uri(request.uri or '')} ({request.remote_ip})"
+
+
+def log_unexpected(handler: RequestHandler, typ: Any, value: Any, tb: Any) -> None:
+    """Log an unexpected exception of a request with its traceback. Tornado's own line
+    would show the raw URI (a ``?token=`` or an address in it) and the request's repr."""
+    if isinstance(value, HTTPError):
+        if value.log_message:
+            log.warning("%s: %s", request_summary(handler), value)
+        return
+    log.error("Uncaught exception %s", request_summary(handler), exc_info=(typ, value, tb))
 
 
 #: Largest total of request headers accepted (431 beyond), the request line aside.
@@ -267,7 +291,11 @@ class BaseHandler(RequestHandler):
             # line, no traceback; /readyz tells the operator which dependency it is.
             log.warning("%s %s: 503: %s", self.request.method, uri, value)
         else:
-            super().log_exception(typ, value, tb)
+            log_unexpected(self, typ, value, tb)
+
+    def _request_summary(self) -> str:
+        """Tornado's summary of a request in its own log lines, with the URI redacted."""
+        return request_summary(self)
 
 
 @stream_request_body

@@ -16,6 +16,9 @@ from downloader.api.base import BaseHandler, DeletableHandler, request_token
 from downloader.errors import RequestError
 from downloader.service import gbif
 
+#: Largest ``offset`` of a user's downloads list accepted.
+MAX_OFFSET = 1_000_000_000
+
 
 class RequestHandler(BaseHandler):
     """``POST /v1/occurrence/download/request``."""
@@ -26,6 +29,8 @@ class RequestHandler(BaseHandler):
             body = json.loads(self.request.body or b"null")
         except (ValueError, UnicodeDecodeError):
             raise RequestError("the body is not valid JSON", key="body") from None
+        except RecursionError:
+            raise RequestError("the body's JSON is nested too deeply", key="body") from None
         credentials = gbif.basic_user(self.request.headers.get("Authorization", ""))
         key = await self.run(
             gbif.request,
@@ -65,6 +70,9 @@ class UserHandler(BaseHandler):
             limit = int(self.get_query_argument("limit", "20"))
         except ValueError:
             raise RequestError("offset and limit must be whole numbers", key="limit") from None
+        if offset > MAX_OFFSET:
+            # Past any list this service holds; the job store's integers end at 2**63.
+            raise RequestError(f"offset must be at most {MAX_OFFSET}", key="offset")
         doc = await self.run(
             gbif.user_downloads,
             user,

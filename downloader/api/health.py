@@ -51,5 +51,6 @@ class ReadyHandler(BaseHandler):
         if failed:
             doc["error"] = f"not ready: {', '.join(failed)} failed"
             doc["name"] = "NotReady"
+            doc["status"] = 503  # the one error shape (error, status, name)
             self.set_header("Retry-After", "10")
         self.write_json(doc, status=503 if failed else 200)

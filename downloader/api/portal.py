@@ -13,13 +13,14 @@ requests from this origin only (map tiles from the configured tile host, if any)
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import tornado.web
 
-from downloader.api.base import BaseHandler
+from downloader.api.base import BaseHandler, error_body, log_unexpected
 from downloader.service import portal
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -80,6 +81,18 @@ class StaticHandler(tornado.web.StaticFileHandler):
     def set_extra_headers(self, path: str) -> None:
         """The page headers on every file."""
         _page_headers(self, self.tile_url)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """A missing or refused file is the one JSON error shape, as everywhere else."""
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        body = error_body(kwargs.get("exc_info"), status_code, self._reason)
+        self.finish(
+            "" if self.request.method == "HEAD" else json.dumps(body, sort_keys=True) + "\n"
+        )
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        """As every handler logs errors: the URI redacted (a ?token=), no request repr."""
+        log_unexpected(self, typ, value, tb)
 
     def get_content_type(self) -> str:
         """JavaScript modules and GeoJSON with their proper types."""

@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 from downloader.backends import Context
 from downloader.errors import RequestError
-from downloader.models import Job, now_utc
+from downloader.models import Job, now_utc, utc_iso
 from query.request import parse_download_request
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class ExportView:
             "recordset": self.recordset,
             "version": self.version,
             "lastUpdated": _compact(self.last_updated),
-            "lastUpdatedISO": self.last_updated.isoformat() if self.last_updated else None,
+            "lastUpdatedISO": utc_iso(self.last_updated),
             "export": {
                 "state": self.state,
                 "url": base + export_path(self.recordset, self.version, self.form),

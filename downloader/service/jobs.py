@@ -113,11 +113,27 @@ def get_job(ctx: Context, job_id: str, *, base_url: str) -> dict[str, Any]:
     return job_document(ctx, load_job(ctx, job_id), base_url=base_url)
 
 
+def tokens_match(given: str, expected: str) -> bool:
+    """Whether ``given`` is ``expected``, in time that does not depend on where they differ.
+
+    Compared as UTF-8 bytes: ``hmac.compare_digest`` refuses ``str`` with non-ASCII
+    characters (a ``TypeError``, which was a 500 for ``?token=é``); a header's bytes that
+    are not UTF-8 (Tornado decodes headers as Latin-1) still compare, unequal.
+    """
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
+    )
+
+
 def is_admin(ctx: Context, token: str | None) -> bool:
-    """Whether ``token`` is one of the configured admin tokens."""
+    """Whether ``token`` is one of the configured admin tokens (every one is compared, so
+    the time taken does not say which one matched or how many there are before it)."""
     if not token:
         return False
-    return any(hmac.compare_digest(token, t) for t in ctx.settings.admin_token_list)
+    matched = False
+    for admin_token in ctx.settings.admin_token_list:
+        matched |= tokens_match(token, admin_token)
+    return matched
 
 
 def require_admin(ctx: Context, token: str | None) -> None:
@@ -152,7 +168,7 @@ def cancel_job(
             status=401,
             name="Unauthorized",
         )
-    own = bool(job.cancel_token) and hmac.compare_digest(token, job.cancel_token or "")
+    own = bool(job.cancel_token) and tokens_match(token, job.cancel_token or "")
     if not own and not is_admin(ctx, token):
         raise RequestError(
             "this token may not cancel this job: only its requester (the cancel_token of "

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 from downloader.backends import Context
-from downloader.models import Job
+from downloader.models import Job, utc_iso
 from query.fields import Field, RecordType, fields
 
 #: The groups of the field picker, the way iDigBio's portal groups its search fields.
@@ -190,7 +190,7 @@ def recordsets_document(ctx: Context, *, base_url: str) -> dict[str, Any]:
                 "version": info.version,
                 "records": info.record_count,
                 "mediarecords": info.media_count,
-                "ingested_at": info.ingested_at.isoformat() if info.ingested_at else None,
+                "ingested_at": utc_iso(info.ingested_at),
                 "versions_url": f"{base_url}/recordsets/{rs}/versions/",
                 "export_url": f"{base_url}/recordsets/{rs}/{info.version}/export/",
             }

@@ -39,6 +39,8 @@ def test_other_file_via_downloader_config(tmp_path: Path) -> None:
         ({"DOWNLOADER_WORKERS": "0"}, "workers"),
         ({"DOWNLOADER_STORAGE": "ftp"}, "storage must be one of local, s3"),
         ({"DOWNLOADER_STALE_JOB_SECONDS": "-1"}, "stale_job_seconds"),
+        ({"DOWNLOADER_WORKER_NICE": "20"}, "worker_nice must be between 0 and 19"),
+        ({"DOWNLOADER_WORKER_NICE": "-5"}, "worker_nice must be between 0 and 19"),
         ({"DOWNLOADER_CONFIG": "/nonexistent/x.yaml"}, "does not exist"),
         (
             {"DOWNLOADER_STORAGE": "s3", "DOWNLOADER_S3_EXPORTS_PREFIX": "downloads/exports/"},
@@ -89,3 +91,18 @@ def test_an_elasticsearch_url_the_client_cannot_use_is_a_config_error(url: str, 
     with pytest.raises(ConfigError, match=says):
         load_settings({"DOWNLOADER_ELASTICSEARCH_URL": url})
     assert load_settings({"DOWNLOADER_ELASTICSEARCH_URL": "https://es:443"}).elasticsearch_url
+
+
+def test_secrets_never_show_in_the_settings_repr() -> None:
+    # A settings object in a log line or a traceback must not carry a token or a password.
+    settings = load_settings(
+        {},
+        overrides={
+            "admin_tokens": "admin-s3cret,other-s3cret",
+            "smtp_password": "smtp-s3cret",
+            "elasticsearch_username": "elastic",
+            "elasticsearch_password": "es-s3cret",
+        },
+    )
+    assert settings.admin_token_list == ["admin-s3cret", "other-s3cret"]
+    assert "s3cret" not in repr(settings)

@@ -19,9 +19,10 @@ from dwca.read import DwCAReader
 
 from downloader.ingest.load import ingest_archive, store_path
 from query.errors import QueryError
-from query.gbif import TooLarge, compile_predicate
+from query.gbif import MAX_DEPTH, TooLarge, compile_predicate
 from query.validate import validate_query
 from tests.support.schemas import validate_eml, validate_meta
+from tests.unit.downloader.conftest import Api
 from tests.unit.downloader.export_support import Service, running_service
 
 IDIGBIO = (
@@ -115,6 +116,33 @@ def test_gbif_size_limits() -> None:
 
 
 # --- pygbif against the service ---------------------------------------------------------------
+
+
+def test_a_predicate_nested_too_deeply_is_refused_naming_it() -> None:
+    leaf = eq("GENUS", "Acer")
+    nested = leaf
+    for _ in range(MAX_DEPTH - 1):
+        nested = {"type": "and", "predicates": [nested]}
+    assert compile_predicate(nested) == compile_predicate(leaf)
+    # Hundreds of levels were a RecursionError (500) when the job was saved.
+    for _ in range(400):
+        nested = {"type": "and", "predicates": [nested]}
+    with pytest.raises(QueryError, match=f"nested more than {MAX_DEPTH} levels") as caught:
+        compile_predicate(nested)
+    assert caught.value.key == "predicate"
+
+
+def test_hostile_gbif_requests_get_a_400_not_a_500(api: Api) -> None:
+    url = api.url + "/v1/occurrence/download/request"
+    deep = requests.post(url, data="[" * 100_000, timeout=30)
+    assert deep.status_code == 400 and deep.json()["key"] == "body"
+    leaf = '{"type": "equals", "key": "GENUS", "value": "Acer"}'
+    body = '{"creator": "a", "predicate": ' + '{"type": "and", "predicates": [' * 300
+    body += leaf + "]}" * 300 + "}"
+    nested = requests.post(url, data=body, timeout=30)
+    assert nested.status_code == 400 and nested.json()["key"] == "predicate"
+    far = api.get("/v1/occurrence/download/user/a", params={"offset": str(2**70)}, auth=("a", ""))
+    assert far.status_code == 400 and far.json()["key"] == "offset"
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,19 @@ def pid_build(job_id: str, settings: Settings) -> int:
     return 0
 
 
+def nice_build(job_id: str, settings: Settings) -> int:
+    """Succeed, recording this worker's niceness."""
+    ctx = make_context(settings)
+    job = ctx.jobs.claim(job_id, max_attempts=settings.max_attempts)
+    if job is None:
+        return 0
+    job.state = "SUCCESS"
+    job.source = str(os.nice(0))
+    job.completed = now_utc()
+    ctx.jobs.save(job)
+    return 0
+
+
 def _ctx(tmp_path: Path, **overrides: object) -> Context:
     settings = load_settings(
         {},
@@ -150,3 +163,19 @@ def test_a_build_over_the_time_limit_fails_and_its_worker_is_replaced(tmp_path: 
         assert wait_for(ctx, queue(ctx, dispatcher), "SUCCESS").source
     finally:
         dispatcher.stop(grace=0)
+
+
+@pytest.mark.parametrize("nice", [0, 10])
+def test_workers_build_at_a_lower_priority_than_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nice: int
+) -> None:
+    # Builds yield the CPU to the HTTP API (worker_nice), so polls stay fast under load.
+    monkeypatch.setattr(local, "run_job", nice_build)
+    ctx = _ctx(tmp_path, worker_nice=nice)
+    dispatcher = LocalDispatcher(ctx.settings, ctx=ctx)
+    dispatcher.start()
+    try:
+        job = wait_for(ctx, queue(ctx, dispatcher), "SUCCESS")
+    finally:
+        dispatcher.stop(grace=0)
+    assert job.source == str(min(19, os.nice(0) + nice))
