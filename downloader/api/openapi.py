@@ -718,6 +718,12 @@ def _schemas() -> dict[str, Any]:
                 "citation_bibtex": {"type": "string"},
                 "citation_ris": {"type": "string"},
                 "error": {"type": "string"},
+                "retrying": {
+                    "type": "boolean",
+                    "description": "True while the job waits out a transient error (then "
+                    "error says which, and retry_at when it is tried again).",
+                },
+                "retry_at": nullable_time,
                 "cancel_token": {
                     "type": "string",
                     "description": "Only in the answer that created the job: it cancels it.",
@@ -751,6 +757,8 @@ def _schemas() -> dict[str, Any]:
                     },
                 },
                 "error": {"type": "string"},
+                "retrying": {"type": "boolean"},
+                "retryAt": nullable_time,
                 "cancel_token": {"type": "string"},
                 "_links": {
                     "type": "array",
