@@ -128,9 +128,12 @@ def schema_sql(prefix: str = "") -> list[str]:
 # --- phase 1: derive --------------------------------------------------------------------------
 
 
-def _stage_keys(con: duckdb.DuckDBPyConnection, recordset: str, has_media: bool) -> None:
+def _stage_keys(
+    con: duckdb.DuckDBPyConnection, recordset: str, has_media: bool, *, has_extensions: bool
+) -> None:
     """core_k / media_k: record keys and uuids (and media parents), narrow tables that the
-    final SELECTs join back to the verbatim views by ``_row``."""
+    final SELECTs join back to the verbatim views by ``_row``; ``parents`` (core id to record
+    uuid) only when media or extension rows need it (a core alone is spared the grouping)."""
     core_cols = Columns(_view_columns(con, "core_v"), alias="c")
     occ = core_cols.term("dwc:occurrenceID")
     record_hash = uuid5_hash_sql("$recordset || '\\' || _key")
@@ -153,6 +156,8 @@ def _stage_keys(con: duckdb.DuckDBPyConnection, recordset: str, has_media: bool)
         """,
         {"recordset": recordset},
     )
+    if not (has_media or has_extensions):
+        return
     con.execute(
         f"CREATE TABLE parents AS SELECT c.{ID_COLUMN} AS _pid, min(k._uuid) AS _parent "
         f"FROM core_v AS c JOIN core_k AS k ON k.{ROW_COLUMN} = c.{ROW_COLUMN} "
@@ -240,7 +245,7 @@ def derive(con: duckdb.DuckDBPyConnection, staged: StagedArchive, *, now: dateti
     has_media = staged.media_terms is not None
     core_terms = staged.core_terms
     media_terms = staged.media_terms or []
-    _stage_keys(con, staged.recordset_id, has_media)
+    _stage_keys(con, staged.recordset_id, has_media, has_extensions=bool(staged.extensions))
     params = {"recordset": staged.recordset_id, "version": 0, "now": now}
     media_agg = None
     if has_media:
