@@ -55,3 +55,13 @@ class Job:
     #: Who the job is counted against for ``active_jobs_per_requester``: ``email:<address>``
     #: or ``client:<address>`` of the request that created it (None: not counted).
     requester: str | None = None
+
+
+@dataclass(frozen=True)
+class ExtensionFile:
+    """A verbatim extension (other than media) a record source keeps for its recordsets:
+    its rowType, the file stem it was published as, and the terms its rows use."""
+
+    row_type: str
+    name: str
+    terms: list[str]
