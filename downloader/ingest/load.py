@@ -203,9 +203,10 @@ def _stage_datemap(con: duckdb.DuckDBPyConnection, columns: Sequence[str]) -> st
         return None
     cols = Columns(columns, alias="c")
     event = cols.term(EVENT_DATE)
+    # The patterns run on the distinct texts only (dates repeat a lot).
     rows = con.execute(
-        f"SELECT DISTINCT {event} FROM core_v AS c "
-        f"WHERE {event} IS NOT NULL AND ({date_sql(event)}) IS NULL"
+        f"SELECT _e FROM (SELECT DISTINCT {event} AS _e FROM core_v AS c) "
+        f"WHERE _e IS NOT NULL AND ({date_sql('_e')}) IS NULL"
     ).fetchall()
     raws = [r[0] for r in rows]
     parsed = [parse_loose_date(r) for r in raws]
