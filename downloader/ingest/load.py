@@ -581,6 +581,8 @@ def _derive_and_write(
     now: datetime | None,
     phases: Phases,
 ) -> IngestResult:
+    """Derive the staged archive and write it as a new version (the store attached for the
+    write only), DuckDB's errors told as ours."""
     when = (now or datetime.now(UTC)).replace(tzinfo=None)
     try:
         rows = _scalar(con, "SELECT count(*) FROM core_v")
@@ -698,7 +700,10 @@ def ingest_archive_recordsets(
             staged = stage_archive(
                 con, opened, workdir=files, skip_bad_rows=skip_bad_rows, phases=phases
             )
-            groups = _recordset_groups(con, staged) if split and recordset is None else []
+            groups: list[str] = []
+            if split and recordset is None:
+                with _told_as_ours(staged.source):
+                    groups = _recordset_groups(con, staged)
             if not groups:
                 return [
                     _derive_and_write(
@@ -706,17 +711,30 @@ def ingest_archive_recordsets(
                     )
                 ]
             results = []
+            # The store is attached for each recordset's write only, as for one archive, so
+            # the service's readers get the file back between the recordsets of a dump.
             for i, group in enumerate(groups):
-                part = _select_group(con, staged, group, first=i == 0)
+                with _told_as_ours(staged.source):
+                    part = _select_group(con, staged, group, first=i == 0)
                 results.append(
                     _derive_and_write(
                         con, data_dir, part, lock_timeout=lock_timeout, now=None, phases=phases
                     )
                 )
-                _drop_derived(con)
+                with _told_as_ours(staged.source):
+                    _drop_derived(con)
             return results
     finally:
         opened.files.close()
+
+
+@contextmanager
+def _told_as_ours(source: str) -> Iterator[None]:
+    """DuckDB's errors (grouping a dump's rows by recordset) as :class:`IngestError`."""
+    try:
+        yield
+    except duckdb.Error as exc:
+        raise IngestError(f"{source}: ingest failed: {exc}") from exc
 
 
 def _recordset_groups(con: duckdb.DuckDBPyConnection, staged: StagedArchive) -> list[str]:
