@@ -105,3 +105,21 @@ def test_a_query_gets_only_its_records_extension_rows(
     mine = [r for b in cluster.extension_batches(ident, rq, None) for r in b.to_pylist()]
     theirs = [r for b in duck.extension_batches(ident, rq, None) for r in b.to_pylist()]
     assert mine == theirs and mine and {r["coreid"] for r in mine} == {uuid}
+
+
+def test_a_new_version_replaces_the_extension_rows(
+    cluster: ElasticsearchSource, store: Path
+) -> None:
+    # Last in this module: it loads the recordset again (version 2) and pushes it.
+    index = cluster.extensions_index
+    (rs,) = {h["_source"]["recordset"] for h in cluster.es.search(index=index)["hits"]["hits"]}
+    # A row version 1 had and version 2 lacks (as when an Identification row is removed).
+    gone = {"recordset": rs, "version": 1, "rowtype": IDENTIFICATION, "file": "x", "position": 0}
+    cluster.es.index(
+        index=index, id="gone", document={**gone, "coreid": "u", "data": {}}, refresh=True
+    )
+    assert ingest_archive(store, SYMBIOTA).version == 2
+    export_store(store_path(store), cluster)
+    assert cluster.es.count(index=index)["count"] == 222
+    old = {"bool": {"must_not": [{"term": {"version": 2}}]}}
+    assert cluster.es.count(index=index, query=old)["count"] == 0
