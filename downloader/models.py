@@ -78,3 +78,13 @@ class Job:
         """Attempts that did not end in a transient-error retry: builds that were started
         and interrupted (or the one running now)."""
         return max(0, self.attempts - self.retries)
+
+
+@dataclass(frozen=True)
+class ExtensionFile:
+    """A verbatim extension (other than media) a record source keeps for its recordsets:
+    its rowType, the file stem it was published as, and the terms its rows use."""
+
+    row_type: str
+    name: str
+    terms: list[str]

@@ -176,7 +176,7 @@ def _type_files(
 def _extension_files(src: RecordSource, request: dict[str, Any], taken: set[str]) -> list[DataFile]:
     """The verbatim extensions (Identification, MeasurementOrFact, ...) of the matching
     records, one file per rowType named after it (``identification.csv``), each row keyed
-    by its record's uuid. Only a source that keeps extensions (the embedded store) has
+    by its record's uuid. Only a source that keeps extensions (both sources do) has
     them; ``extensions=false`` leaves them out."""
     listing = getattr(src, "extension_files", None)
     read = getattr(src, "extension_batches", None)

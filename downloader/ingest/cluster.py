@@ -39,6 +39,8 @@ def export_store(
                 rs_row,
                 (document_from_row(row) for row in dump.rows("records", rs)),
                 (document_from_row(row) for row in dump.rows("mediarecords", rs)),
+                extension_files=dump.extension_files(rs),
+                extension_rows=dump.extension_rows(rs),
             )
             if on_recordset:
                 on_recordset(rs, n_records, n_media)

@@ -18,6 +18,7 @@ position), so ingesting the same archive again keeps every uuid.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -55,6 +56,7 @@ from downloader.ingest.read import (
     open_archive,
 )
 from downloader.ingest.stage import (
+    RECORDSET_COLUMN,
     Phases,
     Progress,
     StagedArchive,
@@ -128,9 +130,12 @@ def schema_sql(prefix: str = "") -> list[str]:
 # --- phase 1: derive --------------------------------------------------------------------------
 
 
-def _stage_keys(con: duckdb.DuckDBPyConnection, recordset: str, has_media: bool) -> None:
+def _stage_keys(
+    con: duckdb.DuckDBPyConnection, recordset: str, has_media: bool, *, has_extensions: bool
+) -> None:
     """core_k / media_k: record keys and uuids (and media parents), narrow tables that the
-    final SELECTs join back to the verbatim views by ``_row``."""
+    final SELECTs join back to the verbatim views by ``_row``; ``parents`` (core id to record
+    uuid) only when media or extension rows need it (a core alone is spared the grouping)."""
     core_cols = Columns(_view_columns(con, "core_v"), alias="c")
     occ = core_cols.term("dwc:occurrenceID")
     record_hash = uuid5_hash_sql("$recordset || '\\' || _key")
@@ -153,6 +158,8 @@ def _stage_keys(con: duckdb.DuckDBPyConnection, recordset: str, has_media: bool)
         """,
         {"recordset": recordset},
     )
+    if not (has_media or has_extensions):
+        return
     con.execute(
         f"CREATE TABLE parents AS SELECT c.{ID_COLUMN} AS _pid, min(k._uuid) AS _parent "
         f"FROM core_v AS c JOIN core_k AS k ON k.{ROW_COLUMN} = c.{ROW_COLUMN} "
@@ -196,9 +203,10 @@ def _stage_datemap(con: duckdb.DuckDBPyConnection, columns: Sequence[str]) -> st
         return None
     cols = Columns(columns, alias="c")
     event = cols.term(EVENT_DATE)
+    # The patterns run on the distinct texts only (dates repeat a lot).
     rows = con.execute(
-        f"SELECT DISTINCT {event} FROM core_v AS c "
-        f"WHERE {event} IS NOT NULL AND ({date_sql(event)}) IS NULL"
+        f"SELECT _e FROM (SELECT DISTINCT {event} AS _e FROM core_v AS c) "
+        f"WHERE _e IS NOT NULL AND ({date_sql('_e')}) IS NULL"
     ).fetchall()
     raws = [r[0] for r in rows]
     parsed = [parse_loose_date(r) for r in raws]
@@ -240,7 +248,7 @@ def derive(con: duckdb.DuckDBPyConnection, staged: StagedArchive, *, now: dateti
     has_media = staged.media_terms is not None
     core_terms = staged.core_terms
     media_terms = staged.media_terms or []
-    _stage_keys(con, staged.recordset_id, has_media)
+    _stage_keys(con, staged.recordset_id, has_media, has_extensions=bool(staged.extensions))
     params = {"recordset": staged.recordset_id, "version": 0, "now": now}
     media_agg = None
     if has_media:
@@ -573,6 +581,8 @@ def _derive_and_write(
     now: datetime | None,
     phases: Phases,
 ) -> IngestResult:
+    """Derive the staged archive and write it as a new version (the store attached for the
+    write only), DuckDB's errors told as ours."""
     when = (now or datetime.now(UTC)).replace(tzinfo=None)
     try:
         rows = _scalar(con, "SELECT count(*) FROM core_v")
@@ -652,23 +662,151 @@ def ingest_archive(
     skip_bad_rows: bool = False,
     progress: Progress | None = None,
 ) -> IngestResult:
-    """Read a Darwin Core Archive (zip, folder or bare CSV) and load it as a recordset.
+    """Read a Darwin Core Archive (zip, folder or bare CSV) and load it as one recordset.
 
     Raises :class:`downloader.ingest.read.ArchiveRejected` for an archive that holds no
     occurrences or cannot be read (:class:`~downloader.ingest.stage.MalformedRows` names
     bad rows by file and line), :class:`StoreLocked` when the store stays busy.
     """
+    (result,) = ingest_archive_recordsets(
+        data_dir,
+        path,
+        recordset=recordset,
+        lock_timeout=lock_timeout,
+        skip_bad_rows=skip_bad_rows,
+        progress=progress,
+        split=False,
+    )
+    return result
+
+
+def ingest_archive_recordsets(
+    data_dir: str | Path,
+    path: str | Path,
+    *,
+    recordset: str | None = None,
+    lock_timeout: float = 60.0,
+    skip_bad_rows: bool = False,
+    progress: Progress | None = None,
+    split: bool = True,
+) -> list[IngestResult]:
+    """Read a Darwin Core Archive and load it: as the recordsets it names when ``split``
+    and no ``recordset`` is given and it says which recordset each record belongs to (an
+    iDigBio dump's ``idigbio:recordset``), else as one recordset. Each recordset is its own
+    transaction (one version each); see :func:`ingest_archive` for the errors."""
     opened = open_archive(path, recordset_id=recordset)
     try:
         with staging(data_dir) as (con, files), Phases(con, progress) as phases:
             staged = stage_archive(
                 con, opened, workdir=files, skip_bad_rows=skip_bad_rows, phases=phases
             )
-            return _derive_and_write(
-                con, data_dir, staged, lock_timeout=lock_timeout, now=None, phases=phases
-            )
+            groups: list[str] = []
+            if split and recordset is None:
+                with _told_as_ours(staged.source):
+                    groups = _recordset_groups(con, staged)
+            if not groups:
+                return [
+                    _derive_and_write(
+                        con, data_dir, staged, lock_timeout=lock_timeout, now=None, phases=phases
+                    )
+                ]
+            results = []
+            # The store is attached for each recordset's write only, as for one archive, so
+            # the service's readers get the file back between the recordsets of a dump.
+            for i, group in enumerate(groups):
+                with _told_as_ours(staged.source):
+                    part = _select_group(con, staged, group, first=i == 0)
+                results.append(
+                    _derive_and_write(
+                        con, data_dir, part, lock_timeout=lock_timeout, now=None, phases=phases
+                    )
+                )
+                with _told_as_ours(staged.source):
+                    _drop_derived(con)
+            return results
     finally:
         opened.files.close()
+
+
+@contextmanager
+def _told_as_ours(source: str) -> Iterator[None]:
+    """DuckDB's errors (grouping a dump's rows by recordset) as :class:`IngestError`."""
+    try:
+        yield
+    except duckdb.Error as exc:
+        raise IngestError(f"{source}: ingest failed: {exc}") from exc
+
+
+def _recordset_groups(con: duckdb.DuckDBPyConnection, staged: StagedArchive) -> list[str]:
+    """The recordsets an archive's rows name (sorted), with its rows grouped by them into
+    ``core_g``, ``media_g`` and ``ext_g<n>`` (column ``_grp``, ordered by it so that each
+    group's rows are a run the scans find by their zone maps); [] when no row names one.
+
+    A row without a recordset (a record whose cell is empty, media or extension rows of
+    no record of the archive) stays in the archive's own recordset."""
+    if not _scalar(con, f"SELECT count({RECORDSET_COLUMN}) FROM core_v"):
+        return []
+    default = _sql_string(staged.recordset_id)
+    grp = f"coalesce({RECORDSET_COLUMN}, {default})"
+    try:
+        con.execute("SET preserve_insertion_order = true")
+        con.execute(f"CREATE TABLE core_g AS SELECT {grp} AS _grp, * FROM core_v ORDER BY _grp")
+        con.execute(
+            f"CREATE TABLE id_grp AS SELECT {ID_COLUMN}, min(_grp) AS _grp FROM core_g "
+            f"WHERE {ID_COLUMN} IS NOT NULL GROUP BY {ID_COLUMN}"
+        )
+        linked = [("media_v", "media_g")] if staged.media_terms is not None else []
+        linked += [(ext.table, f"ext_g{i}") for i, ext in enumerate(staged.extensions)]
+        for view, table in linked:
+            con.execute(
+                f"CREATE TABLE {table} AS SELECT coalesce(p._grp, {default}) AS _grp, v.* "
+                f"FROM {view} AS v LEFT JOIN id_grp AS p ON p.{ID_COLUMN} = v.{ID_COLUMN} "
+                f"ORDER BY _grp, v.{ROW_COLUMN}"
+            )
+    finally:
+        con.execute("SET preserve_insertion_order = false")
+    union = " UNION ".join(
+        f"SELECT DISTINCT _grp FROM {t}" for t in ["core_g"] + [t for _, t in linked]
+    )
+    return [row[0] for row in con.execute(f"SELECT _grp FROM ({union}) ORDER BY _grp").fetchall()]
+
+
+def _select_group(
+    con: duckdb.DuckDBPyConnection, staged: StagedArchive, group: str, *, first: bool
+) -> StagedArchive:
+    """Point ``core_v``, ``media_v`` and the extension views at one group's rows; the
+    staged archive as that recordset."""
+    where = f"WHERE _grp = {_sql_string(group)}"
+    con.execute(f"CREATE OR REPLACE VIEW core_v AS SELECT * EXCLUDE (_grp) FROM core_g {where}")
+    if staged.media_terms is not None:
+        con.execute(
+            f"CREATE OR REPLACE VIEW media_v AS SELECT * EXCLUDE (_grp) FROM media_g {where}"
+        )
+    extensions = []
+    for i, ext in enumerate(staged.extensions):
+        con.execute(
+            f"CREATE OR REPLACE VIEW {ext.table} AS SELECT * EXCLUDE (_grp) FROM ext_g{i} {where}"
+        )
+        rows = _scalar(con, f"SELECT count(*) FROM {ext.table}")
+        extensions.append(dataclasses.replace(ext, rows=int(rows or 0)))
+    # The archive's warnings and skipped rows are told once, with its first recordset.
+    return dataclasses.replace(
+        staged,
+        recordset_id=group,
+        extensions=extensions,
+        warnings=staged.warnings if first else [],
+        skipped=staged.skipped if first else [],
+    )
+
+
+def _drop_derived(con: duckdb.DuckDBPyConnection) -> None:
+    """Remove what :func:`derive` made, for the next group's round."""
+    for view in ("records_d", "core_kx", "media_kx"):
+        con.execute(f"DROP VIEW IF EXISTS {view}")
+    for table in ("core_k", "parents", "media_k", "media_d", "media_agg", "extensions_d"):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+    with contextlib.suppress(duckdb.Error, KeyError):
+        con.unregister("datemap_v")
 
 
 def ingest_synthetic(
@@ -718,15 +856,16 @@ def ingest_paths(
     on_result: Callable[[IngestResult], None] | None = None,
     on_error: Callable[[str, Exception], None] | None = None,
 ) -> tuple[list[IngestResult], list[tuple[str, Exception]]]:
-    """Ingest several archives, each in its own transaction; a rejected archive is reported
-    through ``on_error`` and the others still load. Returns (results, failures)."""
+    """Ingest several archives, each in its own transaction (an iDigBio dump: one per
+    recordset it holds, see :func:`ingest_archive_recordsets`); a rejected archive is
+    reported through ``on_error`` and the others still load. Returns (results, failures)."""
     if recordset is not None and len(paths) > 1:
         raise IngestError("--recordset names one recordset, so give exactly one archive with it")
     results: list[IngestResult] = []
     failures: list[tuple[str, Exception]] = []
     for path in paths:
         try:
-            result = ingest_archive(
+            loaded = ingest_archive_recordsets(
                 data_dir,
                 path,
                 recordset=recordset,
@@ -739,9 +878,10 @@ def ingest_paths(
             if on_error:
                 on_error(str(path), exc)
             continue
-        results.append(result)
-        if on_result:
-            on_result(result)
+        for result in loaded:
+            results.append(result)
+            if on_result:
+                on_result(result)
     return results, failures
 
 
@@ -764,6 +904,7 @@ __all__ = [
     "StoreLocked",
     "describe",
     "ingest_archive",
+    "ingest_archive_recordsets",
     "ingest_chunks",
     "ingest_paths",
     "ingest_synthetic",

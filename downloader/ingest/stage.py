@@ -9,7 +9,8 @@ Then views give the derivation what it reads, whatever the archive's shape:
 
 - ``core_v``: one row per record: ``_row``, ``_id`` (the id extensions link by), ``_kid``
   (the id the record key is made from, NULL when there is none), ``_given_uuid`` (a record
-  uuid the archive already carries: iDigBio's), and the record's verbatim term columns (the
+  uuid the archive already carries: iDigBio's), ``_recordset`` (iDigBio's recordset of the
+  record, else NULL), and the record's verbatim term columns (the
   verbatim twin's when there is one; an Event core's terms where the occurrence has none);
 - ``media_v``: ``_row``, ``_id`` (the core id each media row points to) and its terms;
 - ``ext_<n>``: each other extension, the same way.
@@ -51,6 +52,11 @@ from downloader.ingest.read import (
 _NATIVE_ENCODINGS = {"utf-8": "utf-8", "utf-8-sig": "utf-8", "iso8859-1": "latin-1"}
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _COPY_CHUNK = 1 << 20
+
+#: The iDigBio term naming a record's recordset, and the ``core_v`` column holding it (NULL
+#: for other archives): an iDigBio dump is loaded as the recordsets it holds.
+IDIGBIO_RECORDSET = "idigbio:recordset"
+RECORDSET_COLUMN = "_recordset"
 
 #: Called with (what is being done, bytes read so far, bytes in all).
 Progress = Callable[[str, int, int], None]
@@ -367,7 +373,12 @@ def _core_view(
         terms = [f"r.{quote_ident(t)} AS {quote_ident(t)}" for t in rec.terms]
         names = list(rec.terms)
     given = "CAST(NULL AS VARCHAR)"
+    recordset = "CAST(NULL AS VARCHAR)"
     if idigbio:
+        # iDigBio's occurrence file names each record's recordset (a dump spans many).
+        named = [t for t in rec.terms if t.lower() == IDIGBIO_RECORDSET]
+        if named:
+            recordset = f"nullif(lower(trim(r.{quote_ident(named[0])})), '')"
         # iDigBio's record ids are its record uuids: keep them.
         rid = f"lower(trim(r.{ID_COLUMN}))"
         pattern = quote_literal(_UUID.pattern[1:-1])
@@ -377,6 +388,7 @@ def _core_view(
         f"r.{ID_COLUMN} AS {ID_COLUMN}",
         f"{kid} AS _kid",
         f"{given} AS _given_uuid",
+        f"{recordset} AS {RECORDSET_COLUMN}",
         *terms,
     ]
     con.execute(f"CREATE VIEW core_v AS SELECT {', '.join(select)} FROM {from_}")
@@ -538,7 +550,8 @@ def stage_tables(
         core_terms = []
     con.execute(
         f"CREATE VIEW core_v AS SELECT rowid AS {ROW_COLUMN}, {ID_COLUMN}, {ID_COLUMN} AS _kid, "
-        f"CAST(NULL AS VARCHAR) AS _given_uuid, * EXCLUDE ({ID_COLUMN}) FROM rec_t"
+        f"CAST(NULL AS VARCHAR) AS _given_uuid, CAST(NULL AS VARCHAR) AS {RECORDSET_COLUMN}, "
+        f"* EXCLUDE ({ID_COLUMN}) FROM rec_t"
     )
     if media_terms is not None:
         con.execute(f"CREATE VIEW media_v AS SELECT rowid AS {ROW_COLUMN}, * FROM media_t0")

@@ -3,6 +3,7 @@ cluster: :mod:`downloader.ingest.cluster`)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -44,3 +45,32 @@ class StoreDump:
         ).to_arrow_reader(DUMP_BATCH_ROWS)
         for batch in reader:
             yield from batch.to_pylist()
+
+    def extension_files(self, recordset: str) -> list[dict[str, Any]]:
+        """The verbatim extensions the recordset was published with (rowtype, file, terms,
+        row_count), by rowType and file."""
+        try:
+            table = self._con.sql(
+                "SELECT rowtype, file, terms, row_count FROM extension_files "
+                "WHERE recordset = $rs ORDER BY rowtype, file",
+                params={"rs": recordset},
+            ).to_arrow_table()
+        except duckdb.CatalogException:
+            return []  # a store written before extensions were kept
+        return table.to_pylist()
+
+    def extension_rows(self, recordset: str) -> Iterator[dict[str, Any]]:
+        """The recordset's extension rows (rowtype, file, coreid: the record's uuid,
+        position in its file, data: the verbatim values as a dict), in a stable order."""
+        try:
+            reader = self._con.sql(
+                "SELECT rowtype, file, coreid, position, CAST(data AS VARCHAR) AS data "
+                "FROM extension_rows WHERE recordset = $rs ORDER BY rowtype, file, position",
+                params={"rs": recordset},
+            ).to_arrow_reader(DUMP_BATCH_ROWS)
+        except duckdb.CatalogException:
+            return
+        for batch in reader:
+            for row in batch.to_pylist():
+                row["data"] = json.loads(row["data"]) if row["data"] else {}
+                yield row

@@ -36,6 +36,7 @@ import duckdb
 import pyarrow as pa
 
 from downloader.errors import SourceUnavailable
+from downloader.models import ExtensionFile
 from downloader.sources.duckdb import verbatim
 from downloader.sources.duckdb.reads import (
     _ALIAS,
@@ -136,15 +137,6 @@ def _resolved(rows: _Rows) -> pa.Table | pa.RecordBatch:
 
 class _Missing(Exception):
     """The store file does not exist (an empty store)."""
-
-
-@dataclass(frozen=True)
-class ExtensionFile:
-    """A verbatim extension the store keeps: its rowType, file stem and terms."""
-
-    row_type: str
-    name: str
-    terms: list[str]
 
 
 class _Shared:

@@ -15,6 +15,10 @@ Indices (``<p>`` is ``elasticsearch_index_prefix``):
   ``data`` the verbatim terms, ``fulltext`` the tokens; media carry ``coreid`` (parent uuid).
 - ``<p>recordsets``: one document per recordset (name, version, EML, the verbatim terms its
   records and media use: the source of :meth:`ElasticsearchSource.raw_terms`).
+- ``<p>extensions``: one document per row of a verbatim extension other than media
+  (``recordset``, ``version``, ``rowtype``, ``file``, ``coreid``: the record's uuid,
+  ``position``, ``data``: the verbatim values, not indexed); the recordset documents list
+  the files (``extensions``: rowtype, file, terms, row_count).
 - ``<p>meta``: document ``store`` with ``data_version``, changed by every ingest.
 - ``<p>deleted``: the deletion log (:class:`~downloader.interfaces.DeletionLog`): one
   document per record or media record that a push of its recordset removed (``uuid``,

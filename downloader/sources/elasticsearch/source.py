@@ -43,6 +43,7 @@ from elastic_transport import TransportError
 from elasticsearch import ApiError, Elasticsearch
 
 from downloader.errors import BuildFailed
+from downloader.models import ExtensionFile
 from downloader.sources.elasticsearch.client import (
     KEEP_ALIVE,
     MAX_PAGE,
@@ -180,6 +181,11 @@ class ElasticsearchSource:
     def meta_index(self) -> str:
         """The index holding the ``data_version`` document."""
         return f"{self.index_prefix}meta"
+
+    @property
+    def extensions_index(self) -> str:
+        """The rows of verbatim extensions (Identification, MeasurementOrFact...)."""
+        return f"{self.index_prefix}extensions"
 
     @property
     def deleted_index(self) -> str:
@@ -413,6 +419,116 @@ class ElasticsearchSource:
         for doc in answer["docs"]:
             terms.update((doc.get("_source") or {}).get(key) or [])
         return sorted(terms)
+
+    def extension_files(
+        self, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+    ) -> list[ExtensionFile]:
+        """The verbatim extensions (other than media) that the recordsets of the matching
+        records were published with, one per rowType, with every term any of them uses
+        (from the recordset documents, as the embedded store lists them)."""
+        recordsets = list(self.recordset_counts("records", rq, mq))
+        if not recordsets:
+            return []
+        answer = call(
+            "reading recordset extensions",
+            self.es.mget,
+            index=self.recordsets_index,
+            ids=recordsets,
+            source_includes=["extensions"],
+        )
+        files: dict[str, str] = {}
+        terms: dict[str, set[str]] = {}
+        for doc in answer["docs"]:
+            for ext in (doc.get("_source") or {}).get("extensions") or []:
+                row_type = str(ext["rowtype"])
+                files[row_type] = min(files.get(row_type, ext["file"]), ext["file"])
+                terms.setdefault(row_type, set()).update(ext.get("terms") or [])
+        return [
+            ExtensionFile(row_type=rt, name=files[rt], terms=sorted(terms[rt]))
+            for rt in sorted(files)
+        ]
+
+    def extension_batches(
+        self,
+        extension: ExtensionFile,
+        rq: dict[str, Any] | None,
+        mq: dict[str, Any] | None,
+        *,
+        batch_size: int = 10_000,
+    ) -> Iterator[pa.RecordBatch]:
+        """The extension's rows that belong to the matching records, as batches of
+        (record uuid, one string column per term), ordered by record and then as
+        published (recordset, position): what the embedded store gives.
+
+        The uuids of matching records are listed in sorted chunks (as for media with an
+        ``rq``) and each chunk's rows are read by a scroll sorted the same way, so the
+        batches come out in record order without the cluster sorting all rows at once."""
+        if not extension.terms:
+            return
+        names = ["coreid", *extension.terms]
+        size = page_size(batch_size)
+        for plan in self._plans("records", rq, mq):
+            for chunk in self._sorted_values(
+                self.index("records"), plan, "uuid", "listing matching records", self.id_chunk
+            ):
+                query = {
+                    "bool": {
+                        "filter": [
+                            {"term": {"rowtype": extension.row_type}},
+                            {"terms": {"coreid": chunk}},
+                        ]
+                    }
+                }
+                for hits in self._sorted_hits(
+                    self.extensions_index,
+                    query,
+                    [{"coreid": "asc"}, {"recordset": "asc"}, {"position": "asc"}],
+                    size,
+                    f"reading {extension.name} rows",
+                ):
+                    columns: list[list[str | None]] = [[] for _ in names]
+                    for hit in hits:
+                        doc = hit.get("_source") or {}
+                        data = doc.get("data") or {}
+                        columns[0].append(doc.get("coreid"))
+                        for i, term in enumerate(extension.terms, start=1):
+                            value = data.get(term)
+                            columns[i].append(None if value is None else str(value))
+                    yield pa.RecordBatch.from_arrays(
+                        [pa.array(c, pa.string()) for c in columns], names=names
+                    )
+
+    def _sorted_hits(
+        self,
+        index: str,
+        query: dict[str, Any],
+        sort: list[dict[str, str]],
+        size: int,
+        what: str,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Pages of hits (with ``_source``) of ``query`` in ``sort`` order, by one scroll
+        that is cleared however this ends."""
+        scroll_id: str | None = None
+        try:
+            answer = call(
+                what,
+                self.es.search,
+                index=index,
+                query=query,
+                sort=sort,
+                size=size,
+                scroll=KEEP_ALIVE,
+            )
+            while True:
+                scroll_id = answer.get("_scroll_id") or scroll_id
+                hits = answer["hits"]["hits"]
+                if not hits:
+                    return
+                yield hits
+                answer = call(what, self.es.scroll, scroll_id=scroll_id, scroll=KEEP_ALIVE)
+        finally:
+            if scroll_id:
+                self._clear_scroll(scroll_id)
 
     def batches(
         self,

@@ -7,7 +7,7 @@ bulk, its documents of older versions dropped and noted in the deletion log, and
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,6 +48,24 @@ RECORDSETS_MAPPING: dict[str, Any] = {
         "media_terms": {"type": "keyword"},
         # The EML is only ever read back whole; it is not searched.
         "eml": {"type": "object", "enabled": False},
+        # The verbatim extensions the recordset was published with: rowtype, file, terms,
+        # row_count each (read back whole for a download's extension files).
+        "extensions": {"type": "object", "enabled": False},
+    }
+}
+
+
+#: One document per row of a verbatim extension (Identification, MeasurementOrFact...),
+#: found by the uuid of its record (``coreid``); ``data`` is read back whole, not searched.
+EXTENSIONS_MAPPING: dict[str, Any] = {
+    "properties": {
+        "recordset": {"type": "keyword"},
+        "version": {"type": "long"},
+        "rowtype": {"type": "keyword"},
+        "file": {"type": "keyword"},
+        "coreid": {"type": "keyword"},
+        "position": {"type": "long"},
+        "data": {"type": "object", "enabled": False},
     }
 }
 
@@ -83,6 +101,7 @@ class ElasticsearchWriter:
             (self.source.recordsets_index, {"mappings": RECORDSETS_MAPPING}),
             (self.source.meta_index, {"mappings": META_MAPPING}),
             (self.source.deleted_index, {"mappings": DELETED_MAPPING}),
+            (self.source.extensions_index, {"mappings": EXTENSIONS_MAPPING}),
         ]
         for name, body in wanted:
             if call(f"checking index {name}", self.es.indices.exists, index=name):
@@ -135,15 +154,20 @@ class ElasticsearchWriter:
         records: Iterable[dict[str, Any]],
         media: Iterable[dict[str, Any]],
         *,
+        extension_files: Sequence[dict[str, Any]] = (),
+        extension_rows: Iterable[dict[str, Any]] = (),
         now: datetime | None = None,
     ) -> tuple[int, int]:
         """Index a recordset's documents, then drop its documents of older versions, noting
         each dropped uuid in the deletion log (``deleted`` = ``now``, default: the time of
-        the push, when the index stopped serving them)."""
+        the push, when the index stopped serving them). ``extension_files`` (rowtype, file,
+        terms, row_count) and ``extension_rows`` (rowtype, file, coreid, position, data)
+        are the verbatim extensions the recordset's archive had; its older rows go."""
         rs, version = recordset["recordset"], recordset["version"]
         when = log_time(now or datetime.now(UTC))
         n_records = self.index_documents("records", records)
         n_media = self.index_documents("mediarecords", media)
+        self._index_extension_rows(rs, version, extension_rows)
         # Documents that were indexed again replaced their old copies under the same _id; a
         # refresh makes searches see the new copies, so that only documents the new version
         # lacks count as removed.
@@ -169,9 +193,32 @@ class ElasticsearchWriter:
                 refresh=True,
                 conflicts="proceed",
             )
+        stale_rows = {
+            "bool": {
+                "filter": [{"term": {"recordset": rs}}],
+                "must_not": [{"term": {"version": version}}],
+            }
+        }
+        call(
+            f"removing old extension rows of {rs}",
+            self.es.delete_by_query,
+            index=self.source.extensions_index,
+            query=stale_rows,
+            refresh=True,
+            conflicts="proceed",
+        )
         doc = document_from_row(recordset)
         if doc.get("eml") is not None:
             doc["eml"] = {"text": doc["eml"]}
+        doc["extensions"] = [
+            {
+                "rowtype": f["rowtype"],
+                "file": f["file"],
+                "terms": list(f["terms"] or []),
+                "row_count": int(f["row_count"] or 0),
+            }
+            for f in extension_files
+        ]
         call(
             f"writing recordset {rs}",
             self.es.index,
@@ -180,6 +227,30 @@ class ElasticsearchWriter:
             document=doc,
         )
         return n_records, n_media
+
+    def _index_extension_rows(
+        self, recordset: str, version: Any, rows: Iterable[dict[str, Any]]
+    ) -> int:
+        """Bulk-index extension rows (``_id``: recordset, file and position, so a push of
+        the same version writes each row once)."""
+        index = self.source.extensions_index
+        actions = (
+            {
+                "_index": index,
+                "_id": f"{recordset}\\{row['file']}\\{row['position']}",
+                "_source": {
+                    "recordset": recordset,
+                    "version": version,
+                    "rowtype": row["rowtype"],
+                    "file": row["file"],
+                    "coreid": row["coreid"],
+                    "position": row["position"],
+                    "data": row["data"],
+                },
+            }
+            for row in rows
+        )
+        return self._bulk(index, actions)
 
     def _uuids(self, index: str, query: dict[str, Any], what: str) -> Iterator[list[str]]:
         """The ``uuid`` of every matching document in ``index``, a page at a time (sorted):
@@ -248,6 +319,7 @@ class ElasticsearchWriter:
                     self.source.index("mediarecords"),
                     self.source.recordsets_index,
                     self.source.deleted_index,
+                    self.source.extensions_index,
                 ]
             ),
         )

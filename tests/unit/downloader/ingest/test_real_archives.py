@@ -135,3 +135,77 @@ def test_reingest_of_a_real_archive_keeps_uuids_and_extension_rows(tmp_path: Pat
     assert second.version == 2 and second.deleted == 0
     assert rows(tmp_path, "SELECT uuid FROM records ORDER BY uuid") == before
     assert rows(tmp_path, "SELECT count(*) FROM extension_rows") == [(222,)]
+
+
+def _two_recordset_dump(folder: Path) -> tuple[Path, dict[str, int], dict[str, int]]:
+    """An iDigBio download cut down to the rows of two of its recordsets (every file of the
+    real archive filtered alike); (the zip, records per recordset, media per recordset)."""
+    with zipfile.ZipFile(IDIGBIO) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+
+    def table(name: str) -> list[list[str]]:
+        text = members[name].decode("utf-8")
+        return list(csv.reader(io.StringIO(text, newline="")))
+
+    occurrence = table("occurrence.csv")
+    column = occurrence[0].index("idigbio:recordset")
+    sizes: dict[str, int] = {}
+    for row in occurrence[1:]:
+        sizes[row[column]] = sizes.get(row[column], 0) + 1
+    chosen = sorted(rs for rs, n in sizes.items() if 50 <= n <= 70)[:2]
+    assert len(chosen) == 2
+    recordset_of = {r[0]: r[column] for r in occurrence[1:] if r[column] in chosen}
+    media: dict[str, int] = dict.fromkeys(chosen, 0)
+    for name in ("occurrence.csv", "occurrence_raw.csv", "multimedia.csv", "multimedia_raw.csv"):
+        rows_ = table(name)
+        kept = [rows_[0]] + [r for r in rows_[1:] if r[0] in recordset_of]
+        if name == "multimedia.csv":
+            for r in kept[1:]:
+                media[recordset_of[r[0]]] += 1
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows(kept)
+        members[name] = out.getvalue().encode("utf-8")
+    path = folder / "idigbio-two-recordsets.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, content in members.items():
+            zf.writestr(name, content)
+    return path, {rs: sizes[rs] for rs in chosen}, media
+
+
+def test_an_idigbio_dump_loads_as_the_recordsets_it_holds(tmp_path: Path) -> None:
+    from downloader.ingest.load import ingest_paths
+
+    dump, records, media = _two_recordset_dump(tmp_path)
+    data = tmp_path / "data"
+    results, failures = ingest_paths(data, [dump])
+    assert failures == []
+    # The archive's warnings are told once, not once per recordset.
+    assert results[0].warnings and not any(r.warnings for r in results[1:])
+    assert {r.recordset: (r.records, r.media) for r in results} == {
+        rs: (records[rs], media[rs]) for rs in records
+    }
+    assert rows(data, "SELECT recordset, record_count, media_count FROM recordsets ORDER BY 1") == [
+        (rs, records[rs], media[rs]) for rs in sorted(records)
+    ]
+    # Each record is in its own recordset (and keeps iDigBio's uuid), each media record in
+    # its record's.
+    interpreted = member_rows(dump, "occurrence.csv")
+    with zipfile.ZipFile(dump) as zf:
+        header = next(csv.reader(io.StringIO(zf.read("occurrence.csv").decode())))
+    column = header.index("idigbio:recordset")
+    assert set(rows(data, "SELECT uuid, recordset FROM records")) == {
+        (r[0], r[column]) for r in interpreted
+    }
+    assert rows(
+        data,
+        "SELECT count(*) FROM mediarecords AS m JOIN records AS r ON r.uuid = m.coreid "
+        "WHERE r.recordset <> m.recordset",
+    ) == [(0,)]
+    # Loading the dump again gives each recordset its next version, nothing removed.
+    again, _ = ingest_paths(data, [dump])
+    assert sorted((r.recordset, r.version, r.deleted) for r in again) == [
+        (rs, 2, 0) for rs in sorted(records)
+    ]
+    # --recordset names one recordset: the dump is then loaded whole under it.
+    whole, _ = ingest_paths(tmp_path / "one", [dump], recordset="mine")
+    assert [(r.recordset, r.records) for r in whole] == [("mine", sum(records.values()))]
