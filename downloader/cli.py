@@ -434,7 +434,25 @@ def _register_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--pool", default="prefork", choices=("prefork", "solo", "threads"), help="Celery pool"
     )
     p.add_argument("--hostname", default=None, help="worker node name (default: celery@host)")
+    p.add_argument(
+        "--queues",
+        default="small,large",
+        type=_queue_list,
+        help="the queues this worker consumes, comma-separated: small (jobs under "
+        "large_job_records records), large, or both (default: small,large). Keep some "
+        "workers on small alone so small downloads never wait behind large ones",
+    )
     p.set_defaults(func=_worker)
+
+
+def _queue_list(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(q.strip() for q in text.split(",") if q.strip()))
+    wrong = [q for q in names if q not in ("small", "large")]
+    if not names or wrong:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give small, large or small,large (not {', '.join(wrong) or 'nothing'})"
+        )
+    return names
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -447,6 +465,7 @@ def _worker(args: argparse.Namespace) -> int:
             loglevel=args.loglevel,
             pool=args.pool,
             hostname=args.hostname,
+            queues=args.queues,
         )
     except ConfigError as exc:  # e.g. the S3 bucket is missing and s3_create_bucket is off
         raise SystemExit(f"downloader: configuration error: {exc}") from exc

@@ -48,6 +48,8 @@ class Settings:
     workers: int
     worker_max_jobs: int
     worker_max_rss_mb: int
+    large_job_records: int
+    small_job_workers: int
     reuse_window_hours: float
     retention_days: float
     max_attempts: int
@@ -220,6 +222,8 @@ def _build(raw: dict[str, Any], *, origin: str, origins: dict[str, str] | None =
         "retention_days",
         "cleanup_interval_seconds",
         "shutdown_grace_seconds",
+        "large_job_records",
+        "small_job_workers",
         "max_download_records",
         "new_jobs_per_minute",
         "active_jobs_per_requester",
