@@ -15,7 +15,7 @@ from elastic_transport import TransportError
 from elasticsearch import ApiError, helpers
 
 from downloader.errors import BuildFailed
-from downloader.sources.elasticsearch.client import MAX_PAGE, call, translate
+from downloader.sources.elasticsearch.client import KEEP_ALIVE, MAX_PAGE, call, translate
 from downloader.sources.elasticsearch.source import META_ID, ElasticsearchSource, log_time
 from query.fields import RecordType
 
@@ -169,6 +169,12 @@ class ElasticsearchWriter:
                 refresh=True,
                 conflicts="proceed",
             )
+        self.write_recordset(recordset)
+        return n_records, n_media
+
+    def write_recordset(self, recordset: dict[str, Any]) -> None:
+        """Write a recordset's own document (name, version, EML, terms) under its id."""
+        rs = recordset["recordset"]
         doc = document_from_row(recordset)
         if doc.get("eml") is not None:
             doc["eml"] = {"text": doc["eml"]}
@@ -179,7 +185,64 @@ class ElasticsearchWriter:
             id=rs,
             document=doc,
         )
-        return n_records, n_media
+
+    def indexed(self, rtype: RecordType, recordset: str) -> Iterator[tuple[str, Any, Any]]:
+        """``(uuid, version, etag)`` of every document of ``recordset`` in the index, by
+        uuid: one sorted scroll, a page in memory at a time (what a reindex compares the
+        store's rows with)."""
+        what = f"listing the indexed {rtype} of {recordset}"
+        scroll_id: str | None = None
+        try:
+            answer = call(
+                what,
+                self.es.search,
+                index=self.source.index(rtype),
+                query={"term": {"recordset": recordset}},
+                sort=[{"uuid": "asc"}],
+                source=["uuid", "version", "etag"],
+                size=MAX_PAGE,
+                scroll=KEEP_ALIVE,
+            )
+            while True:
+                scroll_id = answer.get("_scroll_id") or scroll_id
+                hits = answer["hits"]["hits"]
+                if not hits:
+                    break
+                for hit in hits:
+                    doc = hit.get("_source") or {}
+                    yield str(doc.get("uuid", hit["_id"])), doc.get("version"), doc.get("etag")
+                answer = call(what, self.es.scroll, scroll_id=scroll_id, scroll=KEEP_ALIVE)
+        finally:
+            if scroll_id:
+                self.source._clear_scroll(scroll_id)
+
+    def delete_documents(self, rtype: RecordType, uuids: Iterable[str]) -> int:
+        """Remove documents by uuid (those already gone count as removed)."""
+        index = self.source.index(rtype)
+        return self._bulk(index, ({"_op_type": "delete", "_index": index, "_id": u} for u in uuids))
+
+    def log_deletions(self, entries: Iterable[tuple[str, str, str, datetime]]) -> int:
+        """Write ``(rtype, uuid, recordset, deleted)`` entries into the deletion log
+        (``_id`` rtype:uuid, so writing one again changes nothing)."""
+        index = self.source.deleted_index
+        actions = (
+            {
+                "_index": index,
+                "_id": f"{rtype}:{uuid}",
+                "_source": {
+                    "uuid": uuid,
+                    "rtype": rtype,
+                    "recordset": recordset,
+                    "deleted": log_time(when).isoformat(timespec="milliseconds"),
+                },
+            }
+            for rtype, uuid, recordset, when in entries
+        )
+        return self._bulk(index, actions)
+
+    def has_data_version(self) -> bool:
+        """Whether the indices carry a data version (any push or finished reindex wrote one)."""
+        return self.source.data_version() != "0"
 
     def _uuids(self, index: str, query: dict[str, Any], what: str) -> Iterator[list[str]]:
         """The ``uuid`` of every matching document in ``index``, a page at a time (sorted):
