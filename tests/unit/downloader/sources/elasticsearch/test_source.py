@@ -316,3 +316,43 @@ def test_unreachable_cluster_is_transient() -> None:
     source.es = make_client(f"http://127.0.0.1:{free_port()}", timeout=1).options(max_retries=0)
     with pytest.raises(SourceUnavailable, match="cannot be reached"):
         source.count("records", None, None)
+
+
+@pytest.mark.parametrize(
+    ("rtype", "rq", "mq"),
+    [
+        ("mediarecords", {"kingdom": "plantae"}, None),
+        ("records", {"genus": "acer"}, {"format": "image/jpeg"}),
+        ("mediarecords", {"kingdom": "plantae"}, {"format": "image/jpeg"}),
+        ("records", None, {"format": "image/jpeg"}),
+    ],
+)
+def test_a_merged_rq_mq_tally_agrees_with_the_terms_filters_and_duckdb(
+    es_source: ElasticsearchSource,
+    duck: Any,
+    rtype: RecordType,
+    rq: dict[str, Any] | None,
+    mq: dict[str, Any] | None,
+) -> None:
+    rqn = q("records", rq) if rq else None
+    mqn = q("mediarecords", mq) if mq else None
+    merged = es_source._merged_tally(rtype, rqn, mqn)
+    assert merged is not None  # more ids than one chunk (id_chunk=100): the merge is taken
+    chunked = sum(
+        int(es_source.es.count(index=es_source.index(rtype), query=plan)["count"])
+        for plan in es_source._plans(rtype, rqn, mqn)
+    )
+    assert sum(merged.values()) == chunked == duck.count(rtype, rqn, mqn) > 0
+    assert merged == duck.recordset_counts(rtype, rqn, mqn)
+    assert es_source.count(rtype, rqn, mqn) == chunked
+
+
+def test_a_small_side_against_a_much_larger_one_keeps_the_terms_filters(
+    es_source: ElasticsearchSource,
+) -> None:
+    # Few acer records against every jpeg: reading all media would cost more than filters.
+    rqn, mqn = q("records", {"genus": "acer"}), q("mediarecords", {"format": "image/jpeg"})
+    few = es_source.count("records", rqn, None)
+    many = es_source.count("mediarecords", None, mqn)
+    assert few > es_source.id_chunk and many > 4 * few
+    assert es_source._merged_tally("mediarecords", rqn, mqn) is None
