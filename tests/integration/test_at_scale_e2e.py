@@ -376,6 +376,19 @@ def test_small_jobs_have_their_own_queue_and_never_wait_behind_large_ones(
     for proc in stack.workers:
         stack.kill(proc)
     assert small_worker.poll() is not None
+    # The Celery workers' build figures reach serve's /metrics through the Redis job store.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"{stack.base_url}/metrics", timeout=30).text
+    got = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert got[("dwca_builds_total", (("state", "SUCCESS"),))] >= 2
+    assert got[("dwca_build_seconds_count", ())] >= 2
+    assert got[("dwca_build_records_total", ())] >= final["total_records"] + done["total_records"]
+    assert got[("dwca_queue_jobs", (("queue", "large"),))] == 0
 
 
 def test_search_cluster_down_gives_failure_with_a_reason(stack: Stack) -> None:
