@@ -8,6 +8,7 @@ comparison with the DuckDB source is a comparison of the two query paths.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -356,3 +357,37 @@ def test_a_small_side_against_a_much_larger_one_keeps_the_terms_filters(
     many = es_source.count("mediarecords", None, mqn)
     assert few > es_source.id_chunk and many > 4 * few
     assert es_source._merged_tally("mediarecords", rqn, mqn) is None
+
+
+@pytest.mark.parametrize(
+    ("rtype", "rq", "mq"),
+    [
+        ("mediarecords", {"kingdom": "plantae"}, None),
+        ("records", {"kingdom": "plantae"}, {"format": "image/jpeg"}),
+    ],
+)
+def test_a_merged_read_gives_the_rows_of_duckdb_in_one_pass(
+    es_source: ElasticsearchSource,
+    duck: Any,
+    rtype: RecordType,
+    rq: dict[str, Any] | None,
+    mq: dict[str, Any] | None,
+) -> None:
+    rqn = q("records", rq) if rq else None
+    mqn = q("mediarecords", mq) if mq else None
+    (plan,) = list(es_source._read_plans(rtype, rqn, mqn))  # one scroll, not id chunks
+    assert not isinstance(plan, dict)
+    names = ["uuid", "recordset"]
+    terms = duck.raw_terms(rtype, rqn, mqn)[:3]
+    ours = rows(es_source.batches(rtype, rqn, mqn, fields=names, raw_terms=terms, batch_size=37))
+    theirs = rows(duck.batches(rtype, rqn, mqn, fields=names, raw_terms=terms))
+    key = lambda r: json.dumps(r, sort_keys=True, default=str)  # noqa: E731  (a sort key)
+    assert sorted(map(key, ours)) == sorted(map(key, theirs)) and ours
+    links = [r["coreid"] for r in ours]
+    assert links == sorted(links)  # the merge reads in link order
+    # The shared read of an archive's two files gives the same rows from that one pass.
+    first, second = es_source.shared_batches(
+        rtype, rqn, mqn, [(names, []), (["uuid"], terms)], batch_size=37
+    )
+    assert rows(first()) == [{k: r[k] for k in ("coreid", *names)} for r in ours]
+    assert len(rows(second())) == len(ours)
