@@ -306,18 +306,10 @@ class ElasticsearchSource:
         )
 
     def _sorted_values(
-        self,
-        index: str,
-        clause: dict[str, Any],
-        field: str,
-        what: str,
-        chunk_size: int,
-        *,
-        distinct: bool = True,
+        self, index: str, clause: dict[str, Any], field: str, what: str, chunk_size: int
     ) -> Iterator[list[str]]:
         """Distinct values of the keyword ``field`` among documents of ``index`` matching
-        ``clause``, sorted, in chunks of ``chunk_size`` (see :meth:`_distinct`); every
-        document's value, repeats kept, when not ``distinct``."""
+        ``clause``, sorted, in chunks of ``chunk_size`` (see :meth:`_distinct`)."""
         chunk: list[str] = []
         last: Any = None
         scroll_id: str | None = None
@@ -339,7 +331,7 @@ class ElasticsearchSource:
                     break
                 for hit in hits:
                     value = (hit.get("sort") or [None])[0]
-                    if value is None or (distinct and value == last):
+                    if value is None or value == last:
                         continue
                     last = value
                     chunk.append(str(value))
