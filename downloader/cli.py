@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from downloader.errors import BuildFailed, ConfigError
+from downloader.errors import BuildFailed, ConfigError, SourceUnavailable
 
 if TYPE_CHECKING:  # pragma: no cover
     from downloader.config import Settings
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     for register in (
         _register_ingest,
         _register_count,
+        _register_reindex,
         _register_serve,
         _register_worker,
         _register_cleanup,
@@ -307,6 +308,67 @@ class _IndexPusher:
             return 0
 
 
+def _register_reindex(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "reindex",
+        help="fill or rebuild the search indices from the embedded store, without new versions",
+        description="Copy DATA_DIR/records.duckdb (the staging store `ingest` fills) into the "
+        "search cluster named by elasticsearch_url and elasticsearch_index_prefix, keeping "
+        "every recordset version and etag, so exports and downloads of the data keep working. "
+        "A document the index already holds with the same version and etag is skipped, so an "
+        "interrupted run started again writes only what is missing; documents of a recordset "
+        "that the store no longer holds are removed. The data version changes only when the "
+        "indices had none or their content had to change.",
+    )
+    _add_data_dir(p)
+    p.add_argument(
+        "--recordset",
+        action="append",
+        default=None,
+        metavar="ID",
+        help="only this recordset (repeat for several; default: every recordset of the store)",
+    )
+    p.set_defaults(func=_reindex)
+
+
+def _reindex(args: argparse.Namespace) -> int:
+    from downloader.ingest.cluster import ReindexCounts, reindex_store
+    from downloader.ingest.load import store_path
+    from downloader.sources.elasticsearch import ElasticsearchSource
+
+    settings = _settings(args)
+    store = store_path(settings.data_path)
+    if not store.exists():
+        print(f"downloader reindex: no record store at {store}", file=sys.stderr)
+        return 1
+    source = ElasticsearchSource.from_settings(settings)
+    seen = {"records": 0, "mediarecords": 0}
+
+    def report(rs: str, counts: ReindexCounts) -> None:
+        done = {k: counts.written[k] + counts.skipped[k] for k in seen}
+        print(
+            f"recordset {rs}: {done['records'] - seen['records']} records, "
+            f"{done['mediarecords'] - seen['mediarecords']} media records in the index",
+            flush=True,
+        )
+        seen.update(done)
+
+    try:
+        counts = reindex_store(store, source, recordsets=args.recordset, on_recordset=report)
+    except (SourceUnavailable, BuildFailed) as exc:
+        print(f"downloader reindex: {exc}; run it again to go on", file=sys.stderr)
+        return 1
+    print(
+        f"{counts.recordsets} recordset(s) in {source.index_prefix}*: "
+        f"written {counts.written['records']} records and "
+        f"{counts.written['mediarecords']} media records, skipped {counts.skipped['records']} "
+        f"and {counts.skipped['mediarecords']} already indexed, removed "
+        f"{counts.removed['records']} and {counts.removed['mediarecords']}; data version "
+        f"{counts.data_version}" + (" (new)" if counts.new_data_version else " (unchanged)")
+    )
+    return 0
+
+
 def _export_hook(settings: Settings) -> Callable[[Any], None]:
     """The ingest hook of :mod:`downloader.service.exports`: with Celery the export is sent to the
     workers at once; otherwise it waits in the job store for ``downloader serve``."""
@@ -434,7 +496,25 @@ def _register_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--pool", default="prefork", choices=("prefork", "solo", "threads"), help="Celery pool"
     )
     p.add_argument("--hostname", default=None, help="worker node name (default: celery@host)")
+    p.add_argument(
+        "--queues",
+        default="small,large",
+        type=_queue_list,
+        help="the queues this worker consumes, comma-separated: small (jobs under "
+        "large_job_records records), large, or both (default: small,large). Keep some "
+        "workers on small alone so small downloads never wait behind large ones",
+    )
     p.set_defaults(func=_worker)
+
+
+def _queue_list(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(q.strip() for q in text.split(",") if q.strip()))
+    wrong = [q for q in names if q not in ("small", "large")]
+    if not names or wrong:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give small, large or small,large (not {', '.join(wrong) or 'nothing'})"
+        )
+    return names
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -447,6 +527,7 @@ def _worker(args: argparse.Namespace) -> int:
             loglevel=args.loglevel,
             pool=args.pool,
             hostname=args.hostname,
+            queues=args.queues,
         )
     except ConfigError as exc:  # e.g. the S3 bucket is missing and s3_create_bucket is off
         raise SystemExit(f"downloader: configuration error: {exc}") from exc

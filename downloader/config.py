@@ -49,6 +49,8 @@ class Settings:
     worker_max_jobs: int
     worker_max_rss_mb: int
     worker_nice: int
+    large_job_records: int
+    small_job_workers: int
     reuse_window_hours: float
     retention_days: float
     max_attempts: int
@@ -229,6 +231,8 @@ def _build(raw: dict[str, Any], *, origin: str, origins: dict[str, str] | None =
         "transient_retry_seconds",
         "cleanup_interval_seconds",
         "shutdown_grace_seconds",
+        "large_job_records",
+        "small_job_workers",
         "max_download_records",
         "new_jobs_per_minute",
         "active_jobs_per_requester",

@@ -153,6 +153,15 @@ class JobStore(Protocol):
         """Record build progress cheaply (called every few thousand records)."""
         ...
 
+    def add_counters(self, increments: dict[str, float]) -> None:
+        """Add to named service-wide counters, all at once (a finished build's figures,
+        see :mod:`downloader.build.stats`); a counter starts at 0."""
+        ...
+
+    def counters(self) -> dict[str, float]:
+        """Every counter :meth:`add_counters` made, with its value."""
+        ...
+
     def request_cancel(self, job_id: str) -> None:
         """Flag the job so its worker stops at the next check."""
         ...
@@ -257,8 +266,10 @@ class Storage(Protocol):
 class Dispatcher(Protocol):
     """Runs ``build_archive(job_id)`` somewhere: local worker processes or Celery."""
 
-    def dispatch(self, job_id: str) -> None:
-        """Queue the job (it is already saved in the job store)."""
+    def dispatch(self, job_id: str, *, records: int | None = None) -> None:
+        """Queue the job (it is already saved in the job store). ``records``: how many
+        records its query matched (``Job.counted_records``), which routes it to the small
+        or the large queue (see :mod:`downloader.dispatch.routing`); None: small."""
         ...
 
 

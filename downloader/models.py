@@ -72,6 +72,10 @@ class Job:
     #: Who the job is counted against for ``active_jobs_per_requester``: ``email:<address>``
     #: or ``client:<address>`` of the request that created it (None: not counted).
     requester: str | None = None
+    #: Records its query matched when the job was created (the core's count; a recordset
+    #: export's record count), or None: it routes the job to the small or the large queue
+    #: (``large_job_records``, see :mod:`downloader.dispatch.routing`).
+    counted_records: int | None = None
 
     @property
     def interruptions(self) -> int:

@@ -29,7 +29,7 @@ from downloader.config import Settings
 from downloader.errors import JobNotFound, RequestError, SourceUnavailable, StorageUnavailable
 from downloader.service import downloads as service
 from downloader.service.jobs import is_admin
-from downloader.service.limits import Caller
+from downloader.service.limits import Caller, LimitExceeded
 from query.errors import QueryError
 
 log = logging.getLogger(__name__)
@@ -266,6 +266,10 @@ class BaseHandler(RequestHandler):
         exc = exc_info[1] if exc_info else None
         status, body = _error_body(exc, status_code, self._reason)
         body["status"] = status
+        limit = getattr(exc, "extra", {}).get("limit") if isinstance(exc, LimitExceeded) else None
+        metrics = self.application.settings.get("metrics")
+        if limit and metrics is not None:
+            metrics.limit_hits.labels(str(limit)).inc()
         self.set_status(status)
         if status == 405:
             self.set_header("Allow", ", ".join(self.allowed_methods()))

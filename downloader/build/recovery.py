@@ -43,7 +43,8 @@ def requeue_stale(ctx: Context, dispatcher: Dispatcher) -> list[str]:
             job_id,
             ctx.settings.stale_job_seconds,
         )
-        dispatcher.dispatch(job_id)
+        job = ctx.jobs.get(job_id)
+        dispatcher.dispatch(job_id, records=job.counted_records if job else None)
     return ids
 
 
@@ -75,6 +76,6 @@ def redispatch_unclaimed(ctx: Context, dispatcher: Dispatcher) -> list[str]:
             if len(_resent) > 100_000:
                 _resent.clear()
         log.info("job %s: no worker took it for %g s; sent again", job.id, window)
-        dispatcher.dispatch(job.id)
+        dispatcher.dispatch(job.id, records=job.counted_records)
         ids.append(job.id)
     return ids

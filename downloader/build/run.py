@@ -30,6 +30,7 @@ from archive import (
 from downloader.backends import Context
 from downloader.build.plan import ArchivePlan, archive_filename, archive_key, plan_archive
 from downloader.build.progress import ProgressReporter
+from downloader.build.stats import record_outcome
 from downloader.errors import JobStoreUnavailable, SourceUnavailable, StorageUnavailable
 from downloader.links import content_type, download_url, job_base_url, status_url
 from downloader.models import Job, now_utc
@@ -89,12 +90,15 @@ def notify_ready(ctx: Context, job: Job) -> None:
     )
 
 
-def fail_job(ctx: Context, job: Job, error: str) -> Job:
-    """Mark the job FAILURE with a message for the researcher and mail every address."""
+def fail_job(ctx: Context, job: Job, error: str, *, reason: str = "unexpected") -> Job:
+    """Mark the job FAILURE with a message for the researcher and mail every address;
+    ``reason`` (one of :data:`~downloader.build.stats.FAILURE_REASONS`) is counted for
+    ``/metrics``."""
     job.state = "FAILURE"
     job.error = error
     job.completed = now_utc()
     ctx.jobs.save(job)
+    record_outcome(ctx.jobs, job, reason=reason)
     current = ctx.jobs.get(job.id) or job
     send_failure_email(
         ctx.mailer, current, status_url=status_url(current, job_base_url(ctx.settings, current))
@@ -124,6 +128,7 @@ def build_archive(job_id: str, ctx: Context) -> Job | None:
             f"The archive build was interrupted {job.interruptions - 1} times (the worker stopped "
             "or the service restarted) and was given up. Please request the download again; "
             "if it keeps failing, narrow the query or tell the service's operators.",
+            reason="interrupted",
         )
     log.info("job %s started (attempt %d)", job.id, job.attempts)
     if job.retry_at is not None:
@@ -173,6 +178,7 @@ def build_archive(job_id: str, ctx: Context) -> Job | None:
             job.error = "The download was cancelled before its archive was finished."
             job.completed = now_utc()
             ctx.jobs.save(job)
+            record_outcome(ctx.jobs, job)
             log.info("job %s cancelled", job.id)
             return job
         except ArchiveError as exc:
@@ -182,12 +188,14 @@ def build_archive(job_id: str, ctx: Context) -> Job | None:
                 job,
                 f"The archive could not be written: {exc}. Please change the query or the "
                 "field lists, or report it to the service's operators with the status link.",
+                reason="archive_error",
             )
         except Exception as exc:
             _discard(ctx, key, writer)
             return _stopped(ctx, job, exc)
         _succeeded(job, plan, result, key, filename, retention_days=settings.retention_days)
     ctx.jobs.save(job)
+    record_outcome(ctx.jobs, job)
     log.info("job %s done: %d bytes, %s", job.id, job.size, job.counts)
     notify_ready(ctx, job)
     return job
@@ -337,7 +345,17 @@ def _transient(ctx: Context, job: Job, exc: Exception) -> Job:
         job,
         f"{reason}. This is a problem on our side, not with your query: please request the "
         "download again later.",
+        reason=_failure_reason(exc),
     )
+
+
+def _failure_reason(exc: Exception) -> str:
+    """The ``/metrics`` failure reason of a transient error that outlasted its retries."""
+    if isinstance(exc, SourceUnavailable):
+        return "source_unavailable"
+    if isinstance(exc, JobStoreUnavailable):
+        return "job_store_unavailable"
+    return "storage_unavailable"
 
 
 def _span(since: datetime, now: datetime) -> str:
@@ -358,6 +376,7 @@ def _no_space(ctx: Context, job: Job, exc: BaseException) -> Job:
         "The service ran out of disk space while writing this archive, so it was not "
         "finished (its partial file has been removed). This is a problem on our side, not "
         "with your query: please request the download again later.",
+        reason="no_space",
     )
 
 

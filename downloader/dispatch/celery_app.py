@@ -24,6 +24,12 @@ Delivery, and why it is safe to lose a worker at any moment:
 - ``worker_prefetch_multiplier = 1``: builds take minutes to hours; a worker must not hold
   queued messages that idle workers could start.
 - The job store's claim decides whether a delivery builds anything, so duplicates are cheap.
+
+Two queues (:mod:`downloader.dispatch.routing`): ``downloads`` for small jobs and
+``downloads-large`` for jobs of at least ``large_job_records`` records; the dispatcher
+picks one when it sends the job. A worker consumes both unless told otherwise
+(``downloader worker --queues small``), so small downloads never wait behind large ones
+where some workers build only small ones.
 """
 
 from __future__ import annotations
@@ -33,9 +39,10 @@ from typing import Any
 from celery import Celery
 
 from downloader.config import Settings, load_settings
+from downloader.dispatch.routing import QUEUE_NAMES, SMALL_QUEUE
 
-#: The queue archive builds go to (one queue: all builds are alike).
-QUEUE = "downloads"
+#: The queue archive builds go to unless the dispatcher names one (small jobs).
+QUEUE = SMALL_QUEUE
 
 
 def time_limits(settings: Settings) -> tuple[int, int, int]:
@@ -64,6 +71,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_default_queue": QUEUE,
+        # The large queue is named by the dispatcher and by `--queues`: Celery makes the
+        # queues it is told of (task_create_missing_queues), so none is declared here.
+        "task_create_missing_queues": True,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_time_limit": hard,
@@ -142,16 +152,19 @@ def run_worker(
     loglevel: str = "INFO",
     pool: str = "prefork",
     hostname: str | None = None,
+    queues: tuple[str, ...] = ("small", "large"),
 ) -> None:
-    """Run a Celery worker for archive builds in this process (``downloader worker``)."""
+    """Run a Celery worker for archive builds in this process (``downloader worker``),
+    consuming ``queues`` (``small``, ``large``: see :mod:`downloader.dispatch.routing`)."""
     settings = load_settings()
+    names = [QUEUE_NAMES[q] for q in queues]
     prepare_storage(settings)
     argv = [
         "worker",
         f"--loglevel={loglevel}",
         f"--concurrency={concurrency or settings.workers}",
         f"--pool={pool}",
-        f"--queues={QUEUE}",
+        f"--queues={','.join(names)}",
         # Builds are long; events and gossip between workers are of no use here.
         "--without-gossip",
         "--without-mingle",

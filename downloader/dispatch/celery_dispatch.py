@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from downloader.config import Settings
+from downloader.dispatch.routing import queue_for
 
 
 class CeleryDispatcher:
@@ -19,9 +20,12 @@ class CeleryDispatcher:
         self.settings = settings
         self.app = make_celery(settings)
 
-    def dispatch(self, job_id: str) -> None:
-        """Queue the build of ``job_id``."""
-        self.app.send_task("downloader.build_archive", args=[job_id])
+    def dispatch(self, job_id: str, *, records: int | None = None) -> None:
+        """Queue the build of ``job_id`` on the small or the large queue (by ``records``,
+        see :mod:`downloader.dispatch.routing`). A retry of the task stays on its queue."""
+        self.app.send_task(
+            "downloader.build_archive", args=[job_id], queue=queue_for(self.settings, records)
+        )
 
     def ping(self) -> bool:
         """Whether the broker accepts connections (for health checks)."""

@@ -14,6 +14,11 @@ with it. After a restart, PENDING jobs simply run; a job left STARTED by a proce
 counts as interrupted: it is queued again until it has been started ``max_attempts`` times,
 then it fails with a message saying so (and its requesters are told).
 
+Small downloads never wait behind large ones (:mod:`downloader.dispatch.routing`): queued
+small jobs start before large ones, and large jobs never take the last
+``small_job_workers`` idle workers (with the default two workers, one builds large jobs and
+the other stays for small ones, which also use any worker large jobs leave idle).
+
 The local dispatcher assumes it is the only one working on its job store (one ``serve`` per
 data directory, which the embedded SQLite store implies anyway).
 """
@@ -34,6 +39,7 @@ from typing import Any
 from downloader.backends import Context, make_context
 from downloader.build import fail_job
 from downloader.config import Settings
+from downloader.dispatch.routing import is_large, small_reserve
 from downloader.dispatch.worker import run_job, serve_jobs
 from downloader.models import now_utc
 
@@ -58,6 +64,7 @@ class _Run:
     process: BaseProcess
     started: float
     worker: _Worker | None = None
+    large: bool = False
 
 
 class _Wakeup:
@@ -100,8 +107,9 @@ class LocalDispatcher:
 
     # --- Dispatcher ---------------------------------------------------------------------
 
-    def dispatch(self, job_id: str) -> None:
-        """The job is saved as PENDING; wake the supervisor to start it if a worker is free."""
+    def dispatch(self, job_id: str, *, records: int | None = None) -> None:
+        """The job is saved as PENDING; wake the supervisor to start it if a worker is free
+        (its size is read from the job store, ``Job.counted_records``)."""
         self._wake.set()
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -235,21 +243,37 @@ class LocalDispatcher:
         if not idle or self._stopping.is_set():
             return
         now = now_utc()
-        for job in self.ctx.jobs.pending_jobs():
+        # Large jobs may use every worker but the reserved ones; small jobs go first (the
+        # store's order, oldest first, is kept within each size).
+        large_slots = self.settings.workers - small_reserve(self.settings)
+        large_slots -= sum(1 for r in self._running.values() if r.large)
+        queued = [
+            (is_large(self.settings, job.counted_records), job)
+            for job in self.ctx.jobs.pending_jobs()
+            if job.state == "PENDING" and job.id not in self._running
+        ]
+        queued.sort(key=lambda pair: pair[0])
+        for large, job in queued:
             if not idle:
                 break
-            if job.state != "PENDING" or job.id in self._running:
-                continue
             if job.retry_at is not None and job.retry_at > now:
                 continue  # waiting out its backoff after a transient error
+            if large and large_slots <= 0:
+                continue
             worker = idle.pop(0)
             try:
                 worker.conn.send(job.id)
             except (OSError, ValueError):
                 continue  # it died just now; reaped next turn
             worker.job_id = job.id
-            self._running[job.id] = _Run(worker.process, time.monotonic(), worker)
-            log.info("job %s: handed to worker process %s", job.id, worker.process.pid)
+            self._running[job.id] = _Run(worker.process, time.monotonic(), worker, large)
+            large_slots -= large
+            log.info(
+                "job %s (%s): handed to worker process %s",
+                job.id,
+                "large" if large else "small",
+                worker.process.pid,
+            )
 
     def _reap(self) -> None:
         for worker in list(self._workers):
@@ -335,6 +359,7 @@ class LocalDispatcher:
                     f"The archive took longer than the limit of {_duration(limit)} to build "
                     "and was stopped. Please narrow the query (fewer records, or fewer "
                     "columns with record_fields) and request it again.",
+                    reason="time_limit",
                 )
 
     def _interrupted(self, job_id: str, why: str) -> None:
@@ -349,6 +374,7 @@ class LocalDispatcher:
                 f"The archive build was interrupted {job.interruptions} times ({why}) and was "
                 "given up. Please request the download again; if it keeps failing, narrow "
                 "the query or tell the service's operators.",
+                reason="interrupted",
             )
             return
         log.warning("job %s interrupted (%s); queued again", job_id, why)

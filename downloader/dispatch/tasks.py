@@ -51,6 +51,7 @@ class BuildTask(Task):
             job,
             f"The archive took longer than the service's limit of {limit} seconds to build "
             "and was stopped. Please narrow the query (fewer records) and request it again.",
+            reason="time_limit",
         )
 
 

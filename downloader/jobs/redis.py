@@ -381,6 +381,20 @@ class RedisJobStore:
         )
 
     @_edge
+    def add_counters(self, increments: dict[str, float]) -> None:
+        """Add to service-wide counters (one hash), in one MULTI/EXEC."""
+        pipe = self.redis.pipeline(transaction=True)
+        for name, value in increments.items():
+            pipe.hincrbyfloat(f"{self.prefix}counters", name, value)
+        pipe.execute()
+
+    @_edge
+    def counters(self) -> dict[str, float]:
+        """Every counter and its value."""
+        raw = self.redis.hgetall(f"{self.prefix}counters")
+        return {str(k): float(v) for k, v in raw.items()}
+
+    @_edge
     def request_cancel(self, job_id: str) -> None:
         """Flag the job so its worker stops at the next check."""
         key = self._job_key(job_id)

@@ -57,6 +57,10 @@ CREATE TABLE IF NOT EXISTS job_owners (
     PRIMARY KEY (owner, job_id)
 );
 CREATE INDEX IF NOT EXISTS owners_by_time ON job_owners (owner, added);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value REAL NOT NULL
+);
 """
 
 _DATETIME_FIELDS = frozenset(
@@ -398,6 +402,20 @@ class SQLiteJobStore:
                 "WHERE id = ?",
                 (records_written, total_records, time.time(), job_id),
             )
+
+    def add_counters(self, increments: dict[str, float]) -> None:
+        """Add to service-wide counters in one transaction."""
+        with self._transaction() as conn:
+            conn.executemany(
+                "INSERT INTO counters (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                list(increments.items()),
+            )
+
+    def counters(self) -> dict[str, float]:
+        """Every counter and its value."""
+        with self._reader() as conn:
+            return {r[0]: float(r[1]) for r in conn.execute("SELECT name, value FROM counters")}
 
     def request_cancel(self, job_id: str) -> None:
         """Flag the job so its worker stops at the next check."""

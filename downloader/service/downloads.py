@@ -164,21 +164,32 @@ def request_download(
     )
     window = ctx.settings.reuse_window_hours
     reuse_after = now - timedelta(hours=window)
+    counted: list[int] = []
+
+    def count_once() -> int:
+        # One count per request, shared by the size limit and the queue routing.
+        if not counted:
+            counted.append(_count(ctx, request))
+        return counted[0]
+
+    reusable = None
     if caller is not None:
         reusable = None if forced or window == 0 else _reusable(ctx, candidate, reuse_after)
         if reusable is None:
-            limits.check_new_job(
-                ctx, caller, email=address, count_records=lambda: _count(ctx, request)
-            )
+            limits.check_new_job(ctx, caller, email=address, count_records=count_once)
         elif address and address not in reusable.emails:
             limits.check_email(ctx, caller, address)
+    if reusable is None and (ctx.settings.large_job_records or counted):
+        # Counted now, before the job exists, so it goes to the small or the large queue
+        # (downloader.dispatch.routing) from the start.
+        candidate.counted_records = count_once()
     job, created = ctx.jobs.create_or_reuse(
         candidate, reuse_after=reuse_after, force=forced or window == 0
     )
     if created:
         if ctx.dispatcher is None:
             raise RuntimeError("this process has no dispatcher; it cannot start jobs")
-        ctx.dispatcher.dispatch(job.id)
+        ctx.dispatcher.dispatch(job.id, records=job.counted_records)
         log.info("job %s created for %s", job.id, job.request)
     elif address:
         if address not in job.emails:

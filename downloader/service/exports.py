@@ -321,6 +321,7 @@ def start_export(
     dispatched."""
     rs = normalise_recordset(recordset)
     candidate = _new_job(ctx, rs, version, last_updated or now_utc(), base_url=base_url, form=form)
+    candidate.counted_records = _count_export(ctx, candidate)
     job, created = ctx.jobs.create_or_reuse(candidate, reuse_after=None)
     if created:
         _dispatch(ctx, job)
@@ -328,9 +329,21 @@ def start_export(
     return job, created
 
 
+def _count_export(ctx: Context, job: Job) -> int | None:
+    """The version's record count, which routes its export to the small or the large queue
+    (only counted when ``large_job_records`` is set; None when the store cannot say)."""
+    if not ctx.settings.large_job_records:
+        return None
+    try:
+        return ctx.source().count("records", job.request.get("rq"), None)
+    except Exception as exc:  # routing is a hint: an unknown size goes to the small queue
+        log.warning("export %s: records not counted for routing (%s)", job.id, exc)
+        return None
+
+
 def _dispatch(ctx: Context, job: Job) -> None:
     if ctx.dispatcher is not None:
-        ctx.dispatcher.dispatch(job.id)
+        ctx.dispatcher.dispatch(job.id, records=job.counted_records)
     # Without a dispatcher (``downloader ingest`` in its own process) the job waits PENDING
     # in the job store, where the serving process's local dispatcher finds it on its next
     # look, or builds it when it starts.

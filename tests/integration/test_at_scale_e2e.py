@@ -49,6 +49,8 @@ N_RECORDS = 4000
 #: Small pages and frequent progress make a build take many round trips, so the test can
 #: observe it mid-way (and kill it there) without any sleep-based timing.
 BATCH_SIZE = 20
+#: large_job_records of the stack.
+LARGE = 1000
 
 
 @dataclass
@@ -64,10 +66,14 @@ class Stack:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
 
-    def start_worker(self, name: str, *, pool: str = "solo", **env: str) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, name: str, *, pool: str = "solo", queues: str | None = None, **env: str
+    ) -> subprocess.Popen[bytes]:
         log = self.tmp / f"{name}.log"
         self.logs.append(log)
         argv = [str(BIN / "downloader"), "worker", "--pool", pool, "--hostname", f"{name}@e2e"]
+        if queues:
+            argv += ["--queues", queues]
         if pool == "prefork":
             argv += ["--concurrency", "1"]
         proc = subprocess.Popen(
@@ -176,6 +182,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "DOWNLOADER_STALE_JOB_SECONDS": "6",
             "DOWNLOADER_MAX_ATTEMPTS": "2",
             "DOWNLOADER_CLEANUP_INTERVAL_SECONDS": "0",
+            # Jobs of LARGE or more records go to the downloads-large queue.
+            "DOWNLOADER_LARGE_JOB_RECORDS": str(LARGE),
         }
         env.pop("DOWNLOADER_CONFIG", None)
         serve_log = tmp / "serve.log"
@@ -359,6 +367,50 @@ def test_a_killed_pool_process_has_its_job_built_again_not_dropped(stack: Stack)
     _check_archive(stack, final, rq)
     assert len(_published(stack)) == len(before) + 1
     stack.kill(worker)
+
+
+def test_small_jobs_have_their_own_queue_and_never_wait_behind_large_ones(
+    stack: Stack,
+) -> None:
+    import redis
+
+    _only_workers(stack)
+    small_worker = stack.start_worker("small1", queues="small")
+    large_rq, small_rq = {}, {"genus": "betula"}
+    assert stack.source.count("records", validate_query(large_rq, "records"), None) >= LARGE
+    assert 0 < stack.source.count("records", validate_query(small_rq, "records"), None) < LARGE
+    large = stack.request(large_rq, "large@example.org")
+    small = stack.request(small_rq, "small@example.org")
+    done, _ = stack.wait(small["status_url"], lambda s: s["complete"])
+    assert done["task_status"] == "SUCCESS", done
+    _check_archive(stack, done, small_rq)
+    # Nobody consumes the large queue yet: the large job waits there, not in front of the
+    # small one.
+    waiting = stack.status(large["status_url"])
+    assert waiting["task_status"] == "PENDING" and waiting["records_written"] == 0
+    broker = redis.Redis.from_url(stack.env["DOWNLOADER_CELERY_BROKER_URL"])
+    assert broker.llen("downloads-large") >= 1
+    stack.start_worker("large1", queues="large")
+    final, _ = stack.wait(large["status_url"], lambda s: s["complete"], timeout=150)
+    assert final["task_status"] == "SUCCESS", final
+    _check_archive(stack, final, large_rq)
+    assert final["records_written"] == final["total_records"]
+    for proc in stack.workers:
+        stack.kill(proc)
+    assert small_worker.poll() is not None
+    # The Celery workers' build figures reach serve's /metrics through the Redis job store.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"{stack.base_url}/metrics", timeout=30).text
+    got = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert got[("dwca_builds_total", (("state", "SUCCESS"),))] >= 2
+    assert got[("dwca_build_seconds_count", ())] >= 2
+    assert got[("dwca_build_records_total", ())] >= final["total_records"] + done["total_records"]
+    assert got[("dwca_queue_jobs", (("queue", "large"),))] == 0
 
 
 #: Retries after a transient error start one second apart (then 2, 4, 8 ... s).

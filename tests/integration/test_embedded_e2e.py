@@ -183,7 +183,7 @@ def test_jobs_queued_or_interrupted_while_down_run_after_a_restart(
     settings = load_settings({}, overrides={"data_dir": str(data_dir), "max_attempts": 3})
 
     class NoWorkers:
-        def dispatch(self, job_id: str) -> None:
+        def dispatch(self, job_id: str, *, records: int | None = None) -> None:
             """No service is running: the job stays queued in the store."""
 
     ctx = make_context(settings, dispatcher=NoWorkers())

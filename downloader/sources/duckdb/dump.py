@@ -74,3 +74,17 @@ class StoreDump:
             for row in batch.to_pylist():
                 row["data"] = json.loads(row["data"]) if row["data"] else {}
                 yield row
+
+    def deletions(self) -> Iterator[tuple[str, str, str, Any]]:
+        """``(rtype, uuid, recordset, deleted_at)`` of the deletion log, a batch in memory at
+        a time (nothing when the store has no log yet)."""
+        try:
+            reader = self._con.sql(
+                "SELECT rtype, uuid, recordset, deleted_at FROM deleted_records "
+                "ORDER BY rtype, uuid"
+            ).to_arrow_reader(DUMP_BATCH_ROWS)
+        except duckdb.CatalogException:
+            return
+        for batch in reader:
+            for row in batch.to_pylist():
+                yield row["rtype"], row["uuid"], row["recordset"], row["deleted_at"]

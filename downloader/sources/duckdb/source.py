@@ -117,6 +117,12 @@ def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _is_config_clash(exc: BaseException) -> bool:
+    """The file is open in this process with the other configuration (briefly, by a count:
+    wait for it as for a lock)."""
+    return "different configuration" in str(exc).lower()
+
+
 def _is_lock_error(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "lock" in text and ("could not set" in text or "conflicting" in text)
@@ -261,7 +267,15 @@ class DuckDBSource:
             try:
                 return duckdb.connect(str(self.path), read_only=True, config=config)
             except duckdb.Error as exc:
-                if not _is_lock_error(exc) or time.monotonic() >= deadline:
+                if _is_config_clash(exc) and config != _READ_CONFIG:
+                    # A batch stream of this process holds the file with its configuration
+                    # (DuckDB opens a file once per process): a count or tally uses that
+                    # one (one thread, less memory) rather than fail. Only builds running
+                    # in the API's own process (tests' threaded services) meet this.
+                    config = dict(_READ_CONFIG)
+                    continue
+                retry = _is_lock_error(exc) or _is_config_clash(exc)
+                if not retry or time.monotonic() >= deadline:
                     raise SourceUnavailable(
                         f"the record store {self.path} cannot be opened: {exc}"
                     ) from exc

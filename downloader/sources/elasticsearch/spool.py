@@ -127,7 +127,7 @@ class SharedRead:
         finished = False
         try:
             size = page_size(self.batch_size)
-            for plan in self.source._plans(rtype, self.rq, self.mq):
+            for plan in self.source._read_plans(rtype, self.rq, self.mq):
                 yield from self.source._pages(rtype, plan, reads, size, convert)
             finished = True
         finally:

@@ -15,7 +15,7 @@ from elastic_transport import TransportError
 from elasticsearch import ApiError, helpers
 
 from downloader.errors import BuildFailed
-from downloader.sources.elasticsearch.client import MAX_PAGE, call, translate
+from downloader.sources.elasticsearch.client import KEEP_ALIVE, MAX_PAGE, call, translate
 from downloader.sources.elasticsearch.source import META_ID, ElasticsearchSource, log_time
 from query.fields import RecordType
 
@@ -167,7 +167,7 @@ class ElasticsearchWriter:
         when = log_time(now or datetime.now(UTC))
         n_records = self.index_documents("records", records)
         n_media = self.index_documents("mediarecords", media)
-        self._index_extension_rows(rs, version, extension_rows)
+        self.replace_extension_rows(rs, version, extension_rows, drop_stale=False)
         # Documents that were indexed again replaced their old copies under the same _id; a
         # refresh makes searches see the new copies, so that only documents the new version
         # lacks count as removed.
@@ -193,20 +193,16 @@ class ElasticsearchWriter:
                 refresh=True,
                 conflicts="proceed",
             )
-        stale_rows = {
-            "bool": {
-                "filter": [{"term": {"recordset": rs}}],
-                "must_not": [{"term": {"version": version}}],
-            }
-        }
-        call(
-            f"removing old extension rows of {rs}",
-            self.es.delete_by_query,
-            index=self.source.extensions_index,
-            query=stale_rows,
-            refresh=True,
-            conflicts="proceed",
-        )
+        self._drop_stale_extension_rows(rs, version)
+        self.write_recordset(recordset, extension_files=extension_files)
+        return n_records, n_media
+
+    def write_recordset(
+        self, recordset: dict[str, Any], *, extension_files: Sequence[dict[str, Any]] = ()
+    ) -> None:
+        """Write a recordset's own document (name, version, EML, terms, the extension files
+        it was published with) under its id."""
+        rs = recordset["recordset"]
         doc = document_from_row(recordset)
         if doc.get("eml") is not None:
             doc["eml"] = {"text": doc["eml"]}
@@ -226,7 +222,95 @@ class ElasticsearchWriter:
             id=rs,
             document=doc,
         )
-        return n_records, n_media
+
+    def indexed(self, rtype: RecordType, recordset: str) -> Iterator[tuple[str, Any, Any]]:
+        """``(uuid, version, etag)`` of every document of ``recordset`` in the index, by
+        uuid: one sorted scroll, a page in memory at a time (what a reindex compares the
+        store's rows with)."""
+        what = f"listing the indexed {rtype} of {recordset}"
+        scroll_id: str | None = None
+        try:
+            answer = call(
+                what,
+                self.es.search,
+                index=self.source.index(rtype),
+                query={"term": {"recordset": recordset}},
+                sort=[{"uuid": "asc"}],
+                source=["uuid", "version", "etag"],
+                size=MAX_PAGE,
+                scroll=KEEP_ALIVE,
+            )
+            while True:
+                scroll_id = answer.get("_scroll_id") or scroll_id
+                hits = answer["hits"]["hits"]
+                if not hits:
+                    break
+                for hit in hits:
+                    doc = hit.get("_source") or {}
+                    yield str(doc.get("uuid", hit["_id"])), doc.get("version"), doc.get("etag")
+                answer = call(what, self.es.scroll, scroll_id=scroll_id, scroll=KEEP_ALIVE)
+        finally:
+            if scroll_id:
+                self.source._clear_scroll(scroll_id)
+
+    def delete_documents(self, rtype: RecordType, uuids: Iterable[str]) -> int:
+        """Remove documents by uuid (those already gone count as removed)."""
+        index = self.source.index(rtype)
+        return self._bulk(index, ({"_op_type": "delete", "_index": index, "_id": u} for u in uuids))
+
+    def log_deletions(self, entries: Iterable[tuple[str, str, str, datetime]]) -> int:
+        """Write ``(rtype, uuid, recordset, deleted)`` entries into the deletion log
+        (``_id`` rtype:uuid, so writing one again changes nothing)."""
+        index = self.source.deleted_index
+        actions = (
+            {
+                "_index": index,
+                "_id": f"{rtype}:{uuid}",
+                "_source": {
+                    "uuid": uuid,
+                    "rtype": rtype,
+                    "recordset": recordset,
+                    "deleted": log_time(when).isoformat(timespec="milliseconds"),
+                },
+            }
+            for rtype, uuid, recordset, when in entries
+        )
+        return self._bulk(index, actions)
+
+    def has_data_version(self) -> bool:
+        """Whether the indices carry a data version (any push or finished reindex wrote one)."""
+        return self.source.data_version() != "0"
+
+    def replace_extension_rows(
+        self,
+        recordset: str,
+        version: Any,
+        rows: Iterable[dict[str, Any]],
+        *,
+        drop_stale: bool = True,
+    ) -> int:
+        """Index a recordset version's extension rows and (with ``drop_stale``) remove the
+        rows of its other versions. Idempotent: each row's ``_id`` is fixed by its place."""
+        n = self._index_extension_rows(recordset, version, rows)
+        if drop_stale:
+            self._drop_stale_extension_rows(recordset, version)
+        return n
+
+    def _drop_stale_extension_rows(self, recordset: str, version: Any) -> None:
+        stale_rows = {
+            "bool": {
+                "filter": [{"term": {"recordset": recordset}}],
+                "must_not": [{"term": {"version": version}}],
+            }
+        }
+        call(
+            f"removing old extension rows of {recordset}",
+            self.es.delete_by_query,
+            index=self.source.extensions_index,
+            query=stale_rows,
+            refresh=True,
+            conflicts="proceed",
+        )
 
     def _index_extension_rows(
         self, recordset: str, version: Any, rows: Iterable[dict[str, Any]]

@@ -33,9 +33,12 @@ class RecordingDispatcher:
 
     ids: list[str] = field(default_factory=list)
     build_in: Context | None = None
+    #: The ``records`` each dispatch carried (what routes it to a queue), by job id.
+    records: dict[str, int | None] = field(default_factory=dict)
 
-    def dispatch(self, job_id: str) -> None:
+    def dispatch(self, job_id: str, *, records: int | None = None) -> None:
         self.ids.append(job_id)
+        self.records[job_id] = records
         if self.build_in is not None:
             threading.Thread(target=build_archive, args=(job_id, self.build_in)).start()
 

@@ -41,7 +41,7 @@ class QueueDispatcher:
     threaded: bool = False
     threads: list[threading.Thread] = field(default_factory=list)
 
-    def dispatch(self, job_id: str) -> None:
+    def dispatch(self, job_id: str, *, records: int | None = None) -> None:
         self.ids.append(job_id)
         if self.threaded and self.ctx is not None:
             thread = threading.Thread(target=build_archive, args=(job_id, self.ctx))

@@ -25,7 +25,7 @@ class _Held:
     def __init__(self) -> None:
         self.ids: list[str] = []
 
-    def dispatch(self, job_id: str) -> None:
+    def dispatch(self, job_id: str, *, records: int | None = None) -> None:
         self.ids.append(job_id)
 
 

@@ -35,7 +35,7 @@ class _Down:
 
 
 class _SilentBroker:
-    def dispatch(self, job_id: str) -> None:
+    def dispatch(self, job_id: str, *, records: int | None = None) -> None:
         del job_id
 
     def ping(self) -> bool:

@@ -62,3 +62,54 @@ def test_json_log_lines(tmp_path: Path) -> None:
             root.removeHandler(handler)
         for handler in saved:
             root.addHandler(handler)
+
+
+def test_metrics_report_builds_failures_queues_and_limit_hits(tmp_path: Path) -> None:
+    """Build figures come from the job store (what workers in other processes added), the
+    queue by size, and the limit hits of this process."""
+    from downloader.build.stats import record_outcome
+    from tests.support.http import api_server
+    from tests.unit.downloader.conftest import RecordingDispatcher, local_context
+
+    ctx = local_context(tmp_path, records=30, large_job_records=20, new_jobs_per_minute=2)
+    assert isinstance(ctx.dispatcher, RecordingDispatcher)
+    with api_server(ctx) as url:
+        api = Api(url, ctx, ctx.dispatcher, ctx.mailer)  # type: ignore[arg-type]
+        small = api.get("/v2/download/", params={"rq": ACER}).json()
+        assert ctx.dispatcher.records[small["id"]] < 20  # acer: small; everything (30): large
+        large = api.get("/v2/download/", params={"rq": "{}"}).json()  # 30 records
+        # A third new job in a minute: refused, counted as a limit hit.
+        third = api.get("/v2/download/", params={"rq": '{"genus": "quercus"}'})
+        assert third.status_code == 429
+        before = samples(api)
+        assert before[("dwca_queue_jobs", (("queue", "small"),))] == 1
+        assert before[("dwca_queue_jobs", (("queue", "large"),))] == 1
+        assert before[("dwca_limit_hits_total", (("limit", "new_jobs_per_minute"),))] == 1
+        assert before[("dwca_builds_total", (("state", "SUCCESS"),))] == 0
+        done = api.build(small["id"])
+        assert done is not None and done.state == "SUCCESS" and done.size
+        # A second store object on the same file: what a worker process would write.
+        other = type(ctx.jobs)(ctx.jobs.path)  # type: ignore[attr-defined]
+        failed = ctx.jobs.get(small["id"])
+        assert failed is not None
+        failed.id, failed.state = "other", "FAILURE"
+        record_outcome(other, failed, reason="time_limit")
+        after = samples(api)
+        assert large["id"] in ctx.dispatcher.ids
+    get = after.get
+    assert get(("dwca_builds_total", (("state", "SUCCESS"),))) == 1
+    assert get(("dwca_builds_total", (("state", "FAILURE"),))) == 1
+    assert get(("dwca_build_failures_total", (("reason", "time_limit"),))) == 1
+    assert get(("dwca_build_failures_total", (("reason", "unexpected"),))) == 0
+    assert get(("dwca_build_seconds_count", ())) == 1
+    assert get(("dwca_build_seconds_bucket", (("le", "+Inf"),))) == 1
+    assert get(("dwca_archive_bytes_count", ())) == 1
+    assert get(("dwca_archive_bytes_sum", ())) == done.size
+    smallest = min(
+        float(dict(k[1])["le"])
+        for k, v in after.items()
+        if k[0] == "dwca_archive_bytes_bucket" and v == 1
+    )
+    assert smallest >= done.size  # the archive fell into the first bucket that holds it
+    assert get(("dwca_build_records_total", ())) == done.total_records > 0
+    assert get(("dwca_queue_jobs", (("queue", "small"),))) == 0

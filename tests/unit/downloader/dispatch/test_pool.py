@@ -179,3 +179,72 @@ def test_workers_build_at_a_lower_priority_than_serve(
     finally:
         dispatcher.stop(grace=0)
     assert job.source == str(min(19, os.nice(0) + nice))
+
+
+def gate_build(job_id: str, settings: Settings) -> int:
+    """Claim the job and hold it until the file its query names exists (a large build the
+    test lets finish when it chooses; no timing), then succeed."""
+    ctx = make_context(settings)
+    job = ctx.jobs.claim(job_id, max_attempts=settings.max_attempts)
+    if job is None:
+        return 0
+    gate = job.request["rq"].get("gate")
+    deadline = time.monotonic() + 120
+    while gate and not Path(gate).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    job.state = "SUCCESS"
+    job.source = str(os.getpid())
+    job.completed = now_utc()
+    ctx.jobs.save(job)
+    return 0
+
+
+def _sized(ctx: Context, dispatcher: LocalDispatcher, records: int, gate: Path | None) -> str:
+    job = Job(
+        id=str(uuid.uuid4()),
+        query_hash=str(uuid.uuid4()),
+        request={"rq": {"gate": str(gate) if gate else ""}},
+        query={},
+        data_version="1",
+        created=now_utc(),
+        counted_records=records,
+    )
+    stored, _ = ctx.jobs.create_or_reuse(job, reuse_after=None, force=True)
+    dispatcher.dispatch(stored.id, records=records)
+    return stored.id
+
+
+@pytest.mark.parametrize("reserve", [1, 0])
+def test_a_small_job_finishes_while_large_ones_hold_the_other_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reserve: int
+) -> None:
+    """Two workers (the default), two large builds queued first, then a small one: the
+    small job is built while the first large one is still building and the second waits
+    (one worker is kept for small jobs). Without the reserve both workers take large jobs
+    and the small one waits behind them (the parametrised control case)."""
+    monkeypatch.setattr(local, "run_job", gate_build)
+    ctx = _ctx(tmp_path, workers=2, large_job_records=1000, small_job_workers=reserve)
+    dispatcher = LocalDispatcher(ctx.settings, ctx=ctx)
+    gate = tmp_path / "release"
+    dispatcher.start()
+    try:
+        big1 = _sized(ctx, dispatcher, 5000, gate)
+        wait_for(ctx, big1, "STARTED")
+        big2 = _sized(ctx, dispatcher, 5000, gate)
+        if not reserve:
+            wait_for(ctx, big2, "STARTED")
+        small = _sized(ctx, dispatcher, 10, None)
+        if reserve:
+            done = wait_for(ctx, small, "SUCCESS")
+            assert ctx.jobs.get(big1).state == "STARTED"  # type: ignore[union-attr]
+            assert ctx.jobs.get(big2).state == "PENDING"  # type: ignore[union-attr]
+            assert done.completed is not None
+        gate.touch()
+        finished = {j: wait_for(ctx, j, "SUCCESS").completed for j in (big1, big2, small)}
+    finally:
+        dispatcher.stop(grace=0)
+    if reserve:
+        assert finished[small] < finished[big1] < finished[big2]  # type: ignore[operator]
+    else:
+        # Both workers held a large build: the small job waited for one of them.
+        assert finished[small] > min(finished[big1], finished[big2])  # type: ignore[type-var]

@@ -56,3 +56,34 @@ def check_owners(store: JobStore, make_job: Callable[[str], Job]) -> None:
     assert total == 3 and [j.id for j in page] == [jobs[1].id]
     assert [j.id for j in store.jobs_of_owner("bob", offset=0, limit=5)[0]] == [jobs[1].id]
     assert store.jobs_of_owner("nobody", offset=0, limit=5) == ([], 0)
+
+
+def check_counters(store: JobStore, other: JobStore, make_job: Callable[[str], Job]) -> None:
+    """A finished build's figures add up in the store, seen by another view of it (what a
+    worker writes and an API process reads), and survive a job's counted_records."""
+    from downloader.build.stats import outcome_counters, record_outcome
+
+    assert store.counters() == {}
+    job = make_job("counted")
+    job.counted_records = 1234
+    stored, _ = store.create_or_reuse(job, reuse_after=None)
+    again = other.get(stored.id)
+    assert again is not None and again.counted_records == 1234
+    done = store.claim(stored.id, max_attempts=3)
+    assert done is not None
+    done.state, done.size, done.total_records = "SUCCESS", 5_000_000, 10
+    done.completed = done.started
+    record_outcome(store, done)
+    record_outcome(other, done)
+    done.state = "FAILURE"
+    record_outcome(other, done, reason="no_space")
+    seen = other.counters()
+    assert seen == store.counters()
+    assert seen["builds|SUCCESS"] == 2 and seen["builds|FAILURE"] == 1
+    assert seen["failures|no_space"] == 1
+    assert (
+        seen.get("archive_bytes|le=1000000.0", 0) == 0 and seen["archive_bytes|le=10000000.0"] == 2
+    )
+    assert seen["archive_bytes|le=+Inf"] == 2 and seen["archive_bytes|sum"] == 10_000_000
+    assert seen["build_records|sum"] == 20
+    assert set(outcome_counters(done, reason="no_space")) == {"builds|FAILURE", "failures|no_space"}

@@ -13,7 +13,11 @@ import pytest
 from downloader.jobs.redis import RedisJobStore
 from downloader.models import Job
 from tests.support.redis_server import flush, free_port, running_redis
-from tests.unit.downloader.jobs.store_checks import check_owners, check_requeue_stale
+from tests.unit.downloader.jobs.store_checks import (
+    check_counters,
+    check_owners,
+    check_requeue_stale,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -198,3 +202,7 @@ def test_requeue_stale_puts_only_silent_started_jobs_back_to_pending(
 
 def test_owners_list_their_jobs(store: RedisJobStore) -> None:
     check_owners(store, make_job)
+
+
+def test_build_counters_add_up(store: RedisJobStore, redis_url: str) -> None:
+    check_counters(store, RedisJobStore(redis_url, stale_after_seconds=60), make_job)

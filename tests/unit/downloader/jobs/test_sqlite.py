@@ -13,7 +13,11 @@ import pytest
 
 from downloader.jobs.sqlite import SQLiteJobStore
 from downloader.models import Job
-from tests.unit.downloader.jobs.store_checks import check_owners, check_requeue_stale
+from tests.unit.downloader.jobs.store_checks import (
+    check_counters,
+    check_owners,
+    check_requeue_stale,
+)
 
 
 def make_job(query_hash: str = "h1", data_version: str = "1", **kw: object) -> Job:
@@ -191,3 +195,9 @@ def test_requeue_stale_puts_only_silent_started_jobs_back_to_pending(tmp_path: P
 
 def test_owners_list_their_jobs(tmp_path: Path) -> None:
     check_owners(SQLiteJobStore(tmp_path / "o.sqlite3"), make_job)
+
+
+def test_build_counters_add_up(tmp_path: Path) -> None:
+    check_counters(
+        SQLiteJobStore(tmp_path / "c.sqlite3"), SQLiteJobStore(tmp_path / "c.sqlite3"), make_job
+    )

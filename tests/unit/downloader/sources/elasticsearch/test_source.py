@@ -8,6 +8,7 @@ comparison with the DuckDB source is a comparison of the two query paths.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -356,3 +357,77 @@ def test_a_parquet_archive_from_the_cluster_holds_what_the_store_gives(
             other = store[name].schema.field(field.name)
             if not (pa.types.is_null(field.type) or pa.types.is_null(other.type)):
                 assert field.type == other.type, (name, field.name)
+
+
+@pytest.mark.parametrize(
+    ("rtype", "rq", "mq"),
+    [
+        ("mediarecords", {"kingdom": "plantae"}, None),
+        ("records", {"genus": "acer"}, {"format": "image/jpeg"}),
+        ("mediarecords", {"kingdom": "plantae"}, {"format": "image/jpeg"}),
+        ("records", None, {"format": "image/jpeg"}),
+    ],
+)
+def test_a_merged_rq_mq_tally_agrees_with_the_terms_filters_and_duckdb(
+    es_source: ElasticsearchSource,
+    duck: Any,
+    rtype: RecordType,
+    rq: dict[str, Any] | None,
+    mq: dict[str, Any] | None,
+) -> None:
+    rqn = q("records", rq) if rq else None
+    mqn = q("mediarecords", mq) if mq else None
+    merged = es_source._merged_tally(rtype, rqn, mqn)
+    assert merged is not None  # more ids than one chunk (id_chunk=100): the merge is taken
+    chunked = sum(
+        int(es_source.es.count(index=es_source.index(rtype), query=plan)["count"])
+        for plan in es_source._plans(rtype, rqn, mqn)
+    )
+    assert sum(merged.values()) == chunked == duck.count(rtype, rqn, mqn) > 0
+    assert merged == duck.recordset_counts(rtype, rqn, mqn)
+    assert es_source.count(rtype, rqn, mqn) == chunked
+
+
+def test_a_small_side_against_a_much_larger_one_keeps_the_terms_filters(
+    es_source: ElasticsearchSource,
+) -> None:
+    # Few acer records against every jpeg: reading all media would cost more than filters.
+    rqn, mqn = q("records", {"genus": "acer"}), q("mediarecords", {"format": "image/jpeg"})
+    few = es_source.count("records", rqn, None)
+    many = es_source.count("mediarecords", None, mqn)
+    assert few > es_source.id_chunk and many > 4 * few
+    assert es_source._merged_tally("mediarecords", rqn, mqn) is None
+
+
+@pytest.mark.parametrize(
+    ("rtype", "rq", "mq"),
+    [
+        ("mediarecords", {"kingdom": "plantae"}, None),
+        ("records", {"kingdom": "plantae"}, {"format": "image/jpeg"}),
+    ],
+)
+def test_a_merged_read_gives_the_rows_of_duckdb_in_one_pass(
+    es_source: ElasticsearchSource,
+    duck: Any,
+    rtype: RecordType,
+    rq: dict[str, Any] | None,
+    mq: dict[str, Any] | None,
+) -> None:
+    rqn = q("records", rq) if rq else None
+    mqn = q("mediarecords", mq) if mq else None
+    (plan,) = list(es_source._read_plans(rtype, rqn, mqn))  # one scroll, not id chunks
+    assert not isinstance(plan, dict)
+    names = ["uuid", "recordset"]
+    terms = duck.raw_terms(rtype, rqn, mqn)[:3]
+    ours = rows(es_source.batches(rtype, rqn, mqn, fields=names, raw_terms=terms, batch_size=37))
+    theirs = rows(duck.batches(rtype, rqn, mqn, fields=names, raw_terms=terms))
+    key = lambda r: json.dumps(r, sort_keys=True, default=str)  # noqa: E731  (a sort key)
+    assert sorted(map(key, ours)) == sorted(map(key, theirs)) and ours
+    links = [r["coreid"] for r in ours]
+    assert links == sorted(links)  # the merge reads in link order
+    # The shared read of an archive's two files gives the same rows from that one pass.
+    first, second = es_source.shared_batches(
+        rtype, rqn, mqn, [(names, []), (["uuid"], terms)], batch_size=37
+    )
+    assert rows(first()) == [{k: r[k] for k in ("coreid", *names)} for r in ours]
+    assert len(rows(second())) == len(ours)
