@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -28,7 +25,8 @@ from downloader.backends import make_context
 from downloader.config import load_settings
 from downloader.service import downloads as service
 from tests.support.schemas import check_archive_xml
-from tests.support.smtp import Inbox, free_port, smtp_server
+from tests.support.serve import Serve
+from tests.support.smtp import Inbox, smtp_server
 
 pytestmark = pytest.mark.integration
 
@@ -42,52 +40,19 @@ DWC_GENUS = "http://rs.tdwg.org/dwc/terms/genus"
 DEADLINE = 180.0
 
 
-class Server:
-    """``downloader serve`` as a subprocess."""
+class Server(Serve):
+    """``downloader serve`` as a subprocess, mailing through the test's SMTP server."""
 
     def __init__(self, data_dir: Path, inbox: Inbox, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = data_dir / f"serve-{self.port}.log"
-        environ = {
-            **os.environ,
-            "DOWNLOADER_SMTP_HOST": inbox.host,
-            "DOWNLOADER_SMTP_PORT": str(inbox.port),
-            "DOWNLOADER_MAIL_FROM": "downloads@example.org",
-            "DOWNLOADER_DISPATCH_POLL_SECONDS": "0.5",
-            **env,
-        }
-        with Path(self.log).open("wb") as log:
-            self.proc = subprocess.Popen(
-                [*DOWNLOADER, "serve", "--data-dir", str(data_dir), "--port", str(self.port)],
-                cwd=ROOT,
-                env=environ,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(self.url + "/healthz", timeout=5).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError("serve did not start:\n" + self.log.read_text())
-            time.sleep(0.2)
-
-    def get(self, path: str, **kw: Any) -> requests.Response:
-        return requests.get(self.url + path, timeout=60, **kw)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
+        super().__init__(
+            data_dir,
+            **{
+                "DOWNLOADER_SMTP_HOST": inbox.host,
+                "DOWNLOADER_SMTP_PORT": str(inbox.port),
+                "DOWNLOADER_MAIL_FROM": "downloads@example.org",
+                **env,
+            },
+        )
 
 
 def poll(status_url: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:

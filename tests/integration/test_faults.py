@@ -24,7 +24,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,13 +31,13 @@ from typing import Any
 
 import duckdb
 import pytest
-import requests
 from dwca.read import DwCAReader
 
 from downloader.backends import make_context
 from downloader.config import load_settings
 from tests.support.schemas import check_archive_xml
-from tests.support.smtp import Inbox, free_port, smtp_server
+from tests.support.serve import Serve as BaseServe
+from tests.support.smtp import Inbox, smtp_server
 
 pytestmark = pytest.mark.integration
 
@@ -53,51 +52,25 @@ EMAIL = "faults@example.org"
 DEADLINE = 120.0
 
 
-class Serve:
-    """``downloader serve`` in its own process group (so a fault can kill all of it)."""
+class Serve(BaseServe):
+    """``downloader serve`` in its own process group (so a fault can kill all of it), with
+    the fault points on its path and one worker building in many small batches."""
 
     def __init__(self, data_dir: Path, inbox: Inbox, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = data_dir / f"serve-{self.port}.log"
-        environ = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(FAULTS), str(ROOT)]),
-            "DOWNLOADER_SMTP_HOST": inbox.host,
-            "DOWNLOADER_SMTP_PORT": str(inbox.port),
-            "DOWNLOADER_MAIL_FROM": "downloads@example.org",
-            "DOWNLOADER_DISPATCH_POLL_SECONDS": "0.5",
-            "DOWNLOADER_WORKERS": "1",
-            "DOWNLOADER_PROGRESS_EVERY": "500",
-            "DOWNLOADER_BATCH_SIZE": "500",
-            **env,
-        }
-        with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    *(sys.executable, "-m", "downloader.cli", "serve"),
-                    *("--data-dir", str(data_dir), "--port", str(self.port)),
-                ],
-                cwd=ROOT,
-                env=environ,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(self.url + "/healthz", timeout=5).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError("serve did not start:\n" + self.log.read_text())
-            time.sleep(0.2)
-
-    def get(self, path: str, **kw: Any) -> requests.Response:
-        return requests.get(self.url + path, timeout=60, **kw)
+        super().__init__(
+            data_dir,
+            own_group=True,
+            **{
+                "PYTHONPATH": os.pathsep.join([str(FAULTS), str(ROOT)]),
+                "DOWNLOADER_SMTP_HOST": inbox.host,
+                "DOWNLOADER_SMTP_PORT": str(inbox.port),
+                "DOWNLOADER_MAIL_FROM": "downloads@example.org",
+                "DOWNLOADER_WORKERS": "1",
+                "DOWNLOADER_PROGRESS_EVERY": "500",
+                "DOWNLOADER_BATCH_SIZE": "500",
+                **env,
+            },
+        )
 
     def wait_killed(self) -> None:
         """Wait for the fault to take serve down (its group is SIGKILLed)."""
@@ -107,15 +80,6 @@ class Serve:
             self.stop()
             raise AssertionError("the fault never fired:\n" + self.log.read_text()) from None
         assert self.proc.returncode == -signal.SIGKILL, self.log.read_text()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(30)
 
 
 def final_status(serve: Serve, job_id: str) -> dict[str, Any]:

@@ -19,9 +19,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 class Serve:
     """``downloader serve --data-dir <data_dir>`` on a free loopback port; ``env`` holds
-    ``DOWNLOADER_*`` settings. Its output goes to ``serve-<port>.log`` in ``data_dir``."""
+    ``DOWNLOADER_*`` settings. Its output goes to ``serve-<port>.log`` in ``data_dir``.
+    With ``own_group`` it runs in a process group of its own, so that one signal can reach
+    serve and every worker it started (the fault-injection suite kills the lot)."""
 
-    def __init__(self, data_dir: Path, **env: str) -> None:
+    def __init__(self, data_dir: Path, *, own_group: bool = False, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = data_dir / f"serve-{self.port}.log"
@@ -36,7 +38,9 @@ class Serve:
                 env=environ,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=own_group,
             )
+        self.own_group = own_group
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -61,5 +65,8 @@ class Serve:
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                if self.own_group:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                else:
+                    self.proc.kill()
                 self.proc.wait(30)
