@@ -172,9 +172,7 @@ def _embedded(args: argparse.Namespace, results: dict[str, Any]) -> None:  # noq
                 }
             )
             judged = size <= JUDGED_MAX
-            submitted: dict[str, float] = {}
-            if "build" in args.only and judged:
-                submitted = _submitted(results, store, work, args.build_timeout)
+            rows: list[dict[str, Any]] = []
             for sel in selections(store):
                 row: dict[str, Any] = {
                     "store_records": store.records,
@@ -183,6 +181,7 @@ def _embedded(args: argparse.Namespace, results: dict[str, Any]) -> None:  # noq
                     "ratios": {},
                 }
                 results["embedded"].append(row)
+                rows.append(row)
                 row["records"], row["media"] = _counts(store.db_path, sel)
                 if "build" in args.only:
                     log(f"ours: {sel.label} ({row['records']:,} records) of {size:,}")
@@ -200,8 +199,6 @@ def _embedded(args: argparse.Namespace, results: dict[str, Any]) -> None:  # noq
                             (ours.get("size") or 0) / MB / ours["seconds"]
                         )
                         row["ours"] = ours
-                        if sel.label in submitted:
-                            row["submitted"] = {"seconds": submitted[sel.label]}
                         log(
                             f"ours: {ours['seconds']:.2f} s, "
                             f"{ours['records_per_second']:,.0f} rec/s, "
@@ -234,6 +231,15 @@ def _embedded(args: argparse.Namespace, results: dict[str, Any]) -> None:  # noq
                     for f in (work / "limit").glob("*"):
                         f.unlink()
                 _ratios(row)
+            if "build" in args.only and judged:
+                # After the builds above: the first build after an ingest reads a colder
+                # store (it took twice as long as the next ones), which is not what serve
+                # sees in use.
+                submitted = _submitted(results, store, work, args.build_timeout)
+                for row in rows:
+                    if row.get("ours") and row["label"] in submitted:
+                        row["submitted"] = {"seconds": submitted[row["label"]]}
+                        _ratios(row)
             if args.profile and size == smallest and "build" in args.only:
                 _profile(args, store, selections(store)[0])
             if "api" in args.only and size == smallest:
