@@ -21,7 +21,10 @@ from typing import Any
 
 from bench.harness import MB, RESULTS_DIR, ROOT, log, work_dir
 
-DEFAULT_SIZES = (1_000_000, 5_000_000)
+DEFAULT_SIZES = (300_000, 1_000_000, 5_000_000)
+#: Sizes at and below which the baseline and the floor run and the full downloads are also
+#: timed through serve (the issue's 10x targets are judged at 300k and 1M records).
+JUDGED_MAX = 1_000_000
 QUICK_SIZES = (20_000,)
 #: Records per recordset when a larger store is grown from a smaller one.
 INGEST_PART = 1_000_000
@@ -35,8 +38,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--sizes",
         type=lambda s: tuple(int(x.replace("_", "")) for x in s.split(",")),
         default=None,
-        help="synthetic store sizes, comma-separated (default 1000000,5000000; quick 20000). "
-        "Baseline and limit run at the smallest; the larger ones check speed and memory at scale.",
+        help="synthetic store sizes, comma-separated (default 300000,1000000,5000000; quick "
+        "20000). Baseline, floor and downloads through serve run at sizes up to 1,000,000, the "
+        "limit at the smallest; the larger ones check speed and memory at scale.",
     )
     p.add_argument("--search-records", type=int, default=None, help="default 200000 (quick 2000)")
     p.add_argument("--seed", type=int, default=6)
@@ -126,6 +130,8 @@ def _embedded(args: argparse.Namespace, results: dict[str, Any]) -> None:  # noq
     from bench.references import run_baseline, run_limit
 
     smallest = args.sizes[0]
+    # Small downloads and counts are judged on the largest store the 10x targets use (1M).
+    served = max((s for s in args.sizes if s <= JUDGED_MAX), default=smallest)
     with work_dir(keep=args.keep) as work:
         held = 0
         # Seconds per record of the last "all" build, to foresee the next size's build.
@@ -165,6 +171,8 @@ def _embedded(args: argparse.Namespace, results: dict[str, Any]) -> None:  # noq
                     "by": store.synthetic_by,
                 }
             )
+            judged = size <= JUDGED_MAX
+            rows: list[dict[str, Any]] = []
             for sel in selections(store):
                 row: dict[str, Any] = {
                     "store_records": store.records,
@@ -173,11 +181,17 @@ def _embedded(args: argparse.Namespace, results: dict[str, Any]) -> None:  # noq
                     "ratios": {},
                 }
                 results["embedded"].append(row)
+                rows.append(row)
                 row["records"], row["media"] = _counts(store.db_path, sel)
                 if "build" in args.only:
                     log(f"ours: {sel.label} ({row['records']:,} records) of {size:,}")
                     try:
-                        ours = run_ours(store, sel, timeout=args.build_timeout)
+                        ours = run_ours(
+                            store,
+                            sel,
+                            timeout=args.build_timeout,
+                            floor_in=work if judged else None,
+                        )
                         if sel.label == "all":
                             pace = ours["seconds"] / max(row["records"], 1)
                         ours["records_per_second"] = row["records"] / ours["seconds"]
@@ -196,7 +210,7 @@ def _embedded(args: argparse.Namespace, results: dict[str, Any]) -> None:  # noq
                             pace = float("inf")
                     if sel.label == "all" and size == smallest and row.get("ours"):
                         _parquet(results, row, store, sel, args.build_timeout)
-                if "baseline" in args.only and size == smallest:
+                if "baseline" in args.only and judged:
                     log(f"baseline: {sel.label}")
                     try:
                         base = run_baseline(store.db_path, sel, work / "baseline.zip")
@@ -219,15 +233,24 @@ def _embedded(args: argparse.Namespace, results: dict[str, Any]) -> None:  # noq
                     for f in (work / "limit").glob("*"):
                         f.unlink()
                 _ratios(row)
+            if "build" in args.only and judged:
+                # After the builds above: the first build after an ingest reads a colder
+                # store (it took twice as long as the next ones), which is not what serve
+                # sees in use.
+                submitted = _submitted(results, store, work, args.build_timeout)
+                for row in rows:
+                    if row.get("ours") and row["label"] in submitted:
+                        row["submitted"] = {"seconds": submitted[row["label"]]}
+                        _ratios(row)
             if args.profile and size == smallest and "build" in args.only:
                 _profile(args, store, selections(store)[0])
             if "api" in args.only and size == smallest:
                 _api(args, results, store, work)
             if "load" in args.only and size == smallest:
                 _load(args, results, store, work)
-            if "small" in args.only and size == smallest:
+            if "small" in args.only and size == served:
                 _small(results, store, work)
-            if "counts" in args.only and size == smallest:
+            if "counts" in args.only and size == served:
                 _counts_latency(results, store, work)
 
 
@@ -293,10 +316,33 @@ def _ratios(row: dict[str, Any]) -> None:
     ours = row.get("ours")
     if not ours:
         return
+    # Judged on submission to complete through serve where it was measured.
+    seconds = (row.get("submitted") or ours)["seconds"]
     if row.get("baseline"):
-        row["ratios"]["ours_vs_baseline"] = row["baseline"]["seconds"] / ours["seconds"]
+        row["ratios"]["ours_vs_baseline"] = row["baseline"]["seconds"] / seconds
+        row["ratios"]["build_vs_baseline"] = row["baseline"]["seconds"] / ours["seconds"]
     if row.get("limit"):
         row["ratios"]["limit_vs_ours"] = row["limit"]["seconds"] / ours["seconds"]
+    if ours.get("floor"):
+        row["ratios"]["ours_vs_floor"] = seconds / ours["floor"]["seconds"]
+
+
+def _submitted(results: dict[str, Any], store: Any, work: Path, timeout: float) -> dict[str, float]:
+    """Seconds from submission to ``complete`` of each selection's download through a warm
+    serve (after one empty download has woken its workers), by selection label."""
+    from bench.embedded import selections
+    from bench.small import submit_and_wait, warm_serve
+
+    out: dict[str, float] = {}
+    try:
+        with warm_serve(store.data_dir, work / "serve-full.log") as conn:
+            submit_and_wait(conn, {"catalognumber": f"no-such-number-{time.time_ns()}"}, 120)
+            for sel in selections(store):
+                out[sel.label] = submit_and_wait(conn, sel.rq, timeout)
+                log(f"through serve: {sel.label} in {out[sel.label]:.2f} s")
+    except Exception as exc:
+        _skip(results, f"downloads through serve at {store.records:,}", exc)
+    return out
 
 
 def _profile(args: argparse.Namespace, store: Any, sel: Any) -> None:

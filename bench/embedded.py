@@ -20,6 +20,9 @@ import duckdb
 from bench.columns import Selection
 from bench.harness import ROOT, bench_env, log, run_measured_child
 
+#: The level our archive writer deflates at (archive.zipstream.fastest_deflate).
+FLOOR_LEVEL = 1
+
 #: Text fields tried, in order, for a value that matches about a tenth of the records.
 _TENTH_CANDIDATES = (
     "kingdom",
@@ -130,8 +133,11 @@ def run_ours(
     env_extra: dict[str, str] | None = None,
     profile: Path | None = None,
     form: str | None = None,
+    floor_in: Path | None = None,
 ) -> dict[str, Any]:
-    """Our build of the default DwC-A (or ``form``) for ``sel`` in a measured child process."""
+    """Our build of the default DwC-A (or ``form``) for ``sel`` in a measured child process;
+    with ``floor_in`` (a work directory), also the floor on its archive's bytes
+    (:func:`bench.references.run_floor`), after the child has ended."""
     env = bench_env(
         {
             "DOWNLOADER_DATA_DIR": str(store.data_dir),
@@ -150,6 +156,15 @@ def run_ours(
     out["peak_rss_bytes"] = run.peak_rss_bytes
     out["process_seconds"] = run.wall_seconds
     archive = out.get("archive")
+    if archive and floor_in is not None:
+        from bench.references import run_floor
+
+        floor = run_floor(Path(archive), floor_in, level=FLOOR_LEVEL)
+        out["floor"] = vars(floor)
+        log(
+            f"floor: {floor.seconds:.2f} s to deflate {floor.uncompressed_bytes / 1e6:,.0f} MB "
+            f"on {floor.threads} threads ({floor.library} level {floor.level})"
+        )
     if archive:
         if profile is None:
             # Measured and counted; the bytes are not needed any more (a 5M archive is large).

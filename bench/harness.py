@@ -96,8 +96,23 @@ class ChildRun:
     stderr_tail: str
 
 
+def _high_water_mark(pid: int) -> int:
+    """The process's own peak resident set (VmHWM, kept by the kernel), in bytes; 0 when it
+    cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:  # noqa: PTH123  (a proc file)
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 class _RSSSampler(threading.Thread):
-    """Samples the resident set of a process and its descendants until stopped."""
+    """Samples the resident set of a process and its descendants until stopped: the larger
+    of their summed RSS and any one's own high-water mark (which covers spikes between two
+    samples)."""
 
     def __init__(self, pid: int, interval: float) -> None:
         super().__init__(daemon=True)
@@ -120,6 +135,7 @@ class _RSSSampler(threading.Thread):
             for p in procs:
                 with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                     total += p.memory_info().rss
+                    self.peak = max(self.peak, _high_water_mark(p.pid))
             self.peak = max(self.peak, total)
             self._stop_event.wait(self.interval)
 
@@ -139,10 +155,11 @@ def run_measured_child(
     """Run ``python args...`` as a child, sampling its peak RSS (with its own children).
 
     The child prints one JSON object as its last stdout line. The peak is the larger of the
-    sampled sum over the process tree and the kernel's own high-water mark for the child
-    (``ru_maxrss`` of the children, which covers spikes between two samples).
+    sampled sum over the process tree and the kernel's high-water mark of each process in it
+    (VmHWM, which covers spikes between two samples). Not ``ru_maxrss`` of this process's
+    children: that is a maximum over every child ever waited for, so an earlier process's
+    peak can pass for this child's.
     """
-    before = _children_maxrss()
     start = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, *args],
@@ -164,11 +181,6 @@ def run_measured_child(
     wall = time.perf_counter() - start
     sampler.stop()
     peak = sampler.peak
-    after = _children_maxrss()
-    # ru_maxrss is a maximum over all children ever waited for; it tells us about this child
-    # only when it grew during this run.
-    if after > before:
-        peak = max(peak, after)
     lines = [line for line in out.splitlines() if line.strip()]
     result: dict[str, Any] = {}
     if lines:
@@ -179,13 +191,6 @@ def run_measured_child(
             f"child {' '.join(args[:3])} failed ({proc.returncode}): {err[-3000:]}\n{out[-1000:]}"
         )
     return ChildRun(result, wall, peak, proc.returncode, err[-2000:])
-
-
-def _children_maxrss() -> int:
-    import resource
-
-    # Linux reports kilobytes.
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:

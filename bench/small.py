@@ -1,8 +1,9 @@
 """Small downloads through a warm ``downloader serve``: submission to ``complete``.
 
 Distinct queries of a few hundred records each (catalogue-number selections taken from the
-store), then a one-record and an empty download, each submitted and polled every 10 ms on
-one keep-alive connection, the way the web page or a script sees them.
+store), then a one-record and an empty download, each submitted and polled (every 10 ms for
+the first half second) on one keep-alive connection, the way the web page or a script sees
+them.
 """
 
 from __future__ import annotations
@@ -12,12 +13,17 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from bench.harness import bench_env, free_port, log, server_process
 
 PER_QUERY = 300
+#: Shortest wait between two status requests, and the longest as a share of the time waited.
+POLL_SECONDS = 0.01
+POLL_SHARE = 0.02
 
 
 def _request(conn: http.client.HTTPConnection, method: str, path: str, body: Any = None) -> Any:
@@ -33,7 +39,12 @@ def _request(conn: http.client.HTTPConnection, method: str, path: str, body: Any
     return doc
 
 
-def _one(conn: http.client.HTTPConnection, rq: dict[str, Any], timeout: float) -> float:
+def submit_and_wait(conn: http.client.HTTPConnection, rq: dict[str, Any], timeout: float) -> float:
+    """Seconds from the submission of a new download of ``rq`` to its ``complete`` status.
+
+    The status is asked for every 10 ms at first, then every 2% of the time waited so far
+    (at most 2% late), so that a long build does not share the cores with a hundred status
+    requests a second, which no client makes."""
     start = time.perf_counter()
     # force: always a new build, never an archive an earlier run left.
     doc = _request(conn, "POST", "/v2/download", {"rq": rq, "force": True})
@@ -42,7 +53,7 @@ def _one(conn: http.client.HTTPConnection, rq: dict[str, Any], timeout: float) -
     while not doc.get("complete"):
         if time.perf_counter() > deadline:
             raise RuntimeError(f"not complete after {timeout} s: {doc}")
-        time.sleep(0.01)
+        time.sleep(max(POLL_SECONDS, (time.perf_counter() - start) * POLL_SHARE))
         doc = _request(conn, "GET", path)
     if doc.get("task_status") != "SUCCESS":
         raise RuntimeError(f"failed: {doc.get('error')}")
@@ -65,11 +76,11 @@ def _selections(db_path: Path, count: int) -> list[list[str]]:
     return [values[i : i + PER_QUERY] for i in range(0, len(values), PER_QUERY)][:count]
 
 
-def run_small(data_dir: Path, db_path: Path, work: Path, *, queries: int = 30) -> dict[str, Any]:
-    """Median and p95 of submission-to-complete for distinct small downloads, plus the
-    one-record and the empty download."""
+@contextmanager
+def warm_serve(data_dir: Path, log_path: Path) -> Iterator[http.client.HTTPConnection]:
+    """A ``downloader serve`` on the store (per-client limits off: one client asks for many
+    downloads in a row here) and a keep-alive connection to it."""
     port = free_port()
-    # One client asks for many downloads in a row here: the per-client limits are off.
     env = bench_env(
         {
             "DOWNLOADER_SMTP_HOST": "",
@@ -80,16 +91,26 @@ def run_small(data_dir: Path, db_path: Path, work: Path, *, queries: int = 30) -
     )
     cmd = [sys.executable, "-m", "downloader.cli", "serve", "--data-dir", str(data_dir)]
     cmd += ["--port", str(port)]
+    with server_process(cmd, port=port, env=env, log_path=log_path):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+
+def run_small(data_dir: Path, db_path: Path, work: Path, *, queries: int = 30) -> dict[str, Any]:
+    """Median and p95 of submission-to-complete for distinct small downloads, plus the
+    one-record and the empty download."""
     selections = _selections(db_path, queries + 2)
     if len(selections) < 3:
         raise RuntimeError("the store has too few catalogue numbers for small selections")
-    with server_process(cmd, port=port, env=env, log_path=work / "serve-small.log"):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    with warm_serve(data_dir, work / "serve-small.log") as conn:
         # One download to be sure the workers are up (they start with serve).
-        _one(conn, {"catalognumber": selections[0]}, 120)
-        times = [_one(conn, {"catalognumber": sel}, 120) for sel in selections[1:-1]]
-        tiny = _one(conn, {"catalognumber": selections[-1][0]}, 120)
-        empty = _one(conn, {"catalognumber": f"no-such-number-{time.time_ns()}"}, 120)
+        submit_and_wait(conn, {"catalognumber": selections[0]}, 120)
+        times = [submit_and_wait(conn, {"catalognumber": sel}, 120) for sel in selections[1:-1]]
+        tiny = submit_and_wait(conn, {"catalognumber": selections[-1][0]}, 120)
+        empty = submit_and_wait(conn, {"catalognumber": f"no-such-number-{time.time_ns()}"}, 120)
     times.sort()
     out = {
         "records_per_query": PER_QUERY,

@@ -37,6 +37,15 @@ _SLICE_ROWS = 10_240
 # matching row ids at most, and one join over the other table per million rows.
 _BLOCK_ROWS = 1_048_576
 
+# Matches in a block at or under which a filter on the table itself is also read through
+# its matching row ids (a semi join with them) instead of a filtered scan: a filtered scan
+# reads every column of every row before filtering (DuckDB pushes no list_contains or IN
+# list into the scan), so a few hundred catalogue numbers out of 1M records took ~2 s per
+# file, while finding their row ids reads one column and the semi join reads only the row
+# groups between the first and the last match (DuckDB's dynamic join filter). The row ids
+# are shared by the streams of one source, so the two files of records read them once.
+_FEW_MATCHES = 10_240
+
 #: Name under which a slice's matching row ids are registered for a semi join.
 _PICKED = "_picked_rowids"
 
@@ -119,7 +128,10 @@ class _SlicePlan:
             else:
                 found = con.sql(self._select, params=[lo, hi, *self._params]).fetchnumpy()
                 rids = np.asarray(found["rid"], dtype=np.int64)
-                if self._shared is not None and self._cross and self.signature is not None:
+                # A filter on the table itself keeps its row ids only when they are few
+                # (see _FEW_MATCHES); a longer list is never read by a semi join.
+                shared = self._cross or rids.size <= _FEW_MATCHES
+                if self._shared is not None and shared and self.signature is not None:
                     self._shared.put(key, rids)
             self._current = (lo, hi, rids)
         return hi, rids
@@ -148,13 +160,18 @@ class _SlicePlan:
     ) -> Iterator[tuple[int, int, np.ndarray | None]]:
         """``(lo, hi, picked)`` for streamed reads from ``pos``: the rest of the table in
         one piece, or with a filter on the other table, one piece per block with its
-        matching row ids from ``pos`` on."""
-        if not self._cross:
+        matching row ids from ``pos`` on. A filter on the table itself is read the same way
+        while its blocks have at most :data:`_FEW_MATCHES` matches; from the first block
+        with more, the rest of the table is one filtered piece."""
+        if not self._filtered:
             if pos < self.end:
                 yield pos, self.end, None
             return
         while pos < self.end:
             hi, rids = self._block(con, pos)
+            if not self._cross and rids.size > _FEW_MATCHES:
+                yield pos, self.end, None
+                return
             first = int(np.searchsorted(rids, pos))
             if first < rids.size:
                 yield pos, hi, rids[first:]

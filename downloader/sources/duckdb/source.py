@@ -77,8 +77,8 @@ _READ_AHEAD = 2
 # the two media files of an archive; at most 8 MB each.
 _SHARED_BLOCKS = 2
 
-# Per-recordset tallies of requests a source keeps (see DuckDBSource._tally).
-_TALLIES = 32
+# Per-recordset tallies a source keeps, two per request (see DuckDBSource._tally).
+_TALLIES = 64
 
 # Threads that split verbatim terms out of ``data`` while the reader reads on: the split
 # of a verbatim file's batch takes longer than DuckDB's read of it, so with one thread the
@@ -324,30 +324,67 @@ class DuckDBSource:
             self._version_cache = (signature, version)
         return version
 
+    def _tally_key(
+        self,
+        signature: tuple[Any, ...],
+        rtype: RecordType,
+        rq: dict[str, Any] | None,
+        mq: dict[str, Any] | None,
+    ) -> tuple[Any, ...]:
+        where, params = compile_request_where(rtype, rq, mq)
+        return (signature, rtype, where, json.dumps(list(params), default=str))
+
     def _tally(
         self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
     ) -> dict[str | None, int]:
-        """Matching ``rtype`` documents per recordset id, from one query per request and
-        store state: a build asks for the count and then the per-recordset counts of the
-        same request, and a filter on the other table (media of the records matching
-        ``rq``) is a join over that table (0.2 s at 1M records). Cached on the file's
-        signature, taken before the query, like :meth:`data_version`."""
-        where, params = compile_request_where(rtype, rq, mq)
+        """Matching ``rtype`` documents per recordset id. A build and ``/v2/count`` ask for
+        the counts of both types and the per-recordset counts of the same request, so both
+        types' tallies come from one query (one connection, and the records matching ``rq``
+        found once for both) per request and store state, and are kept. Cached on the
+        file's signature, taken before the query, like :meth:`data_version`."""
         signature = self._signature()
-        key = (signature, rtype, where, json.dumps(list(params), default=str))
+        key = self._tally_key(signature, rtype, rq, mq)
         cached: dict[str | None, int] | None = self._tallies.get(key)
         if cached is not None:
             return cached
-        a = _ALIAS[rtype]
-        rows = self._query(
-            f"SELECT {a}.recordset, count(*) FROM {_TABLE[rtype]} WHERE {where} "
-            f"GROUP BY {a}.recordset ORDER BY {a}.recordset",
-            params,
-        )
-        tally = {None if k is None else str(k): int(v) for k, v in rows}
+        both = self._both_tallies(rq, mq)
         if signature[0] is not None:
-            self._tallies.put(key, tally)
-        return tally
+            for kind in ("records", "mediarecords"):
+                self._tallies.put(self._tally_key(signature, kind, rq, mq), both[kind])
+        return both[rtype]
+
+    def _both_tallies(
+        self, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+    ) -> dict[RecordType, dict[str | None, int]]:
+        r_where, r_params = compile_request_where("records", rq, mq)
+        if rq is not None and mq is None:
+            # Media of the records matching rq: those records are found once, for both
+            # tallies (a filter on the other table is otherwise a second scan of it).
+            sql = (
+                "WITH sel AS MATERIALIZED (SELECT r.uuid, r.recordset FROM records AS r "
+                f"WHERE {r_where}) "
+                "SELECT 'records', recordset, count(*) FROM sel GROUP BY recordset "
+                "UNION ALL SELECT 'mediarecords', m.recordset, count(*) FROM mediarecords AS m "
+                "WHERE m.coreid IN (SELECT uuid FROM sel) GROUP BY m.recordset"
+            )
+            params = r_params
+        else:
+            m_where, m_params = compile_request_where("mediarecords", rq, mq)
+            sql = (
+                f"SELECT 'records', r.recordset, count(*) FROM records AS r WHERE {r_where} "
+                "GROUP BY r.recordset UNION ALL "
+                "SELECT 'mediarecords', m.recordset, count(*) FROM mediarecords AS m "
+                f"WHERE {m_where} GROUP BY m.recordset"
+            )
+            params = [*r_params, *m_params]
+        out: dict[RecordType, dict[str | None, int]] = {"records": {}, "mediarecords": {}}
+        for kind, recordset, n in self._query(sql, params):
+            out[kind][None if recordset is None else str(recordset)] = int(n)
+        # Ordered by recordset id (no recordset last), as callers list them.
+        return {
+            kind: dict(sorted(tally.items(), key=lambda kv: (kv[0] is None, kv[0] or "")))
+            for kind, tally in out.items()
+        }
 
     def count(self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None) -> int:
         """How many ``rtype`` documents match."""

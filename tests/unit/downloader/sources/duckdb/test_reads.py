@@ -148,3 +148,54 @@ def test_media_files_of_one_archive_share_the_matching_row_ids(
     raw = [b.num_rows for b in source.batches("mediarecords", request, None, raw_terms=terms)]
     assert sum(indexed) == sum(raw) > 0
     assert len(found) == 1
+
+
+@pytest.mark.parametrize("few", [0, 3, 10_240])
+def test_a_filter_on_the_table_reads_the_same_rows_whatever_its_number_of_matches(
+    store: Path, monkeypatch: pytest.MonkeyPatch, few: int
+) -> None:
+    """A filter on the records themselves is read through its matching row ids while a
+    block has few matches, and by a filtered scan from the first block with more (0: every
+    block has more; 3: the first blocks have few, a later one more): the same rows in the
+    same order either way."""
+    monkeypatch.setattr(reads, "_FEW_MATCHES", few)
+    monkeypatch.setattr(reads, "_BLOCK_ROWS", 40)
+    source = DuckDBSource(store, window_seconds=0.0)
+    expected = [
+        row[0]
+        for row in sql(
+            store, "SELECT uuid FROM records AS r WHERE class = 'actinopterygii' ORDER BY rowid"
+        )
+    ]
+    batches = source.batches(
+        "records", rq({"class": "actinopterygii"}), None, fields=["uuid"], batch_size=5
+    )
+    got = [uuid for batch in batches for uuid in batch.column("uuid").to_pylist()]
+    assert got == expected
+    assert 3 < len(expected) < 218
+
+
+def test_records_files_of_a_selective_request_share_the_matching_row_ids(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small selection's indexed and verbatim records files find its row ids once and
+    read by them (a semi join, or a plain scan keeping them where they are dense), never by
+    a filtered scan of every column."""
+    source = DuckDBSource(store)
+    found: list[str] = []
+    real_sql = duckdb.DuckDBPyConnection.sql
+
+    def spying_sql(con: Any, query: str, **kwargs: Any) -> Any:
+        found.append(query)
+        return real_sql(con, query, **kwargs)
+
+    monkeypatch.setattr(duckdb.DuckDBPyConnection, "sql", spying_sql)
+    request = rq({"class": "actinopterygii"})
+    terms = source.raw_terms("records", request, None)
+    indexed = [b.num_rows for b in source.batches("records", request, None, fields=["uuid"])]
+    raw = [b.num_rows for b in source.batches("records", request, None, raw_terms=terms)]
+    assert sum(indexed) == sum(raw) > 0
+    assert len([q for q in found if q.startswith("SELECT r.rowid AS rid")]) == 1
+    reads_ = [q for q in found if "_rowid FROM (SELECT" in q]
+    assert len(reads_) == 2
+    assert not any('r."class"' in q for q in reads_)

@@ -257,6 +257,10 @@ def test_counts_of_a_request_are_one_query_until_the_store_changes(
     assert sum(per_set.values()) == media
     assert source.count("mediarecords", request, None) == media
     assert len(queries) == 1
+    # The records' tally of the same request came with the media's (/v2/count asks both).
+    acer = sql(store_path(tmp_path), "SELECT count(*) FROM records WHERE genus = 'acer'")[0][0]
+    assert source.count("records", request, None) == acer > 0
+    assert len(queries) == 1
     records = source.count("records", None, None)
     assert records == 40 and len(queries) == 2
     ingest_synthetic(tmp_path, 10, seed=2)
