@@ -12,6 +12,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -94,7 +95,10 @@ def test_many_clients_polling_while_downloads_build(serve: Serve, tmp_path: Path
         await watcher
         return result
 
-    result = asyncio.run(main())
+    # A loop of its own on a thread of its own: an earlier test of the suite may have left
+    # an event loop set (or running) on this thread, where asyncio.run() refuses to start.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        result = pool.submit(asyncio.run, main()).result()
     print(f"load: {json.dumps(result)}")
     assert result["errors"] == 0
     assert result["statuses"] == {"200": result["requests"]}
