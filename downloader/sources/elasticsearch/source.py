@@ -34,7 +34,8 @@ import dataclasses
 import functools
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from contextlib import closing
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -318,23 +319,9 @@ class ElasticsearchSource:
         ``clause``, sorted, in chunks of ``chunk_size`` (see :meth:`_distinct`)."""
         chunk: list[str] = []
         last: Any = None
-        scroll_id: str | None = None
-        try:
-            answer = call(
-                what,
-                self.es.search,
-                index=index,
-                query=clause,
-                sort=[{field: "asc"}],
-                source=False,
-                size=MAX_PAGE,
-                scroll=KEEP_ALIVE,
-            )
-            while True:
-                scroll_id = answer.get("_scroll_id") or scroll_id
-                hits = answer["hits"]["hits"]
-                if not hits:
-                    break
+        pages = self._sorted_hits(index, clause, [{field: "asc"}], MAX_PAGE, what, source=False)
+        with closing(pages):
+            for hits in pages:
                 for hit in hits:
                     value = (hit.get("sort") or [None])[0]
                     if value is None or value == last:
@@ -344,10 +331,6 @@ class ElasticsearchSource:
                     if len(chunk) == chunk_size:
                         yield chunk
                         chunk = []
-                answer = call(what, self.es.scroll, scroll_id=scroll_id, scroll=KEEP_ALIVE)
-        finally:
-            if scroll_id:
-                self._clear_scroll(scroll_id)
         if chunk:
             yield chunk
 
@@ -462,31 +445,14 @@ class ElasticsearchSource:
         by both (the sort values of one scroll without ``_source``); documents without
         ``field`` are left out."""
         what = f"listing {field} of {index}"
-        scroll_id: str | None = None
-        try:
-            answer = call(
-                what,
-                self.es.search,
-                index=index,
-                query=clause,
-                sort=[{field: "asc"}, {second: "asc"}],
-                source=False,
-                size=MAX_PAGE,
-                scroll=KEEP_ALIVE,
-            )
-            while True:
-                scroll_id = answer.get("_scroll_id") or scroll_id
-                hits = answer["hits"]["hits"]
-                if not hits:
-                    break
+        sort = [{field: "asc"}, {second: "asc"}]
+        pages = self._sorted_hits(index, clause, sort, MAX_PAGE, what, source=False)
+        with closing(pages):
+            for hits in pages:
                 for hit in hits:
                     values = hit.get("sort") or [None, None]
                     if values[0] is not None:
                         yield str(values[0]), str(values[1])
-                answer = call(what, self.es.scroll, scroll_id=scroll_id, scroll=KEEP_ALIVE)
-        finally:
-            if scroll_id:
-                self._clear_scroll(scroll_id)
 
     def recordset_counts(
         self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
@@ -673,9 +639,11 @@ class ElasticsearchSource:
         sort: list[dict[str, str]],
         size: int,
         what: str,
-    ) -> Iterator[list[dict[str, Any]]]:
-        """Pages of hits (with ``_source``) of ``query`` in ``sort`` order, by one scroll
-        that is cleared however this ends."""
+        *,
+        source: bool | list[str] = True,
+    ) -> Generator[list[dict[str, Any]], None, None]:
+        """Pages of hits of ``query`` in ``sort`` order (with ``_source``, none of it, or
+        the listed fields), by one scroll that is cleared however this ends."""
         scroll_id: str | None = None
         try:
             answer = call(
@@ -684,6 +652,7 @@ class ElasticsearchSource:
                 index=index,
                 query=query,
                 sort=sort,
+                source=source,
                 size=size,
                 scroll=KEEP_ALIVE,
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +16,7 @@ from elastic_transport import TransportError
 from elasticsearch import ApiError, helpers
 
 from downloader.errors import BuildFailed
-from downloader.sources.elasticsearch.client import KEEP_ALIVE, MAX_PAGE, call, translate
+from downloader.sources.elasticsearch.client import MAX_PAGE, call, translate
 from downloader.sources.elasticsearch.source import META_ID, ElasticsearchSource, log_time
 from query.fields import RecordType
 
@@ -228,30 +229,19 @@ class ElasticsearchWriter:
         uuid: one sorted scroll, a page in memory at a time (what a reindex compares the
         store's rows with)."""
         what = f"listing the indexed {rtype} of {recordset}"
-        scroll_id: str | None = None
-        try:
-            answer = call(
-                what,
-                self.es.search,
-                index=self.source.index(rtype),
-                query={"term": {"recordset": recordset}},
-                sort=[{"uuid": "asc"}],
-                source=["uuid", "version", "etag"],
-                size=MAX_PAGE,
-                scroll=KEEP_ALIVE,
-            )
-            while True:
-                scroll_id = answer.get("_scroll_id") or scroll_id
-                hits = answer["hits"]["hits"]
-                if not hits:
-                    break
+        pages = self.source._sorted_hits(
+            self.source.index(rtype),
+            {"term": {"recordset": recordset}},
+            [{"uuid": "asc"}],
+            MAX_PAGE,
+            what,
+            source=["uuid", "version", "etag"],
+        )
+        with closing(pages):
+            for hits in pages:
                 for hit in hits:
                     doc = hit.get("_source") or {}
                     yield str(doc.get("uuid", hit["_id"])), doc.get("version"), doc.get("etag")
-                answer = call(what, self.es.scroll, scroll_id=scroll_id, scroll=KEEP_ALIVE)
-        finally:
-            if scroll_id:
-                self.source._clear_scroll(scroll_id)
 
     def delete_documents(self, rtype: RecordType, uuids: Iterable[str]) -> int:
         """Remove documents by uuid (those already gone count as removed)."""
