@@ -34,6 +34,11 @@ class RecordSource(Protocol):
         """An opaque token that changes whenever the data changes (an ingest, a deletion)."""
         ...
 
+    def warm(self) -> None:
+        """Read ahead what the first request would wait for (called once as a process that
+        serves requests or builds starts; nothing to do for a source with no such state)."""
+        ...
+
     def count(self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None) -> int:
         """How many ``rtype`` documents match."""
         ...

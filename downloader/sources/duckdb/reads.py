@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import duckdb
 import numpy as np
@@ -108,6 +108,9 @@ class _SlicePlan:
         self._shared = shared
         self._filtered = where.strip() != "TRUE"
         self._cross = cross
+        # Every matching row id at once, sorted (the media of matching records, from the
+        # source's in-memory links), or None: then the blocks are found with SQL.
+        self.matches: Callable[[duckdb.DuckDBPyConnection], np.ndarray | None] | None = None
         table, a = _TABLE[rtype], _ALIAS[rtype]
         self._select = (
             f"SELECT {a}.rowid AS rid FROM {table} "
@@ -121,20 +124,28 @@ class _SlicePlan:
         lo, hi, rids = self._current
         if not lo <= pos < hi:
             lo, hi = pos, min(pos + _BLOCK_ROWS, self.end)
-            key = (self.signature, self._select, json.dumps(self._params, default=str), lo, hi)
-            cached = None if self._shared is None else self._shared.get(key)
-            if cached is not None:
-                rids = cached
+            every = None if self.matches is None else self.matches(con)
+            if every is not None:
+                rids = every[np.searchsorted(every, lo) : np.searchsorted(every, hi)]
             else:
-                found = con.sql(self._select, params=[lo, hi, *self._params]).fetchnumpy()
-                rids = np.asarray(found["rid"], dtype=np.int64)
-                # A filter on the table itself keeps its row ids only when they are few
-                # (see _FEW_MATCHES); a longer list is never read by a semi join.
-                shared = self._cross or rids.size <= _FEW_MATCHES
-                if self._shared is not None and shared and self.signature is not None:
-                    self._shared.put(key, rids)
+                rids = self._found(con, lo, hi)
             self._current = (lo, hi, rids)
         return hi, rids
+
+    def _found(self, con: duckdb.DuckDBPyConnection, lo: int, hi: int) -> np.ndarray:
+        """The matching row ids in ``[lo, hi)``, found with SQL (or shared by a stream before)."""
+        key = (self.signature, self._select, json.dumps(self._params, default=str), lo, hi)
+        cached = None if self._shared is None else self._shared.get(key)
+        if cached is not None:
+            return cast(np.ndarray, cached)
+        found = con.sql(self._select, params=[lo, hi, *self._params]).fetchnumpy()
+        rids = np.asarray(found["rid"], dtype=np.int64)
+        # A filter on the table itself keeps its row ids only when they are few
+        # (see _FEW_MATCHES); a longer list is never read by a semi join.
+        shared = self._cross or rids.size <= _FEW_MATCHES
+        if self._shared is not None and shared and self.signature is not None:
+            self._shared.put(key, rids)
+        return rids
 
     def next_slice(
         self, con: duckdb.DuckDBPyConnection, pos: int

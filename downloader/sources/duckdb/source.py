@@ -33,11 +33,14 @@ from pathlib import Path
 from typing import Any, TypeAlias, cast
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from downloader.errors import SourceUnavailable
 from downloader.models import ExtensionFile
 from downloader.sources.duckdb import verbatim
+from downloader.sources.duckdb.links import MediaLinks
 from downloader.sources.duckdb.reads import (
     _ALIAS,
     _TABLE,
@@ -47,7 +50,7 @@ from downloader.sources.duckdb.reads import (
     _without_rowid,
 )
 from query.fields import RecordType, get_field
-from query.sql import compile_request_where
+from query.sql import compile_request_where, compile_where
 
 # Every other connection (counts, tallies, terms): a memory limit too, or a join over the
 # other table (media of records matching rq) holds its whole hash table in memory: at 5M
@@ -80,10 +83,22 @@ _SHARED_BLOCKS = 2
 # Per-recordset tallies a source keeps, two per request (see DuckDBSource._tally).
 _TALLIES = 64
 
+# Row ids of the media of matching records a source keeps (see DuckDBSource._media_rowids):
+# a build's tally finds them and its two media files read them. 5 MB each at most per
+# million media.
+_MEDIA_ROWS = 2
+
 # Threads that split verbatim terms out of ``data`` while the reader reads on: the split
 # of a verbatim file's batch takes longer than DuckDB's read of it, so with one thread the
 # verbatim files were bound by it.
 _SPLITTERS = 2
+
+
+# The media links (see .links) of each store file's current state, shared by every source
+# of the process: serve's request threads each have a source of their own, and the links
+# are read once per state of the file (under the lock, so two threads never both read them).
+_LINKS: dict[Path, tuple[tuple[Any, ...], MediaLinks | None]] = {}
+_LINKS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -196,6 +211,8 @@ class DuckDBSource:
         self._version_cache: tuple[tuple[Any, ...], str] | None = None
         self._tallies = _Recent(_TALLIES)
         self._blocks = _Recent(_SHARED_BLOCKS)
+        # The media row ids of recent record queries (see _media_rowids).
+        self._media_rows = _Recent(_MEDIA_ROWS)
         # Inside session(): one connection per configuration, handed out as cursors.
         self._session: dict[bool, _Shared] | None = None
         self._session_lock = threading.Lock()
@@ -347,15 +364,40 @@ class DuckDBSource:
         cached: dict[str | None, int] | None = self._tallies.get(key)
         if cached is not None:
             return cached
-        both = self._both_tallies(rq, mq)
+        both = self._both_tallies(rq, mq, signature)
         if signature[0] is not None:
             for kind in ("records", "mediarecords"):
                 self._tallies.put(self._tally_key(signature, kind, rq, mq), both[kind])
         return both[rtype]
 
     def _both_tallies(
-        self, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+        self, rq: dict[str, Any] | None, mq: dict[str, Any] | None, signature: tuple[Any, ...]
     ) -> dict[RecordType, dict[str | None, int]]:
+        out: dict[RecordType, dict[str | None, int]] = {"records": {}, "mediarecords": {}}
+        try:
+            with self._connection() as con:
+                linked = (
+                    self._linked_tallies(con, rq, signature)
+                    if rq is not None and mq is None
+                    else None
+                )
+                if linked is not None:
+                    out = linked
+                else:
+                    for kind, recordset, n in self._sql_tallies(con, rq, mq):
+                        out[kind][None if recordset is None else str(recordset)] = int(n)
+        except _Missing:
+            pass
+        # Ordered by recordset id (no recordset last), as callers list them.
+        return {
+            kind: dict(sorted(tally.items(), key=lambda kv: (kv[0] is None, kv[0] or "")))
+            for kind, tally in out.items()
+        }
+
+    def _sql_tallies(
+        self, con: duckdb.DuckDBPyConnection, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+    ) -> list[tuple[Any, ...]]:
+        """(type, recordset, count) rows of both tallies, in one query."""
         r_where, r_params = compile_request_where("records", rq, mq)
         if rq is not None and mq is None:
             # Media of the records matching rq: those records are found once, for both
@@ -377,14 +419,99 @@ class DuckDBSource:
                 f"WHERE {m_where} GROUP BY m.recordset"
             )
             params = [*r_params, *m_params]
-        out: dict[RecordType, dict[str | None, int]] = {"records": {}, "mediarecords": {}}
-        for kind, recordset, n in self._query(sql, params):
-            out[kind][None if recordset is None else str(recordset)] = int(n)
-        # Ordered by recordset id (no recordset last), as callers list them.
-        return {
-            kind: dict(sorted(tally.items(), key=lambda kv: (kv[0] is None, kv[0] or "")))
-            for kind, tally in out.items()
+        return con.execute(sql, params).fetchall()
+
+    def _linked_tallies(
+        self, con: duckdb.DuckDBPyConnection, rq: dict[str, Any], signature: tuple[Any, ...]
+    ) -> dict[RecordType, dict[str | None, int]] | None:
+        """Both tallies of an ``rq`` alone through the in-memory links: one scan of the
+        records for their row ids and recordsets, no join over the media. None when the
+        store has no usable links."""
+        links = self._media_links(con, signature)
+        if links is None:
+            return None
+        rids, recordsets = self._matching_records(con, rq)
+        counts = pc.value_counts(recordsets)
+        records: dict[str | None, int] = {
+            value: int(n)
+            for value, n in zip(
+                counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True
+            )
         }
+        media = links.media_of(rids)
+        self._keep_media_rowids(signature, rq, media)
+        return {"records": records, "mediarecords": links.tally(media)}
+
+    # --- the media of matching records, through the links --------------------------------
+
+    def _media_links(
+        self, con: duckdb.DuckDBPyConnection, signature: tuple[Any, ...]
+    ) -> MediaLinks | None:
+        """The links of the store's state ``signature`` (taken before ``con`` was opened),
+        read on ``con`` the first time; None when there are none to use."""
+        if signature[0] is None:
+            return None
+        with _LINKS_LOCK:
+            held = _LINKS.get(self.path)
+            if held is None or held[0] != signature:
+                held = (signature, MediaLinks.read(con))
+                _LINKS[self.path] = held
+        return held[1]
+
+    @staticmethod
+    def _matching_records(
+        con: duckdb.DuckDBPyConnection, rq: dict[str, Any]
+    ) -> tuple[np.ndarray, pa.ChunkedArray]:
+        """(sorted row ids, recordsets) of the records matching ``rq``."""
+        where, params = compile_where("records", rq, alias="r")
+        table = con.sql(
+            f"SELECT r.rowid AS rid, r.recordset AS rs FROM records AS r WHERE {where}",
+            params=params,
+        ).to_arrow_table()
+        # A scan on several threads gives its rows in any order.
+        rids = np.sort(np.asarray(table.column("rid").to_numpy(), dtype=np.int64))
+        return rids, table.column("rs")
+
+    def _media_key(self, signature: tuple[Any, ...], rq: dict[str, Any]) -> tuple[Any, ...]:
+        where, params = compile_where("records", rq, alias="r")
+        return (signature, where, json.dumps(params, default=str))
+
+    def _keep_media_rowids(
+        self, signature: tuple[Any, ...], rq: dict[str, Any], media: np.ndarray
+    ) -> None:
+        self._media_rows.put(self._media_key(signature, rq), media)
+
+    def _media_rowids(
+        self, con: duckdb.DuckDBPyConnection, signature: tuple[Any, ...] | None, rq: dict[str, Any]
+    ) -> np.ndarray | None:
+        """Sorted row ids of the media of the records matching ``rq`` (kept from this
+        request's tally when it came first), or None when the links cannot say."""
+        if signature is None:
+            return None
+        key = self._media_key(signature, rq)
+        kept = self._media_rows.get(key)
+        if kept is not None:
+            return cast(np.ndarray, kept)
+        links = self._media_links(con, signature)
+        if links is None:
+            return None
+        media = links.media_of(self._matching_records(con, rq)[0])
+        self._media_rows.put(key, media)
+        return media
+
+    def warm(self) -> None:
+        """Read what the first request would otherwise wait for: the data version and the
+        media links of the store's current state (serve and each worker call this at
+        start, off their hot paths)."""
+        signature = self._signature()
+        self.data_version()
+        if signature[0] is None:
+            return
+        try:
+            with self._connection() as con:
+                self._media_links(con, signature)
+        except (_Missing, SourceUnavailable):
+            pass
 
     def count(self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None) -> int:
         """How many ``rtype`` documents match."""
@@ -481,7 +608,29 @@ class DuckDBSource:
         ):
             yield from self._batches(pool, splitters, rtype, rq, mq, fields, raw_terms, batch_size)
 
-    def _batches(  # noqa: C901, PLR0915  (one window loop, read top to bottom: open, check the store, read ahead, hand out, give the file back)
+    def _plan(
+        self,
+        rtype: RecordType,
+        rq: dict[str, Any] | None,
+        mq: dict[str, Any] | None,
+        where: str,
+        params: Sequence[Any],
+    ) -> _SlicePlan:
+        # compile_request_where joins the other table exactly in these cases.
+        cross = mq is not None if rtype == "records" else rq is not None
+        plan = _SlicePlan(rtype, where, params, cross=cross, shared=self._blocks)
+        if rtype == "mediarecords" and rq is not None and mq is None:
+            # The media of the records matching rq: their row ids from the in-memory links
+            # (kept from this build's tally) instead of a join over every media record.
+            records_query = rq
+
+            def linked(con: duckdb.DuckDBPyConnection) -> np.ndarray | None:
+                return self._media_rowids(con, plan.signature, records_query)
+
+            plan.matches = linked
+        return plan
+
+    def _batches(  # noqa: C901  (one window loop, read top to bottom: open, check the store, read ahead, hand out, give the file back)
         self,
         pool: ThreadPoolExecutor,
         splitters: ThreadPoolExecutor,
@@ -495,9 +644,7 @@ class DuckDBSource:
         split = bool(raw_terms) and verbatim.USE_C
         outer, inner = self._select(rtype, fields, raw_terms, split)
         where, where_params = compile_request_where(rtype, rq, mq)
-        # compile_request_where joins the other table exactly in these cases.
-        cross = mq is not None if rtype == "records" else rq is not None
-        plan = _SlicePlan(rtype, where, where_params, cross=cross, shared=self._blocks)
+        plan = self._plan(rtype, rq, mq, where, where_params)
         reads = _Reads(rtype, outer, inner, where, where_params, plan, batch_size)
 
         def read(rows: Iterator[tuple[pa.Table | pa.RecordBatch, int]]) -> _Read | None:

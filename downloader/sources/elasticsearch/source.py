@@ -363,6 +363,9 @@ class ElasticsearchSource:
 
     # --- RecordSource ------------------------------------------------------------------------
 
+    def warm(self) -> None:
+        """Nothing to read ahead: the cluster keeps its own caches."""
+
     def data_version(self) -> str:
         """The ``data_version`` of the meta document ("0" before the first ingest)."""
         try:

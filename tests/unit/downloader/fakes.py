@@ -64,6 +64,9 @@ class FakeSource:
     def data_version(self) -> str:
         return self.version
 
+    def warm(self) -> None:
+        pass
+
     @staticmethod
     def _match(doc: dict[str, Any], q: dict[str, Any] | None) -> bool:
         if not q:

@@ -11,6 +11,8 @@ import duckdb
 import pytest
 
 from downloader.sources.duckdb import DuckDBSource, reads
+from downloader.sources.duckdb import links as links_module
+from downloader.sources.duckdb import source as source_module
 from tests.unit.downloader.sources.duckdb.store_support import mq, rq, sql
 
 
@@ -127,27 +129,55 @@ def test_filtered_streams_read_exactly_the_matching_rows_in_store_order(
         assert where == "TRUE" or len(expected) < (218 if rtype == "records" else 38)
 
 
-def test_media_files_of_one_archive_share_the_matching_row_ids(
-    store: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The indexed and the verbatim media file of a request read the same blocks: their
-    matching row ids are found once, while the store file stays the same."""
-    source = DuckDBSource(store)
-    found: list[int] = []
+def _spy_sql(monkeypatch: pytest.MonkeyPatch, prefix: str) -> list[str]:
+    """The queries starting with ``prefix`` that connections run from now on."""
+    seen: list[str] = []
     real_sql = duckdb.DuckDBPyConnection.sql
 
     def spying_sql(con: Any, query: str, **kwargs: Any) -> Any:
-        if query.startswith("SELECT m.rowid AS rid"):
-            found.append(1)
+        if query.startswith(prefix):
+            seen.append(query)
         return real_sql(con, query, **kwargs)
 
     monkeypatch.setattr(duckdb.DuckDBPyConnection, "sql", spying_sql)
+    return seen
+
+
+def _media_files(source: DuckDBSource) -> tuple[int, int]:
     request = rq({"genus": "acer"})
     terms = source.raw_terms("mediarecords", request, None)
     indexed = [b.num_rows for b in source.batches("mediarecords", request, None, fields=["uuid"])]
     raw = [b.num_rows for b in source.batches("mediarecords", request, None, raw_terms=terms)]
-    assert sum(indexed) == sum(raw) > 0
-    assert len(found) == 1
+    return sum(indexed), sum(raw)
+
+
+def test_media_files_of_one_archive_find_their_records_once(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The indexed and the verbatim media file of a request read the same media: the
+    records matching rq are looked up once, and no query joins the media with them (the
+    in-memory links give the media of those records)."""
+    source = DuckDBSource(store)
+    records = _spy_sql(monkeypatch, "SELECT r.rowid AS rid")
+    joins = _spy_sql(monkeypatch, "SELECT m.rowid AS rid")
+    indexed, raw = _media_files(source)
+    assert indexed == raw > 0
+    assert len(records) == 1
+    assert joins == []
+
+
+def test_without_links_the_media_files_share_the_blocks_found_by_sql(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the links cannot be used (a store whose media outnumber what is kept in
+    memory), the media of matching records are found by a join, once per block, and both
+    files read the same rows as with the links."""
+    with_links = _media_files(DuckDBSource(store))
+    monkeypatch.setattr(links_module, "MAX_MEDIA", 0)
+    monkeypatch.setattr(source_module, "_LINKS", {})  # the links read above, forgotten
+    joins = _spy_sql(monkeypatch, "SELECT m.rowid AS rid")
+    assert _media_files(DuckDBSource(store)) == with_links
+    assert len(joins) == 1
 
 
 @pytest.mark.parametrize("few", [0, 3, 10_240])
@@ -195,7 +225,7 @@ def test_records_files_of_a_selective_request_share_the_matching_row_ids(
     indexed = [b.num_rows for b in source.batches("records", request, None, fields=["uuid"])]
     raw = [b.num_rows for b in source.batches("records", request, None, raw_terms=terms)]
     assert sum(indexed) == sum(raw) > 0
-    assert len([q for q in found if q.startswith("SELECT r.rowid AS rid")]) == 1
+    assert len([q for q in found if q.startswith("SELECT r.rowid AS rid FROM")]) == 1
     reads_ = [q for q in found if "_rowid FROM (SELECT" in q]
     assert len(reads_) == 2
     assert not any('r."class"' in q for q in reads_)

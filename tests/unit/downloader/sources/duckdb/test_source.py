@@ -238,19 +238,19 @@ def test_verbatim_terms_are_the_same_split_on_the_reader_or_by_json_transform(
     assert sum(split.column(t).null_count < split.num_rows for t in terms) > 3
 
 
-def test_counts_of_a_request_are_one_query_until_the_store_changes(
+def test_counts_of_a_request_are_read_once_until_the_store_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ingest_synthetic(tmp_path, 40, seed=1)
     source = DuckDBSource(store_path(tmp_path))
-    queries: list[str] = []
-    real_query = source._query
+    queries: list[Any] = []
+    real_tallies = source._both_tallies
 
-    def counting(sql: str, params: Any = ()) -> Any:
-        queries.append(sql)
-        return real_query(sql, params)
+    def counting(*args: Any) -> Any:
+        queries.append(args)
+        return real_tallies(*args)
 
-    monkeypatch.setattr(source, "_query", counting)
+    monkeypatch.setattr(source, "_both_tallies", counting)
     request = rq({"genus": "acer"})
     media = source.count("mediarecords", request, None)
     per_set = source.recordset_counts("mediarecords", request, None)

@@ -1,0 +1,96 @@
+"""The in-memory links from media records to their records (downloader.sources.duckdb.links):
+the same media, and the same tallies, as the join they replace."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pytest
+
+from downloader.sources.duckdb.links import NO_PARENT, MediaLinks
+
+
+@pytest.fixture
+def con() -> duckdb.DuckDBPyConnection:
+    c = duckdb.connect()
+    c.execute("CREATE TABLE records (uuid VARCHAR, recordset VARCHAR)")
+    c.execute("CREATE TABLE mediarecords (uuid VARCHAR, coreid VARCHAR, recordset VARCHAR)")
+    c.execute(
+        "INSERT INTO records VALUES ('r0', 'a'), ('r1', 'a'), ('r2', 'b'), ('r3', 'b'), "
+        "('r4', NULL)"
+    )
+    c.execute(
+        "INSERT INTO mediarecords VALUES ('m0', 'r1', 'a'), ('m1', 'r1', 'a'), "
+        "('m2', 'gone', 'a'), ('m3', NULL, 'b'), ('m4', 'r3', 'b'), ('m5', 'r4', NULL), "
+        "('m6', 'r0', 'a')"
+    )
+    return c
+
+
+def _joined(con: duckdb.DuckDBPyConnection, record_uuids: list[str]) -> list[int]:
+    rows = con.execute(
+        "SELECT m.rowid FROM mediarecords AS m WHERE m.coreid IN "
+        "(SELECT uuid FROM records WHERE list_contains(?, uuid)) ORDER BY 1",
+        [record_uuids],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _rowids(con: duckdb.DuckDBPyConnection, record_uuids: list[str]) -> np.ndarray:
+    rows = con.execute(
+        "SELECT rowid FROM records WHERE list_contains(?, uuid) ORDER BY 1", [record_uuids]
+    ).fetchall()
+    return np.array([r[0] for r in rows], dtype=np.int64)
+
+
+@pytest.mark.parametrize(
+    "chosen",
+    [[], ["r0"], ["r1"], ["r2"], ["r1", "r3"], ["r0", "r1", "r2", "r3", "r4"]],
+)
+def test_the_media_of_records_are_those_the_join_finds(
+    con: duckdb.DuckDBPyConnection, chosen: list[str]
+) -> None:
+    links = MediaLinks.read(con)
+    assert links is not None
+    got = links.media_of(_rowids(con, chosen))
+    assert got.tolist() == _joined(con, chosen)
+
+
+def test_media_without_a_record_have_no_parent(con: duckdb.DuckDBPyConnection) -> None:
+    links = MediaLinks.read(con)
+    assert links is not None
+    assert links.parent.tolist() == [1, 1, NO_PARENT, NO_PARENT, 3, 4, 0]
+
+
+def test_the_tally_counts_media_by_recordset_and_keeps_the_unnamed_one(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    links = MediaLinks.read(con)
+    assert links is not None
+    every = links.media_of(_rowids(con, ["r0", "r1", "r2", "r3", "r4"]))
+    assert links.tally(every) == {"a": 3, "b": 1, None: 1}
+    assert links.tally(np.zeros(0, dtype=np.int64)) == {}
+
+
+def test_gaps_left_by_deleted_media_are_never_chosen(con: duckdb.DuckDBPyConnection) -> None:
+    """A re-ingest deletes rows; their row ids stay unused until the table is rewritten."""
+    con.execute("DELETE FROM mediarecords WHERE uuid IN ('m1', 'm4')")
+    links = MediaLinks.read(con)
+    assert links is not None
+    every = ["r0", "r1", "r2", "r3", "r4"]
+    assert links.media_of(_rowids(con, every)).tolist() == _joined(con, every)
+
+
+def test_a_coreid_naming_two_records_leaves_the_join_in_charge(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    con.execute("INSERT INTO records VALUES ('r1', 'c')")
+    assert MediaLinks.read(con) is None
+
+
+def test_a_store_without_media_has_empty_links(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("DELETE FROM mediarecords")
+    links = MediaLinks.read(con)
+    assert links is not None
+    assert links.media_of(_rowids(con, ["r1"])).tolist() == []
+    assert links.tally(np.zeros(0, dtype=np.int64)) == {}
