@@ -96,15 +96,21 @@ def _readers(
     ]
 
 
+def _no_rows() -> Iterable[pa.RecordBatch]:
+    return iter(())
+
+
 def _type_files(
     src: RecordSource,
     rtype: RecordType,
     request: dict[str, Any],
     *,
     own_id: bool,
+    count: int | None = None,
 ) -> tuple[DataFile | None, DataFile | None]:
     """The indexed and the verbatim file of one record type (either may be None when the
-    request's field list leaves it empty)."""
+    request's field list leaves it empty). With a ``count`` of 0 nothing is read: the files
+    are their header lines, as a read of no rows would write them."""
     rq, mq = request.get("rq"), request.get("mq")
     form = request.get("form", "dwca-csv")
     listed = request.get("record_fields" if rtype == "records" else "mediarecord_fields")
@@ -134,7 +140,9 @@ def _type_files(
         reads.append((fetch, []))
     if terms:
         reads.append((["uuid"] if own_id else [], terms))
-    readers = _readers(src, rtype, rq, mq, reads, batch_size)
+    readers = (
+        [_no_rows] * len(reads) if count == 0 else _readers(src, rtype, rq, mq, reads, batch_size)
+    )
 
     indexed: DataFile | None = None
     if fields_:
@@ -417,12 +425,16 @@ def plan_archive(
             )
         ]
     elif core_type == "mediarecords":
-        m_index, m_raw = _type_files(src, "mediarecords", request, own_id=True)
+        m_index, m_raw = _type_files(
+            src, "mediarecords", request, own_id=True, count=counts["mediarecords"]
+        )
         files = [f for f in (m_index, m_raw) if f is not None]
         counts["records"] = 0  # no record rows in a media-core archive
     else:
-        r_index, r_raw = _type_files(src, "records", request, own_id=False)
-        m_index, m_raw = _type_files(src, "mediarecords", request, own_id=False)
+        r_index, r_raw = _type_files(src, "records", request, own_id=False, count=counts["records"])
+        m_index, m_raw = _type_files(
+            src, "mediarecords", request, own_id=False, count=counts["mediarecords"]
+        )
         files = [f for f in (r_index, r_raw, m_index, m_raw) if f is not None]
     if not files:
         raise ArchiveError("the requested field lists leave no column to write")

@@ -81,7 +81,7 @@ _READ_AHEAD = 2
 _SHARED_BLOCKS = 2
 
 # Per-recordset tallies a source keeps, two per request (see DuckDBSource._tally).
-_TALLIES = 64
+_TALLIES = 256
 
 # Row ids of the media of matching records a source keeps (see DuckDBSource._media_rowids):
 # a build's tally finds them and its two media files read them. 5 MB each at most per
@@ -99,6 +99,10 @@ _SPLITTERS = 2
 # are read once per state of the file (under the lock, so two threads never both read them).
 _LINKS: dict[Path, tuple[tuple[Any, ...], MediaLinks | None]] = {}
 _LINKS_LOCK = threading.Lock()
+
+# Recent tallies (see DuckDBSource._tally), shared like the links: a count asked again (the
+# web page counts as a person types) is answered from here whichever thread serves it.
+_TALLY_CACHE = _Recent(_TALLIES)
 
 
 @dataclass(frozen=True)
@@ -209,7 +213,7 @@ class DuckDBSource:
         # (file signature, data_version) of the last read: data_version is asked for on
         # every submission and opening the file costs far more than a stat.
         self._version_cache: tuple[tuple[Any, ...], str] | None = None
-        self._tallies = _Recent(_TALLIES)
+        self._tallies = _TALLY_CACHE
         self._blocks = _Recent(_SHARED_BLOCKS)
         # The media row ids of recent record queries (see _media_rowids).
         self._media_rows = _Recent(_MEDIA_ROWS)
@@ -349,7 +353,7 @@ class DuckDBSource:
         mq: dict[str, Any] | None,
     ) -> tuple[Any, ...]:
         where, params = compile_request_where(rtype, rq, mq)
-        return (signature, rtype, where, json.dumps(list(params), default=str))
+        return (self.path, signature, rtype, where, json.dumps(list(params), default=str))
 
     def _tally(
         self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
