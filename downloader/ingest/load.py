@@ -63,6 +63,7 @@ from downloader.ingest.stage import (
     stage_archive,
     stage_tables,
 )
+from downloader.sources.duckdb import idle
 from query.fields import RecordType, fields
 from query.sql import DUCKDB_TYPES
 
@@ -358,29 +359,33 @@ def attached_store(
     """Attach the store read-write as ``store`` (creating it and its tables), retrying while
     another process holds the file, and detach afterwards."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + lock_timeout
-    delay = 0.05
-    while True:
+    # The marker tells the service's processes to give their idle connections up at once
+    # (see downloader.sources.duckdb.idle); this process's own are closed here.
+    with idle.waiting_writer(path):
+        idle.IDLE.drain(path)
+        deadline = time.monotonic() + lock_timeout
+        delay = 0.05
+        while True:
+            try:
+                con.execute(f"ATTACH {_sql_string(str(path))} AS store")
+                break
+            except duckdb.Error as exc:
+                if not _is_lock_error(exc):
+                    raise IngestError(f"cannot open the record store {path}: {exc}") from exc
+                if time.monotonic() >= deadline:
+                    raise StoreLocked(
+                        f"the record store {path} is in use by another process (a running "
+                        f"service or ingest) and stayed locked for {lock_timeout:.0f} s; "
+                        "try again when it is idle"
+                    ) from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
         try:
-            con.execute(f"ATTACH {_sql_string(str(path))} AS store")
-            break
-        except duckdb.Error as exc:
-            if not _is_lock_error(exc):
-                raise IngestError(f"cannot open the record store {path}: {exc}") from exc
-            if time.monotonic() >= deadline:
-                raise StoreLocked(
-                    f"the record store {path} is in use by another process (a running "
-                    f"service or ingest) and stayed locked for {lock_timeout:.0f} s; "
-                    "try again when it is idle"
-                ) from exc
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-    try:
-        for stmt in schema_sql("store."):
-            con.execute(stmt)
-        yield
-    finally:
-        con.execute("DETACH store")
+            for stmt in schema_sql("store."):
+                con.execute(stmt)
+            yield
+        finally:
+            con.execute("DETACH store")
 
 
 def _sql_string(text: str) -> str:

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 import requests
 from dwca.read import DwCAReader
@@ -27,6 +26,7 @@ from downloader.service import downloads as service
 from tests.support.schemas import check_archive_xml
 from tests.support.serve import Serve
 from tests.support.smtp import Inbox, smtp_server
+from tests.support.store import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +82,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def acer_count(data_dir: Path) -> int:
     # The oracle is the store itself, read with plain SQL (not with our RecordSource).
-    with duckdb.connect(str(data_dir / "records.duckdb"), read_only=True) as con:
+    with open_store(str(data_dir / "records.duckdb")) as con:
         row = con.execute("SELECT count(*) FROM records WHERE genus = 'acer'").fetchone()
     assert row is not None and row[0] > 0
     return int(row[0])

@@ -29,7 +29,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 from dwca.read import DwCAReader
 
@@ -38,6 +37,7 @@ from downloader.config import load_settings
 from tests.support.schemas import check_archive_xml
 from tests.support.serve import Serve as BaseServe
 from tests.support.smtp import Inbox, smtp_server
+from tests.support.store import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -106,7 +106,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def expected_records(store: Path) -> int:
     # The oracle is the store read with plain SQL, not with our RecordSource.
-    with duckdb.connect(str(store / "records.duckdb"), read_only=True) as con:
+    with open_store(str(store / "records.duckdb")) as con:
         row = con.execute("SELECT count(*) FROM records WHERE kingdom IS NOT NULL").fetchone()
     assert row is not None and row[0] > 2000
     return int(row[0])

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 import duckdb
 
+from downloader.sources.duckdb import idle
+
 #: Rows read from the store per batch while copying it.
 DUMP_BATCH_ROWS = 5_000
 
@@ -20,6 +22,9 @@ class StoreDump:
     order (recordsets by id, rows by uuid), with memory bounded by one batch."""
 
     def __init__(self, store_file: str | Path) -> None:
+        # DuckDB opens a file once per process with one configuration: this process's
+        # parked read connections (see .idle) give the file up first.
+        idle.IDLE.drain(Path(store_file))
         self._con = duckdb.connect(str(store_file), read_only=True)
 
     def __enter__(self) -> StoreDump:

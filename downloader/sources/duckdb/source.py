@@ -2,8 +2,9 @@
 
 Written by ``downloader ingest`` (:mod:`downloader.ingest`), read here. The service runs
 several worker processes that read while an ingest may be writing, and DuckDB lets one
-process write only when no other process has the file open. So every operation opens its
-own short-lived read-only connection and closes it, and a long stream of batches gives the
+process write only when no other process has the file open. So every operation uses a
+short-lived read-only connection (parked for a second for the next operation, and given up
+at once when an ingest waits: :mod:`.idle`), and a long stream of batches gives the
 file back every few seconds (it reads in row id order and resumes after the last row id it
 sent). A stream notices when the data (or the file) changed in between and stops with
 :class:`SourceUnavailable` (the build is retried on the new data rather than mixing two
@@ -39,7 +40,7 @@ import pyarrow.compute as pc
 
 from downloader.errors import SourceUnavailable
 from downloader.models import ExtensionFile
-from downloader.sources.duckdb import verbatim
+from downloader.sources.duckdb import idle, verbatim
 from downloader.sources.duckdb.links import MediaLinks
 from downloader.sources.duckdb.reads import (
     _ALIAS,
@@ -166,17 +167,41 @@ class _Missing(Exception):
 
 class _Shared:
     """A connection a session shares out as cursors; it is closed once it is older than
-    the source's window and no cursor of it is in use."""
+    the source's window and no cursor of it is in use, or parked (see :mod:`.idle`) when
+    the session ends."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        *,
+        config: dict[str, Any],
+        opened: float,
+        signature: tuple[Any, ...],
+    ) -> None:
         self.con = con
-        self.opened = time.monotonic()
+        self.config = config
+        self.opened = opened
+        self.signature = signature
         self.users = 0
         self.expired = False
+        self.park_on_release: Path | None = None
 
     def release(self) -> None:
         self.users -= 1
         if self.expired and self.users <= 0:
+            self.finish()
+
+    def finish(self) -> None:
+        """Park the connection when its session ended while it was in use, else close it."""
+        if self.park_on_release is not None:
+            idle.IDLE.give(
+                self.park_on_release,
+                self.config,
+                self.con,
+                signature=self.signature,
+                opened=self.opened,
+            )
+        else:
             self.con.close()
 
 
@@ -225,8 +250,9 @@ class DuckDBSource:
     def session(self) -> Iterator[None]:
         """Operations inside share their connections (one per configuration, each replaced
         after ``window_seconds`` like a batch stream's), so a small build opens the file
-        twice instead of a dozen times (each open reads the catalogue: ~13 ms). Every
-        connection is closed when the session ends, which gives the file back to ingest."""
+        twice instead of a dozen times (each open reads the catalogue: ~13 ms). When the
+        session ends its connection is parked for the next one (see :mod:`.idle`), which
+        gives the file back to ingest within a second, or at once when an ingest waits."""
         with self._session_lock:
             self._session = {}
         try:
@@ -235,9 +261,11 @@ class DuckDBSource:
             with self._session_lock:
                 shared, self._session = self._session or {}, None
                 for entry in shared.values():
+                    if not entry.expired:
+                        entry.park_on_release = self.path
                     entry.expired = True
                     if entry.users <= 0:
-                        entry.con.close()
+                        entry.finish()
 
     # --- connections --------------------------------------------------------------------
 
@@ -272,22 +300,46 @@ class DuckDBSource:
         if entry is not None and time.monotonic() - entry.opened >= self.window_seconds:
             entry.expired = True
             if entry.users <= 0:
-                entry.con.close()
+                entry.finish()
             entry = None
         if entry is None:
-            entry = _Shared(self._connect(True))
+            signature = self._signature()
+            con, config, opened = self._reuse_or_connect(True, signature)
+            entry = _Shared(con, config=config, opened=opened, signature=signature)
             self._session[True] = entry
         entry.users += 1
         return cast(duckdb.DuckDBPyConnection, _Cursor(entry, self._session_lock))
 
+    def _reuse_or_connect(
+        self, read_config: bool, signature: tuple[Any, ...]
+    ) -> tuple[duckdb.DuckDBPyConnection, dict[str, Any], float]:
+        """(connection, its configuration, when it was opened): a parked one (see
+        :mod:`.idle`) of the file as it is now, else a new one."""
+        config = dict(_READ_CONFIG if read_config else _QUERY_CONFIG)
+        taken = idle.IDLE.take(self.path, config, signature, self.window_seconds)
+        if taken is not None:
+            return taken[0], config, taken[1]
+        opened = time.monotonic()
+        con, config = self._connect_with_config(read_config)
+        return con, config, opened
+
     def _connect(self, read_config: bool) -> duckdb.DuckDBPyConnection:
+        return self._connect_with_config(read_config)[0]
+
+    def _connect_with_config(
+        self, read_config: bool
+    ) -> tuple[duckdb.DuckDBPyConnection, dict[str, Any]]:
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.02
         config = dict(_READ_CONFIG if read_config else _QUERY_CONFIG)
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=True, config=config)
+                return duckdb.connect(str(self.path), read_only=True, config=config), config
             except duckdb.Error as exc:
+                if _is_config_clash(exc) and idle.IDLE.drain(self.path):
+                    # Connections of this process parked with the other configuration
+                    # held the file: given up, so try again at once.
+                    continue
                 if _is_config_clash(exc) and config != _READ_CONFIG:
                     # A batch stream of this process holds the file with its configuration
                     # (DuckDB opens a file once per process): a count or tally uses that
@@ -305,16 +357,30 @@ class DuckDBSource:
 
     @contextmanager
     def _connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = self._open()
+        """A connection for one operation: the session's, else a parked one (see
+        :mod:`.idle`) or a new one, parked again afterwards."""
+        if self._session is not None or not self.path.exists():
+            con = self._open()
+            parking = None
+        else:
+            signature = self._signature()
+            con, config, opened = self._reuse_or_connect(False, signature)
+            parking = (config, signature, opened)
+        healthy = False
         try:
             yield con
+            healthy = True
         except duckdb.CatalogException as exc:
             # A file created but never filled by ingest has no tables: an empty store.
             raise _Missing() from exc
         except duckdb.Error as exc:
             raise SourceUnavailable(f"record store query failed: {exc}") from exc
         finally:
-            con.close()
+            if parking is not None and healthy:
+                config, signature, opened = parking
+                idle.IDLE.give(self.path, config, con, signature=signature, opened=opened)
+            else:
+                con.close()
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:

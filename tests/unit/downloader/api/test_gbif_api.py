@@ -22,6 +22,7 @@ from query.errors import QueryError
 from query.gbif import MAX_DEPTH, TooLarge, compile_predicate
 from query.validate import validate_query
 from tests.support.schemas import validate_eml, validate_meta
+from tests.support.store import open_store
 from tests.unit.downloader.conftest import Api
 from tests.unit.downloader.export_support import Service, running_service
 
@@ -170,7 +171,7 @@ def pygbif_here(service: Service, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def expected_uuids(service: Service) -> set[str]:
-    con = duckdb.connect(str(store_path(service.data_dir)), read_only=True)
+    con = open_store(str(store_path(service.data_dir)))
     try:
         rows = con.execute(f"SELECT uuid FROM records WHERE {SAME_IN_SQL}").fetchall()
     finally:

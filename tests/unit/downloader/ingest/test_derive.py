@@ -6,13 +6,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pytest
 
 from downloader.ingest.derive import parse_loose_date
 from downloader.ingest.load import ingest_verbatim, store_path
 from downloader.ingest.read import ID_COLUMN, ROW_COLUMN, VerbatimArchive
+from tests.support.store import open_store
 
 NOW = datetime(2024, 6, 1, 12, 0, 0)
 
@@ -31,7 +31,7 @@ def derive(tmp_path: Path, *records: dict[str, str]) -> list[dict[str, Any]]:
         source="test", recordset_id="rs", name="test", eml=None, core=table, media=None
     )
     ingest_verbatim(tmp_path, archive, now=NOW)
-    con = duckdb.connect(str(store_path(tmp_path)), read_only=True)
+    con = open_store(str(store_path(tmp_path)))
     try:
         cur = con.execute("SELECT * FROM records ORDER BY recordids[1]")
         names = [d[0] for d in cur.description]

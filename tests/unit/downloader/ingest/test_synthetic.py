@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
-
 from downloader.ingest.load import ingest_synthetic, store_path
 from downloader.ingest.synthetic import COUNTRIES, synthetic_tables
+from tests.support.store import open_store
 
 
 def test_same_seed_same_records_other_seed_other_records() -> None:
@@ -47,7 +46,7 @@ def test_ingested_synthetic_records_carry_flags_and_media(tmp_path: Path) -> Non
     result = ingest_synthetic(tmp_path, 5000, seed=3)
     assert result.records == 5000 and result.media > 0
     assert result.recordset == "synthetic-seed-3"
-    con = duckdb.connect(str(store_path(tmp_path)), read_only=True)
+    con = open_store(str(store_path(tmp_path)))
     try:
         flags = dict(
             con.execute(
@@ -71,11 +70,11 @@ def test_ingested_synthetic_records_carry_flags_and_media(tmp_path: Path) -> Non
 
 def test_reingesting_the_same_seed_keeps_uuids(tmp_path: Path) -> None:
     ingest_synthetic(tmp_path, 200, seed=5)
-    con = duckdb.connect(str(store_path(tmp_path)), read_only=True)
+    con = open_store(str(store_path(tmp_path)))
     first = sorted(con.execute("SELECT uuid FROM records").fetchall())
     con.close()
     second_result = ingest_synthetic(tmp_path, 200, seed=5)
-    con = duckdb.connect(str(store_path(tmp_path)), read_only=True)
+    con = open_store(str(store_path(tmp_path)))
     second = sorted(con.execute("SELECT uuid FROM records").fetchall())
     con.close()
     assert second_result.version == 2

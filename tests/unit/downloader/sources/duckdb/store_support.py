@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
 from query.validate import validate_query
+from tests.support.store import open_store
 
 
 def rq(q: dict[str, Any]) -> dict[str, Any]:
@@ -20,7 +19,7 @@ def mq(q: dict[str, Any]) -> dict[str, Any]:
 
 
 def sql(store: Path, query: str) -> Any:
-    con = duckdb.connect(str(store), read_only=True)
+    con = open_store(str(store))
     try:
         return con.execute(query).fetchall()
     finally:

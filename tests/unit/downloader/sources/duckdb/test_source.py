@@ -143,14 +143,14 @@ def test_data_version_is_cached_until_the_file_changes(
     ingest_synthetic(tmp_path, 20, seed=1)
     source = DuckDBSource(store_path(tmp_path))
     opens = 0
-    real_open = source._open
+    real_connection = source._connection
 
-    def counting_open(**kwargs: Any) -> Any:
+    def counting_connection() -> Any:
         nonlocal opens
         opens += 1
-        return real_open(**kwargs)
+        return real_connection()
 
-    monkeypatch.setattr(source, "_open", counting_open)
+    monkeypatch.setattr(source, "_connection", counting_connection)
     first = source.data_version()
     assert source.data_version() == first and opens == 1
     ingest_synthetic(tmp_path, 5, seed=2)

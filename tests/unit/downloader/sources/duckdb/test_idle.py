@@ -1,0 +1,111 @@
+"""Parked read connections (downloader.sources.duckdb.idle): reused while the store stays
+the same, and never in the way of an ingest."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from downloader.ingest.load import ingest_synthetic, store_path
+from downloader.sources.duckdb import DuckDBSource, idle
+from tests.unit.downloader.sources.duckdb.store_support import rq
+
+
+@pytest.fixture
+def pool(monkeypatch: pytest.MonkeyPatch) -> idle.IdleConnections:
+    """A pool of this test's own (the process-wide one may hold other tests' stores)."""
+    own = idle.IdleConnections()
+    monkeypatch.setattr(idle, "IDLE", own)
+    return own
+
+
+def _opens(monkeypatch: pytest.MonkeyPatch, source: DuckDBSource) -> list[int]:
+    opened: list[int] = []
+    real = source._connect_with_config
+
+    def counting(read_config: bool) -> Any:
+        opened.append(1)
+        return real(read_config)
+
+    monkeypatch.setattr(source, "_connect_with_config", counting)
+    return opened
+
+
+def test_operations_reuse_a_parked_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pool: idle.IdleConnections
+) -> None:
+    ingest_synthetic(tmp_path, 30, seed=1)
+    source = DuckDBSource(store_path(tmp_path))
+    opened = _opens(monkeypatch, source)
+    for genus in ("acer", "quercus", "pinus"):
+        source.count("records", rq({"genus": genus}), None)
+    assert len(opened) == 1
+    with source.session():
+        source.count("records", rq({"genus": "betula"}), None)
+    with source.session():
+        source.count("records", rq({"genus": "rosa"}), None)
+    # The sessions' connection (one thread, for streams) was parked and reused too.
+    assert len(opened) == 2
+
+
+def test_nothing_is_parked_while_a_writer_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pool: idle.IdleConnections
+) -> None:
+    ingest_synthetic(tmp_path, 30, seed=1)
+    store = store_path(tmp_path)
+    source = DuckDBSource(store)
+    opened = _opens(monkeypatch, source)
+    source.count("records", rq({"genus": "acer"}), None)
+    with idle.waiting_writer(store):
+        assert idle.writer_waiting(store)
+        # What was parked before the writer came is closed by the next look ...
+        pool.reap()
+        source.count("records", rq({"genus": "quercus"}), None)
+        source.count("records", rq({"genus": "pinus"}), None)
+        # ... and nothing is parked meanwhile: every operation opens (and closes) its own.
+        assert len(opened) == 3
+        assert pool.drain(store) == 0
+    assert not idle.writer_waiting(store)
+
+
+def test_a_changed_store_is_never_read_through_an_old_connection(
+    tmp_path: Path, pool: idle.IdleConnections
+) -> None:
+    ingest_synthetic(tmp_path, 30, seed=1)
+    source = DuckDBSource(store_path(tmp_path))
+    assert source.count("records", None, None) == 30
+    ingest_synthetic(tmp_path, 10, seed=2)
+    assert source.count("records", None, None) == 40
+
+
+def test_an_ingest_in_another_process_gets_the_store_from_a_serving_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pool: idle.IdleConnections
+) -> None:
+    """Serve counts and parks its connection; an ingest started then (its own process, a
+    lock timeout far shorter than the idle time here) is not kept out: its marker makes the
+    reaper give the file up."""
+    monkeypatch.setattr(idle, "IDLE_SECONDS", 600.0)
+    ingest_synthetic(tmp_path, 30, seed=1)
+    source = DuckDBSource(store_path(tmp_path))
+    assert source.count("records", None, None) == 30
+    assert source.count("records", rq({"genus": "acer"}), None) >= 0
+    reaper = pool._reaper
+    assert reaper is not None and reaper.is_alive()
+    script = (
+        "import sys; from pathlib import Path; "
+        "from downloader.ingest.load import ingest_synthetic; "
+        "ingest_synthetic(Path(sys.argv[1]), 10, seed=2, lock_timeout=5.0); print('ok')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert source.count("records", None, None) == 40
