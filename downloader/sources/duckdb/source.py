@@ -230,11 +230,22 @@ class DuckDBSource:
     """Records and media records from the embedded DuckDB store (see ``RecordSource``)."""
 
     def __init__(
-        self, path: str | Path, *, lock_timeout: float = 30.0, window_seconds: float = 2.0
+        self,
+        path: str | Path,
+        *,
+        lock_timeout: float = 30.0,
+        window_seconds: float = 2.0,
+        hold_seconds: float = 30.0,
     ) -> None:
         self.path = Path(path)
         self.lock_timeout = lock_timeout
+        # A connection is given back (a stream's window ends) once it is older than
+        # window_seconds and an ingest waits for the file (see .idle), and in any case once
+        # it is older than hold_seconds (for a writer that sets no marker). Closing costs
+        # DuckDB a trim of its heap and opening a read of its catalogue: at 1M records,
+        # windows of 2 s whether or not anyone waited cost a build ~10% of its time.
         self.window_seconds = window_seconds
+        self.hold_seconds = max(hold_seconds, window_seconds)
         # (file signature, data_version) of the last read: data_version is asked for on
         # every submission and opening the file costs far more than a stat.
         self._version_cache: tuple[tuple[Any, ...], str] | None = None
@@ -248,8 +259,8 @@ class DuckDBSource:
 
     @contextmanager
     def session(self) -> Iterator[None]:
-        """Operations inside share their connections (one per configuration, each replaced
-        after ``window_seconds`` like a batch stream's), so a small build opens the file
+        """Operations inside share their connections (one per configuration, each given
+        back like a batch stream's, see :meth:`batches`), so a small build opens the file
         twice instead of a dozen times (each open reads the catalogue: ~13 ms). When the
         session ends its connection is parked for the next one (see :mod:`.idle`), which
         gives the file back to ingest within a second, or at once when an ingest waits."""
@@ -297,7 +308,7 @@ class DuckDBSource:
         streams' (one thread, bounded memory, row order) for its counts too."""
         assert self._session is not None
         entry = self._session.get(True)
-        if entry is not None and time.monotonic() - entry.opened >= self.window_seconds:
+        if entry is not None and self._held_long_enough(entry.opened):
             entry.expired = True
             if entry.users <= 0:
                 entry.finish()
@@ -310,13 +321,20 @@ class DuckDBSource:
         entry.users += 1
         return cast(duckdb.DuckDBPyConnection, _Cursor(entry, self._session_lock))
 
+    def _held_long_enough(self, opened: float) -> bool:
+        """Whether a connection opened at ``opened`` (monotonic) should be given back now."""
+        held = time.monotonic() - opened
+        if held < self.window_seconds:
+            return False
+        return held >= self.hold_seconds or idle.writer_waiting(self.path)
+
     def _reuse_or_connect(
         self, read_config: bool, signature: tuple[Any, ...]
     ) -> tuple[duckdb.DuckDBPyConnection, dict[str, Any], float]:
         """(connection, its configuration, when it was opened): a parked one (see
         :mod:`.idle`) of the file as it is now, else a new one."""
         config = dict(_READ_CONFIG if read_config else _QUERY_CONFIG)
-        taken = idle.IDLE.take(self.path, config, signature, self.window_seconds)
+        taken = idle.IDLE.take(self.path, config, signature, self.hold_seconds)
         if taken is not None:
             return taken[0], config, taken[1]
         opened = time.monotonic()
@@ -666,9 +684,10 @@ class DuckDBSource:
 
         Each window streams one unsorted query in row id order (see :class:`_Reads` and
         :class:`_SlicePlan`), so memory stays flat whatever the result size and no query
-        sorts the whole result. The connection is released every ``window_seconds`` and the
-        stream resumes after the last row id handed out; :class:`SourceUnavailable` if the
-        store file changed in between (row ids are only stable while the file is).
+        sorts the whole result. The connection is released when an ingest waits for the
+        file (after ``window_seconds``; after ``hold_seconds`` in any case) and the stream
+        resumes after the last row id handed out; :class:`SourceUnavailable` if the store
+        file changed in between (row ids are only stable while the file is).
         """
         with (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-read") as pool,
@@ -769,7 +788,7 @@ class DuckDBSource:
                         pos = plan.end
                         break
                     got, pos = item
-                    if window_over or time.monotonic() - started > self.window_seconds:
+                    if window_over or self._held_long_enough(started):
                         # The window is over: no new read; the rows read so far (these and
                         # the reads still ahead) are handed out after the file is released,
                         # and the next window resumes after them.

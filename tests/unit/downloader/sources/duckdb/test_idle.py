@@ -109,3 +109,27 @@ def test_an_ingest_in_another_process_gets_the_store_from_a_serving_process(
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert source.count("records", None, None) == 40
+
+
+def test_a_stream_gives_the_file_back_only_when_a_writer_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pool: idle.IdleConnections
+) -> None:
+    """A long read keeps its connection (each reopening costs DuckDB a heap trim and a
+    catalogue read) until an ingest waits for the file; then it gives the file back at the
+    end of each window and resumes, with the same rows."""
+    ingest_synthetic(tmp_path, 300, seed=1)
+    store = store_path(tmp_path)
+    source = DuckDBSource(store, window_seconds=0.0, hold_seconds=600.0)
+    opened = _opens(monkeypatch, source)
+
+    def read() -> list[str]:
+        with source.session():
+            batches = source.batches("records", None, None, fields=["uuid"], batch_size=7)
+            return [u for b in batches for u in b.column("uuid").to_pylist()]
+
+    alone = read()
+    assert len(alone) == 300 and len(opened) == 1
+    opened.clear()
+    with idle.waiting_writer(store):
+        assert read() == alone
+    assert len(opened) > 5

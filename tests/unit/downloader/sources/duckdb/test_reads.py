@@ -106,7 +106,7 @@ def test_filtered_streams_read_exactly_the_matching_rows_in_store_order(
         monkeypatch.setattr(reads, "_in_order", in_order_once)
     monkeypatch.setattr(reads, "_SLICE_ROWS", slice_rows)
     monkeypatch.setattr(reads, "_BLOCK_ROWS", block_rows)
-    source = DuckDBSource(store, window_seconds=0.0)
+    source = DuckDBSource(store, window_seconds=0.0, hold_seconds=0.0)
     table = "records AS r" if rtype == "records" else "mediarecords AS m"
     expected = [
         row[0] for row in sql(store, f"SELECT uuid FROM {table} WHERE {where} ORDER BY rowid")
@@ -190,7 +190,7 @@ def test_a_filter_on_the_table_reads_the_same_rows_whatever_its_number_of_matche
     same order either way."""
     monkeypatch.setattr(reads, "_FEW_MATCHES", few)
     monkeypatch.setattr(reads, "_BLOCK_ROWS", 40)
-    source = DuckDBSource(store, window_seconds=0.0)
+    source = DuckDBSource(store, window_seconds=0.0, hold_seconds=0.0)
     expected = [
         row[0]
         for row in sql(

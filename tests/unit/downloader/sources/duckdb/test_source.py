@@ -66,7 +66,7 @@ def test_raw_terms_come_from_matching_recordsets(store: Path) -> None:
 
 
 def test_batches_schema_and_order(store: Path) -> None:
-    source = DuckDBSource(store, window_seconds=0.0)
+    source = DuckDBSource(store, window_seconds=0.0, hold_seconds=0.0)
     batches = list(
         source.batches(
             "records",
@@ -129,7 +129,7 @@ def test_batches_stop_when_data_changes_between_windows(
     monkeypatch.setattr(reads, "_SLICE_ROWS", 100)
     # More batches than one window reads ahead, so a second window opens the file.
     ingest_synthetic(tmp_path, 100 * (duckdb_source._READ_AHEAD + 3), seed=1)
-    source = DuckDBSource(store_path(tmp_path), window_seconds=0.0)
+    source = DuckDBSource(store_path(tmp_path), window_seconds=0.0, hold_seconds=0.0)
     stream = source.batches("records", None, None, batch_size=100)
     next(stream)
     ingest_synthetic(tmp_path, 10, seed=2)
