@@ -25,7 +25,7 @@ class _HeldDispatcher:
     def __init__(self) -> None:
         self.job_ids: list[str] = []
 
-    def dispatch(self, job_id: str) -> None:
+    def dispatch(self, job_id: str, *, records: int | None = None) -> None:
         self.job_ids.append(job_id)
 
 
