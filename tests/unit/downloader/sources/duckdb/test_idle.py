@@ -133,3 +133,33 @@ def test_a_stream_gives_the_file_back_only_when_a_writer_waits(
     with idle.waiting_writer(store):
         assert read() == alone
     assert len(opened) > 5
+
+
+def test_warm_reads_the_links_once_per_state_of_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Serve and each worker call warm() at start, so the first count does not wait for the
+    media links; an empty data directory is nothing to warm."""
+    from downloader.sources.duckdb import links
+    from downloader.sources.duckdb import source as source_module
+
+    DuckDBSource(store_path(tmp_path)).warm()  # no store yet
+    ingest_synthetic(tmp_path, 30, seed=1)
+    reads: list[int] = []
+    real = links.MediaLinks.read.__func__  # type: ignore[attr-defined]  # (a classmethod's function)
+
+    def counting(cls: type[links.MediaLinks], con: Any) -> Any:
+        reads.append(1)
+        return real(cls, con)
+
+    monkeypatch.setattr(links.MediaLinks, "read", classmethod(counting))
+    source = DuckDBSource(store_path(tmp_path))
+    source.warm()
+    assert len(reads) == 1
+    source.count("mediarecords", rq({"genus": "acer"}), None)
+    DuckDBSource(store_path(tmp_path)).count("mediarecords", rq({"genus": "quercus"}), None)
+    assert len(reads) == 1
+    ingest_synthetic(tmp_path, 10, seed=2)
+    source.count("mediarecords", rq({"genus": "acer"}), None)
+    assert len(reads) == 2
+    assert source_module._LINKS[store_path(tmp_path)][1] is not None
