@@ -7,6 +7,7 @@ import duckdb
 import numpy as np
 import pytest
 
+from downloader.sources.duckdb import links as links_module
 from downloader.sources.duckdb.links import NO_PARENT, MediaLinks
 
 
@@ -43,13 +44,16 @@ def _rowids(con: duckdb.DuckDBPyConnection, record_uuids: list[str]) -> np.ndarr
     return np.array([r[0] for r in rows], dtype=np.int64)
 
 
+@pytest.mark.parametrize("chunk", [2, 3, links_module.READ_CHUNK])
 @pytest.mark.parametrize(
     "chosen",
     [[], ["r0"], ["r1"], ["r2"], ["r1", "r3"], ["r0", "r1", "r2", "r3", "r4"]],
 )
 def test_the_media_of_records_are_those_the_join_finds(
-    con: duckdb.DuckDBPyConnection, chosen: list[str]
+    con: duckdb.DuckDBPyConnection, chosen: list[str], chunk: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Read whole or in chunks of media row ids, the links give what the join gives."""
+    monkeypatch.setattr(links_module, "READ_CHUNK", chunk)
     links = MediaLinks.read(con)
     assert links is not None
     got = links.media_of(_rowids(con, chosen))
@@ -63,8 +67,9 @@ def test_media_without_a_record_have_no_parent(con: duckdb.DuckDBPyConnection) -
 
 
 def test_the_tally_counts_media_by_recordset_and_keeps_the_unnamed_one(
-    con: duckdb.DuckDBPyConnection,
+    con: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(links_module, "READ_CHUNK", 3)  # recordsets met again in later chunks
     links = MediaLinks.read(con)
     assert links is not None
     every = links.media_of(_rowids(con, ["r0", "r1", "r2", "r3", "r4"]))
