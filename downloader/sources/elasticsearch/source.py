@@ -222,6 +222,24 @@ class FilteredPage(Page):
         return batch.filter(self._mask)
 
 
+def _one_recordset(clause: dict[str, Any]) -> str | None:
+    """The recordset of every document matching ``clause`` when the clause (or a filter of
+    its top-level ``bool``) is a ``term`` on ``recordset``, else None. ``recordset`` is a
+    keyword without a normalizer, so a matching document holds exactly that value."""
+    found = clause.get("bool")
+    filters = found.get("filter") if isinstance(found, dict) else [clause]
+    for item in filters if isinstance(filters, list) else [filters]:
+        term = item.get("term") if isinstance(item, dict) else None
+        if not isinstance(term, dict) or set(term) != {"recordset"}:
+            continue
+        value = term["recordset"]
+        if isinstance(value, dict):
+            value = value.get("value")
+        if isinstance(value, str):
+            return value
+    return None
+
+
 def _tally_in(pairs: Iterator[tuple[str, str]], ids: Iterator[str]) -> dict[str, int]:
     """Per recordset, how many of the sorted ``(value, recordset)`` pairs (repeats kept)
     have their value among the sorted distinct ``ids``: one pass over both, nothing held
@@ -553,6 +571,15 @@ class ElasticsearchSource:
     def _recordset_counts(
         self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
     ) -> dict[str, int]:
+        own, other = (rq, mq) if rtype == "records" else (mq, rq)
+        if own and not other:
+            # A query of one recordset (a recordset export's records): its tally is its
+            # count, with no listing of recordsets and no aggregation (which visits every
+            # matching document, and answers when there are many recordsets).
+            pinned = _one_recordset(self._clause(rtype, own))
+            if pinned is not None:
+                n = self.count(rtype, rq, mq)
+                return {pinned: n} if n else {}
         counted = self._counted_by_recordset(rtype, rq, mq)
         if counted is None:
             counted = self._merged_tally(rtype, rq, mq)

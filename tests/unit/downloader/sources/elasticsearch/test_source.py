@@ -433,6 +433,36 @@ def test_a_merged_read_gives_the_rows_of_duckdb_in_one_pass(
     assert len(rows(second())) == len(ours)
 
 
+@pytest.mark.parametrize(
+    ("rtype", "rq", "mq"),
+    [
+        ("records", {"recordset": "synthetic-seed-7"}, None),
+        ("records", {"recordset": "synthetic-seed-7", "genus": "acer"}, None),
+        ("records", {"recordset": "no-such-recordset"}, None),
+        ("mediarecords", None, {"recordset": "synthetic-seed-7"}),
+    ],
+)
+def test_the_tally_of_one_recordset_is_its_count(
+    es_source: ElasticsearchSource,
+    duck: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    rtype: RecordType,
+    rq: dict[str, Any] | None,
+    mq: dict[str, Any] | None,
+) -> None:
+    rqn = q("records", rq) if rq else None
+    mqn = q("mediarecords", mq) if mq else None
+
+    def unused(*args: Any) -> None:
+        raise AssertionError("a query of one recordset needs no per-recordset counts")
+
+    monkeypatch.setattr(es_source, "_counted_by_recordset", unused)
+    monkeypatch.setattr(es_source, "_composite_counts", unused)
+    tally = es_source._recordset_counts(rtype, rqn, mqn)
+    assert tally == duck.recordset_counts(rtype, rqn, mqn)
+    assert sum(tally.values()) == duck.count(rtype, rqn, mqn)
+
+
 def test_a_merges_count_tally_and_read_list_the_other_side_once(
     es_source: ElasticsearchSource, duck: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
