@@ -91,7 +91,8 @@ COUNTED_RECORDSETS = 32
 KEPT_TALLIES = 16
 #: Merge plans a source keeps (for the data version they were made in), and the most ids of
 #: the other side one of them holds once listed: a build's count, recordset tally and read
-#: of the same rq+mq then list them once (an Arrow array: 40 bytes an id, 10 MB at most).
+#: of the same rq+mq then list them once (an Arrow array: about 40 bytes an id, so at most
+#: 10 MB a plan and 40 MB for the plans kept).
 KEPT_PLANS = 4
 KEPT_IDS = 250_000
 META_ID = "store"
