@@ -28,7 +28,18 @@ JUDGED_MAX = 1_000_000
 QUICK_SIZES = (20_000,)
 #: Records per recordset when a larger store is grown from a smaller one.
 INGEST_PART = 1_000_000
-SECTIONS = ("build", "baseline", "limit", "search", "api", "load", "small", "counts", "ingest")
+SECTIONS = (
+    "build",
+    "baseline",
+    "limit",
+    "search",
+    "export",
+    "api",
+    "load",
+    "small",
+    "counts",
+    "ingest",
+)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -43,6 +54,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "limit at the smallest; the larger ones check speed and memory at scale.",
     )
     p.add_argument("--search-records", type=int, default=None, help="default 200000 (quick 2000)")
+    p.add_argument(
+        "--export-records",
+        type=int,
+        default=None,
+        help="records of the recordset exported from the cluster and the store (default 50000, "
+        "quick 2000)",
+    )
     p.add_argument("--seed", type=int, default=6)
     p.add_argument(
         "--only", default=",".join(SECTIONS), help=f"sections to run: {','.join(SECTIONS)}"
@@ -75,6 +93,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.sizes = tuple(sorted(args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)))
     args.search_records = args.search_records or (2_000 if args.quick else 200_000)
+    args.export_records = args.export_records or (2_000 if args.quick else 50_000)
     args.api_seconds = args.api_seconds or (3.0 if args.quick else 10.0)
     args.only = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = args.only - set(SECTIONS)
@@ -434,6 +453,18 @@ def _search(args: argparse.Namespace, results: dict[str, Any]) -> None:
         results["search"] = res
 
 
+def _export(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    from bench.export import run_export
+
+    with work_dir(keep=args.keep) as work:
+        try:
+            results["export"] = run_export(
+                work, args.export_records, seed=args.seed, timeout=args.build_timeout
+            )
+        except Exception as exc:
+            _skip(results, "export", exc)
+
+
 def _counts_latency(results: dict[str, Any], store: Any, work: Path) -> None:
     from bench.counts import run_counts
 
@@ -488,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
         _embedded(args, results)
     if "search" in args.only:
         _search(args, results)
+    if "export" in args.only:
+        _export(args, results)
     if "ingest" in args.only:
         _ingest(args, results)
     results["meta"]["total_seconds"] = time.perf_counter() - started

@@ -7,6 +7,12 @@ then ``downloader.build.build_archive`` timed from start to published archive. P
 JSON line.
 
     python -m bench.build_child '{"rq": {"kingdom": "plantae"}}'
+    python -m bench.build_child '{"export": {"recordset": "synthetic-seed-6", "version": 1}}'
+
+A parameter object with ``export`` makes the recordset version's export job (as
+``POST /recordsets/{recordset}/{version}/export/`` does) instead of a download; with
+``"warm_source": true`` the record source is made before the clock starts, as in a worker
+that has built a job before.
 """
 
 from __future__ import annotations
@@ -42,7 +48,23 @@ def main(argv: list[str]) -> int:
     settings = load_settings()
     dispatcher = _HeldDispatcher()
     ctx = make_context(settings, dispatcher=dispatcher)
-    request_download(ctx, params, force=True, base_url="http://127.0.0.1/")
+    if params.pop("warm_source", False):
+        # The record source of a worker that has built a job before: made (its client
+        # library imported, its store opened, what it reads ahead read) before the clock
+        # starts, as a warm worker does at start.
+        ctx.source().warm()
+    export = params.get("export")
+    if export:
+        # A new export job every run, as request_download's force=True gives a new download
+        # job: start_export would reuse the one the ingest queued or an earlier run built.
+        from downloader.models import now_utc
+        from downloader.service.exports import _new_job
+
+        new = _new_job(ctx, export["recordset"], int(export["version"]), now_utc(), base_url=None)
+        ctx.jobs.save(new)
+        dispatcher.dispatch(new.id)
+    else:
+        request_download(ctx, params, force=True, base_url="http://127.0.0.1/")
     (job_id,) = dispatcher.job_ids
 
     start = time.perf_counter()

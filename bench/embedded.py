@@ -127,16 +127,18 @@ def selections(store: Store) -> list[Selection]:
 
 def run_ours(
     store: Store,
-    sel: Selection,
+    sel: Selection | None = None,
     *,
     timeout: float,
+    params: dict[str, Any] | None = None,
     env_extra: dict[str, str] | None = None,
     profile: Path | None = None,
     form: str | None = None,
     floor_in: Path | None = None,
 ) -> dict[str, Any]:
-    """Our build of the default DwC-A (or ``form``) for ``sel`` in a measured child process;
-    with ``floor_in`` (a work directory), also the floor on its archive's bytes
+    """Our build of the default DwC-A (or ``form``) for ``sel`` in a measured child process
+    (or of ``params`` as :mod:`bench.build_child` takes them: a download or a recordset
+    export); with ``floor_in`` (a work directory), also the floor on its archive's bytes
     (:func:`bench.references.run_floor`), after the child has ended."""
     env = bench_env(
         {
@@ -145,7 +147,11 @@ def run_ours(
             **(env_extra or {}),
         }
     )
-    params: dict[str, Any] = {"rq": sel.rq}
+    if params is None:
+        if sel is None:
+            raise ValueError("run_ours needs a selection or the build's parameters")
+        params = {"rq": sel.rq}
+    params = dict(params)
     if form:
         params["form"] = form
     args = ["-m", "bench.build_child", json.dumps(params)]

@@ -20,6 +20,8 @@ MAX_RSS_MB = 400.0
 #: Peak RSS is sampled; "no higher at 5M" allows this much sampling noise.
 RSS_GROWTH_TOLERANCE = 1.10
 SEARCH_SHARE_OF_BARE = 0.80
+#: A recordset export built from the search cluster against the same from the embedded store.
+EXPORT_MAX_CLUSTER_VS_EMBEDDED = 3.0
 STATUS_RPS = 1500.0
 STATUS_P99_MS = 25.0
 #: Ingest of a DwC-A against DuckDB's bare read_csv of its core file, and its memory.
@@ -122,6 +124,8 @@ def judge(results: dict[str, Any]) -> list[Verdict]:
             Verdict("search-cluster build vs bare scroll", ">= 80%", "not measured", None)
         )
 
+    verdicts.append(_export_verdict(results))
+
     api = results.get("api") or {}
     status = api.get("status")
     if status:
@@ -155,6 +159,21 @@ def judge(results: dict[str, Any]) -> list[Verdict]:
     verdicts.extend(_count_verdicts(results))
     verdicts.extend(_ingest_verdicts(results))
     return verdicts
+
+
+def _export_verdict(results: dict[str, Any]) -> Verdict:
+    export = results.get("export")
+    goal = f"<= {EXPORT_MAX_CLUSTER_VS_EMBEDDED:g}x"
+    if not export:
+        return Verdict("recordset export, cluster vs embedded", goal, "not measured", None)
+    ratio = export["ratio"]
+    return Verdict(
+        f"recordset export, cluster vs embedded ({export['records']:,} records)",
+        goal,
+        f"{ratio:.1f}x ({export['cluster']['seconds']:.2f} s vs "
+        f"{export['embedded']['seconds']:.2f} s)",
+        ratio <= EXPORT_MAX_CLUSTER_VS_EMBEDDED,
+    )
 
 
 def _load_verdict(results: dict[str, Any]) -> Verdict:
@@ -365,6 +384,7 @@ def markdown(results: dict[str, Any], verdicts: list[Verdict]) -> str:
             f"| {_fmt((o.get('peak_rss_bytes') or 0) / MB, 0)} "
             f"| {_fmt(b['seconds'] / o['seconds'] if o.get('seconds') else None)} |",
         ]
+    lines += _export_lines(results.get("export"))
     api = results.get("api")
     if api:
         s, bare, re_ = api["status"], api["bare"], api["resubmission"]
@@ -430,6 +450,36 @@ def markdown(results: dict[str, Any], verdicts: list[Verdict]) -> str:
         lines += ["", "## Not measured in this run", ""]
         lines += [f"- {name}: {why}" for name, why in skipped.items()]
     return "\n".join(lines) + "\n"
+
+
+def _export_lines(export: dict[str, Any] | None) -> list[str]:
+    if not export:
+        return []
+    lines = [
+        "",
+        f"## Recordset export, search cluster vs embedded store ({export['records']:,} records)",
+        "",
+        f"`{export['recordset']}` version {export['version']}; the fastest of "
+        f"{len(export['runs']['cluster'])} builds from each source, alternating "
+        f"(cluster {', '.join(f'{s:.2f}' for s in export['runs']['cluster'])} s; embedded "
+        f"{', '.join(f'{s:.2f}' for s in export['runs']['embedded'])} s).",
+        "",
+        "| build | embedded s | cluster s | cluster / embedded | records | media |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows = [("export", export["embedded"], export["cluster"])]
+    rows += [
+        (f"download, {name}", pair["embedded"], pair["cluster"])
+        for name, pair in (export.get("downloads") or {}).items()
+    ]
+    for name, emb, clu in rows:
+        counts = clu.get("counts") or {}
+        lines.append(
+            f"| {name} | {emb['seconds']:.2f} | {clu['seconds']:.2f} "
+            f"| {clu['seconds'] / emb['seconds']:.1f}x | {counts.get('records', 0):,} "
+            f"| {counts.get('mediarecords', 0):,} |"
+        )
+    return lines
 
 
 def chart(results: dict[str, Any], path: Path) -> None:

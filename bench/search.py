@@ -50,8 +50,9 @@ def ingest_cluster(
     start = time.perf_counter()
     ingest_synthetic(data_dir, n, seed=seed, timeout=timeout)
     call = (
-        "import sys; from downloader.sources.elasticsearch import ElasticsearchSource, "
-        "export_store; export_store(sys.argv[1], ElasticsearchSource(sys.argv[2], "
+        "import sys; from downloader.sources.elasticsearch import ElasticsearchSource; "
+        "from downloader.ingest.cluster import export_store; "
+        "export_store(sys.argv[1], ElasticsearchSource(sys.argv[2], "
         "index_prefix=sys.argv[3], timeout=120))"
     )
     proc = subprocess.run(

@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import logging
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -87,6 +89,12 @@ COMPOSITE_PAGE = 1_000
 COUNTED_RECORDSETS = 32
 #: recordset_counts answers a source keeps (for the data version they were counted in).
 KEPT_TALLIES = 16
+#: Merge plans a source keeps (for the data version they were made in), and the most ids of
+#: the other side one of them holds once listed: a build's count, recordset tally and read
+#: of the same rq+mq then list them once (an Arrow array: about 40 bytes an id, so at most
+#: 10 MB a plan and 40 MB for the plans kept).
+KEPT_PLANS = 4
+KEPT_IDS = 250_000
 META_ID = "store"
 
 
@@ -135,11 +143,37 @@ def log_time(when: datetime) -> datetime:
 @dataclasses.dataclass
 class MergePlan:
     """A read of ``query`` kept to documents whose ``here`` (link field) is among the
-    sorted distinct values ``ids()`` gives (the other side's matches)."""
+    sorted distinct values ``listing()`` gives (the other side's matches, from ``size``
+    documents).
+
+    When ``size`` is at most ``keep`` (see :data:`KEPT_IDS`), the first walk over the ids
+    lists them all and keeps them, and every walk replays them instead of listing them on
+    the cluster again; more are listed anew for each walk."""
 
     query: dict[str, Any]
     here: str
-    ids: Callable[[], Iterator[str]]
+    listing: Callable[[], Iterator[str]]
+    size: int = KEPT_IDS + 1
+    keep: int = KEPT_IDS
+    kept: pa.Array | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def keeps(self) -> bool:
+        """Whether the ids are (or will be) kept after their first listing."""
+        return self.size <= self.keep
+
+    def list_ids(self) -> None:
+        """List the ids now and keep them (when :attr:`keeps`)."""
+        if self.kept is None and self.keeps:
+            self.kept = pa.array(list(self.listing()), pa.string())
+
+    def ids(self) -> Iterator[str]:
+        """The other side's distinct ids, sorted."""
+        self.list_ids()
+        if self.kept is not None:
+            yield from self.kept.to_pylist()
+        else:
+            yield from self.listing()
 
     def window(self) -> IdWindow:
         """A fresh walk over the ids, for one read."""
@@ -189,6 +223,24 @@ class FilteredPage(Page):
         return batch.filter(self._mask)
 
 
+def _one_recordset(clause: dict[str, Any]) -> str | None:
+    """The recordset of every document matching ``clause`` when the clause (or a filter of
+    its top-level ``bool``) is a ``term`` on ``recordset``, else None. ``recordset`` is a
+    keyword without a normalizer, so a matching document holds exactly that value."""
+    found = clause.get("bool")
+    filters = found.get("filter") if isinstance(found, dict) else [clause]
+    for item in filters if isinstance(filters, list) else [filters]:
+        term = item.get("term") if isinstance(item, dict) else None
+        if not isinstance(term, dict) or set(term) != {"recordset"}:
+            continue
+        value = term["recordset"]
+        if isinstance(value, dict):
+            value = value.get("value")
+        if isinstance(value, str):
+            return value
+    return None
+
+
 def _tally_in(pairs: Iterator[tuple[str, str]], ids: Iterator[str]) -> dict[str, int]:
     """Per recordset, how many of the sorted ``(value, recordset)`` pairs (repeats kept)
     have their value among the sorted distinct ``ids``: one pass over both, nothing held
@@ -230,6 +282,8 @@ class ElasticsearchSource:
         self.counted_recordsets = COUNTED_RECORDSETS
         #: recordset_counts answers: (rtype, rq and mq as JSON) -> (data version, counts).
         self._tallies: dict[tuple[str, str], tuple[str, dict[str, int]]] = {}
+        #: _merge_plan answers, the same way (None: no merge for that query).
+        self._merges: dict[tuple[str, str], tuple[str, MergePlan | None]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ElasticsearchSource:
@@ -379,10 +433,14 @@ class ElasticsearchSource:
         return str(answer["_source"].get("data_version", "0"))
 
     def count(self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None) -> int:
-        """How many ``rtype`` documents match (exact: ``_count`` does not cap at 10,000)."""
-        merged = self._merged_tally(rtype, rq, mq)
-        if merged is not None:
-            return sum(merged.values())
+        """How many ``rtype`` documents match (exact: ``_count`` does not cap at 10,000).
+
+        A merged count is the sum of the merged recordset tally (every matching document is
+        in it, ``"None"`` for one without a recordset), so it is taken from
+        :meth:`recordset_counts`, which keeps it: a build asks for both, and each is a pass
+        over both sides."""
+        if self._merge_plan(rtype, rq, mq) is not None:
+            return sum(self.recordset_counts(rtype, rq, mq).values())
         total = 0
         for plan in self._plans(rtype, rq, mq):
             answer = call(f"counting {rtype}", self.es.count, index=self.index(rtype), query=plan)
@@ -406,15 +464,50 @@ class ElasticsearchSource:
         merge = self._merge_plan(rtype, rq, mq)
         if merge is None:
             return None
-        pairs = self._sorted_pairs(self.index(rtype), merge.query, merge.here, "recordset")
-        return _tally_in(pairs, merge.ids())
+        listing = self._sorted_pairs(self.index(rtype), merge.query, merge.here, "recordset")
+        pairs: Iterator[tuple[str, str]] = listing
+        with closing(listing):
+            if merge.keeps and merge.kept is None:
+                # The two listings at once: the cluster sorts the other side's ids (on a
+                # thread of ours) while it sorts this side's pairs for their first page.
+                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="es-ids") as pool:
+                    listed = pool.submit(merge.list_ids)
+                    first = next(listing, None)
+                    listed.result()
+                if first is None:
+                    return {}
+                pairs = itertools.chain([first], listing)
+            return _tally_in(pairs, merge.ids())
 
     def _merge_plan(
         self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
     ) -> MergePlan | None:
         """The merge of an rq+mq query (see :meth:`_merged_tally`), or None: no other side,
         one id chunk holds it, or this side matches more than ``MERGE_RATIO`` times as many
-        documents."""
+        documents.
+
+        The answer (and the ids it lists, see :class:`MergePlan`) is kept for the current
+        data version, like :meth:`recordset_counts`: a build's count, tally and read of
+        media take the same merge, and deciding it costs two counts."""
+        other = mq if rtype == "records" else rq
+        if not other:
+            return None
+        key = (rtype, json.dumps([rq, mq], sort_keys=True, default=str))
+        version = self.data_version()
+        kept = self._merges.get(key)
+        if kept is not None and kept[0] == version:
+            return kept[1]
+        plan = self._new_merge_plan(rtype, rq, mq)
+        if version != "0":  # no meta document: nothing tells when the data changes
+            self._merges.pop(key, None)
+            self._merges[key] = (version, plan)
+            while len(self._merges) > KEPT_PLANS:
+                del self._merges[next(iter(self._merges))]
+        return plan
+
+    def _new_merge_plan(
+        self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+    ) -> MergePlan | None:
         if rtype == "records":
             own, other_type, other, here, there = rq, "mediarecords", mq, "uuid", "coreid"
         else:
@@ -439,11 +532,11 @@ class ElasticsearchSource:
             ):
                 yield from chunk
 
-        return MergePlan(own_clause, here, ids)
+        return MergePlan(own_clause, here, ids, n_other)
 
     def _sorted_pairs(
         self, index: str, clause: dict[str, Any], field: str, second: str
-    ) -> Iterator[tuple[str, str]]:
+    ) -> Generator[tuple[str, str], None, None]:
         """``(field, second)`` of every document of ``index`` matching ``clause``, sorted
         by both (the sort values of one scroll without ``_source``); documents without
         ``field`` are left out."""
@@ -482,6 +575,15 @@ class ElasticsearchSource:
     def _recordset_counts(
         self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
     ) -> dict[str, int]:
+        own, other = (rq, mq) if rtype == "records" else (mq, rq)
+        if own and not other:
+            # A query of one recordset (a recordset export's records): its tally is its
+            # count, with no listing of recordsets and no aggregation (which visits every
+            # matching document, and answers when there are many recordsets).
+            pinned = _one_recordset(self._clause(rtype, own))
+            if pinned is not None:
+                n = self.count(rtype, rq, mq)
+                return {pinned: n} if n else {}
         counted = self._counted_by_recordset(rtype, rq, mq)
         if counted is None:
             counted = self._merged_tally(rtype, rq, mq)

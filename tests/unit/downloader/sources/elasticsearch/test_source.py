@@ -431,3 +431,58 @@ def test_a_merged_read_gives_the_rows_of_duckdb_in_one_pass(
     )
     assert rows(first()) == [{k: r[k] for k in ("coreid", *names)} for r in ours]
     assert len(rows(second())) == len(ours)
+
+
+@pytest.mark.parametrize(
+    ("rtype", "rq", "mq"),
+    [
+        ("records", {"recordset": "synthetic-seed-7"}, None),
+        ("records", {"recordset": "synthetic-seed-7", "genus": "acer"}, None),
+        ("records", {"recordset": "no-such-recordset"}, None),
+        ("mediarecords", None, {"recordset": "synthetic-seed-7"}),
+    ],
+)
+def test_the_tally_of_one_recordset_is_its_count(
+    es_source: ElasticsearchSource,
+    duck: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    rtype: RecordType,
+    rq: dict[str, Any] | None,
+    mq: dict[str, Any] | None,
+) -> None:
+    rqn = q("records", rq) if rq else None
+    mqn = q("mediarecords", mq) if mq else None
+
+    def unused(*args: Any) -> None:
+        raise AssertionError("a query of one recordset needs no per-recordset counts")
+
+    monkeypatch.setattr(es_source, "_counted_by_recordset", unused)
+    monkeypatch.setattr(es_source, "_composite_counts", unused)
+    tally = es_source._recordset_counts(rtype, rqn, mqn)
+    assert tally == duck.recordset_counts(rtype, rqn, mqn)
+    assert sum(tally.values()) == duck.count(rtype, rqn, mqn)
+
+
+def test_a_merges_count_tally_and_read_list_the_other_side_once(
+    es_source: ElasticsearchSource, duck: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a build asks of a records query's media: the count, the recordset tally (for the
+    # verbatim terms and the citation) and the rows. The record uuids are listed once.
+    source = ElasticsearchSource(client=es_source.es, index_prefix="t-", id_chunk=100)
+    listed: list[tuple[str, str]] = []
+    real = source._sorted_values
+
+    def spy(index: str, clause: Any, field: str, what: str, chunk: int) -> Iterator[list[str]]:
+        listed.append((index, field))
+        return real(index, clause, field, what, chunk)
+
+    monkeypatch.setattr(source, "_sorted_values", spy)
+    rqn = q("records", {"kingdom": "plantae"})
+    assert source.count("mediarecords", rqn, None) == duck.count("mediarecords", rqn, None) > 100
+    tally = duck.recordset_counts("mediarecords", rqn, None)
+    assert source.recordset_counts("mediarecords", rqn, None) == tally
+    got = rows(source.batches("mediarecords", rqn, None, fields=["uuid"], batch_size=50))
+    assert sorted(r["uuid"] for r in got) == sorted(
+        r["uuid"] for r in rows(duck.batches("mediarecords", rqn, None, fields=["uuid"]))
+    )
+    assert listed == [("t-records", "uuid")]
