@@ -430,27 +430,9 @@ def write_recordset(
             f"(SELECT uuid FROM {new_media})",
             p,
         )
-        # An unchanged record (same etag) keeps its datemodified, so incremental consumers
-        # see only what really changed.
-        _run(
-            con,
-            "INSERT INTO store.records BY NAME SELECT d.* REPLACE ("
-            "CASE WHEN old.etag = d.etag THEN old.datemodified ELSE d.datemodified END "
-            "AS datemodified, $version AS version) FROM records_d AS d LEFT JOIN "
-            "(SELECT uuid, etag, datemodified FROM store.records WHERE recordset = $rs) AS old "
-            "ON old.uuid = d.uuid",
-            {"rs": rs, "version": version},
-        )
+        _insert_version(con, "records", "records_d", rs, version)
         if has_media:
-            _run(
-                con,
-                "INSERT INTO store.mediarecords BY NAME SELECT d.* REPLACE ("
-                "CASE WHEN old.etag = d.etag THEN old.datemodified ELSE d.datemodified END "
-                "AS datemodified, $version AS version) FROM media_d AS d LEFT JOIN "
-                "(SELECT uuid, etag, datemodified FROM store.mediarecords "
-                "WHERE recordset = $rs) AS old ON old.uuid = d.uuid",
-                {"rs": rs, "version": version},
-            )
+            _insert_version(con, "mediarecords", "media_d", rs, version)
         for table in ("records", "mediarecords"):
             _run(
                 con,
@@ -506,6 +488,48 @@ def write_recordset(
         skipped=tuple(staged.skipped),
         warnings=tuple(staged.warnings),
     )
+
+
+def _insert_version(
+    con: duckdb.DuckDBPyConnection, table: str, derived: str, rs: str, version: int
+) -> None:
+    """Insert the derived rows of ``derived`` into ``store.<table>`` as ``version``.
+
+    An unchanged row (same uuid and etag as in the previous version) keeps its
+    datemodified, so incremental consumers see only what really changed. When the recordset
+    has no rows yet (a first ingest) there is nothing to keep and the rows go in without
+    that join: joined, DuckDB ran the whole insert, derivation included, on one thread
+    (35 s against 15 s for a million records on two cores). A re-ingest joins against
+    the previous version's (uuid, etag, datemodified) copied into the staging database
+    first, which measured faster than joining the store's table in the same statement."""
+    params = {"rs": rs, "version": version}
+    previous = f"SELECT EXISTS (SELECT 1 FROM store.{table} WHERE recordset = $rs)"
+    if not _scalar(con, previous, params):
+        _run(
+            con,
+            f"INSERT INTO store.{table} BY NAME SELECT * REPLACE ($version AS version) "
+            f"FROM {derived}",
+            params,
+        )
+        return
+    con.execute("DROP TABLE IF EXISTS previous_etags")
+    _run(
+        con,
+        "CREATE TEMP TABLE previous_etags AS SELECT uuid, etag, datemodified "
+        f"FROM store.{table} WHERE recordset = $rs",
+        params,
+    )
+    try:
+        _run(
+            con,
+            f"INSERT INTO store.{table} BY NAME SELECT d.* REPLACE ("
+            "CASE WHEN old.etag = d.etag THEN old.datemodified ELSE d.datemodified END "
+            f"AS datemodified, $version AS version) FROM {derived} AS d "
+            "LEFT JOIN previous_etags AS old ON old.uuid = d.uuid",
+            params,
+        )
+    finally:
+        con.execute("DROP TABLE IF EXISTS previous_etags")
 
 
 def bump_data_version(con: duckdb.DuckDBPyConnection, *, prefix: str = "") -> int:
