@@ -294,12 +294,11 @@ def record_select(
 ) -> str:
     """SQL selecting every ``records`` column (by name) from the staged verbatim table.
 
-    ``source`` holds the verbatim columns plus ``_row``, ``_key`` (the record key),
-    ``_uuid``, ``_dqs`` and ``_fulltext``;
+    ``source`` holds the verbatim columns plus ``_grp`` (the recordset id), ``_row``,
+    ``_key`` (the record key), ``_uuid``, ``_dqs`` and ``_fulltext``;
     ``media_agg`` (optional) has ``_parent``, ``_media`` (uuids) and ``_has_image`` per
     parent uuid; ``datemap`` (optional) maps unusual ``_raw`` eventDate texts to ``_parsed``
-    timestamps. Named parameters: ``$recordset``, ``$version``,
-    ``$now``.
+    timestamps. Named parameter: ``$now``; ``version`` is left 0 for the write to set.
     """
     terms = sorted(c for c in columns if not c.startswith("_"))
     cols = Columns(terms, alias="v")
@@ -326,7 +325,7 @@ def record_select(
     if datemap:
         joins.append(f"LEFT JOIN {datemap} AS dm ON dm._raw = {event}")
     stage_a = (
-        "SELECT v._uuid, v._key, "
+        "SELECT v._grp, v._uuid, v._key, "
         + ", ".join(f"{sql} AS {name}" for name, sql in helpers.items())
         + (", ma._media, ma._has_image" if media_agg else ", NULL AS _media, NULL AS _has_image")
         + ", v._fulltext AS _fulltext"
@@ -380,8 +379,8 @@ def record_select(
         "uuid": "_uuid",
         "etag": "sha1(_data)",
         "datemodified": "$now",
-        "recordids": "[$recordset || '\\' || _key]",
-        "version": "$version",
+        "recordids": "[_grp || '\\' || _key]",
+        "version": "0",
         "genus": (
             f"coalesce({quote_ident('genus')}, "
             f"nullif(lower(regexp_extract(_sci, '{binomial}', 1)), ''))"
@@ -394,7 +393,7 @@ def record_select(
         "geopoint": f"CASE WHEN {valid_point} THEN struct_pack(lat := _lat, lon := _lon) END",
         "datecollected": f"CASE WHEN {in_bounds} THEN _date END",
         "startdayofyear": f"CASE WHEN {in_bounds} THEN CAST(dayofyear(_date) AS BIGINT) END",
-        "recordset": "$recordset",
+        "recordset": "_grp",
         "mediarecords": "_media",
         "hasImage": "coalesce(_has_image, FALSE)",
         "hasMedia": "_media IS NOT NULL",
@@ -412,9 +411,9 @@ def record_select(
 def media_select(columns: Iterable[str], *, source: str) -> str:
     """SQL selecting every ``mediarecords`` column (by name) plus ``coreid``.
 
-    ``source`` holds the verbatim media columns plus ``_key``, ``_uuid``, ``_parent`` (the
-    parent record's uuid or NULL), ``_dqs`` and ``_fulltext``.
-    Named parameters: ``$recordset``, ``$version``, ``$now``.
+    ``source`` holds the verbatim media columns plus ``_grp`` (the recordset id), ``_key``,
+    ``_uuid``, ``_parent`` (the parent record's uuid or NULL), ``_dqs`` and ``_fulltext``.
+    Named parameter: ``$now``; ``version`` is left 0 for the write to set.
     """
     terms = sorted(c for c in columns if not c.startswith("_"))
     cols = Columns(terms, alias="v")
@@ -442,9 +441,9 @@ def media_select(columns: Iterable[str], *, source: str) -> str:
         "uuid": "v._uuid",
         "datemodified": "$now",
         "etag": f"sha1({data})",
-        "version": "$version",
-        "recordids": "[$recordset || '\\' || v._key]",
-        "recordset": "$recordset",
+        "version": "0",
+        "recordids": "[v._grp || '\\' || v._key]",
+        "recordset": "v._grp",
         "records": "CASE WHEN v._parent IS NOT NULL THEN [v._parent] END",
         "mediatype": mediatype,
         "hasSpecimen": "v._parent IS NOT NULL",
