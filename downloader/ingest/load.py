@@ -110,9 +110,9 @@ def schema_sql(prefix: str = "") -> list[str]:
 
     return [
         f"CREATE TABLE IF NOT EXISTS {prefix}records ({columns('records')}, "
-        "data JSON, fulltext VARCHAR[])",
+        "data JSON, fulltext VARCHAR)",
         f"CREATE TABLE IF NOT EXISTS {prefix}mediarecords (coreid VARCHAR, "
-        f"{columns('mediarecords')}, data JSON, fulltext VARCHAR[])",
+        f"{columns('mediarecords')}, data JSON, fulltext VARCHAR)",
         f"CREATE TABLE IF NOT EXISTS {prefix}recordsets (recordset VARCHAR, version BIGINT, "
         "name VARCHAR, source VARCHAR, ingested_at TIMESTAMP, record_count BIGINT, "
         "media_count BIGINT, eml VARCHAR, record_terms VARCHAR[], media_terms VARCHAR[])",
@@ -408,9 +408,25 @@ def attached_store(
     try:
         for stmt in schema_sql("store."):
             con.execute(stmt)
+        _migrate_fulltext(con)
         yield
     finally:
         con.execute("DETACH store")
+
+
+def _migrate_fulltext(con: duckdb.DuckDBPyConnection) -> None:
+    """A store written before ``fulltext`` was text holds token lists there: each becomes
+    its tokens joined by spaces, which the token-boundary match of ``query.sql`` reads
+    alike (readers of an unmigrated store still get the same answers, more slowly)."""
+    lists = con.execute(
+        "SELECT table_name FROM duckdb_columns() WHERE database_name = 'store' "
+        "AND schema_name = 'main' AND column_name = 'fulltext' AND data_type = 'VARCHAR[]'"
+    ).fetchall()
+    for (table,) in lists:
+        con.execute(
+            f"ALTER TABLE store.{table} ALTER COLUMN fulltext SET DATA TYPE VARCHAR "
+            "USING nullif(array_to_string(fulltext, ' '), '')"
+        )
 
 
 def _sql_string(text: str) -> str:
