@@ -1,7 +1,7 @@
 """Time ingest of synthetic records into the DuckDB record store, and counts over them.
 
 Usage: ``python -m bench.bench_ingest [N] [--seed S] [--keep DIR]`` (N defaults to
-1,000,000). Prints seconds for generating the records, deriving and writing them, and for a
+1,000,000). Prints seconds for generating, deriving and writing the records, and for a
 few counts; no pass/fail. Speed depends on what else the machine is doing, so compare runs
 made on the same machine at the same time. Beside wall-clock seconds it prints the CPU seconds
 this process used (all threads) and the load average, which say more on a shared machine.
@@ -15,13 +15,9 @@ import resource
 import shutil
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-import duckdb
-
-from downloader.ingest.load import attached_store, derive, store_path, write_recordset
-from downloader.ingest.synthetic import synthetic_archive
+from downloader.ingest.load import ingest_synthetic, store_path
 from downloader.sources.duckdb import DuckDBSource
 from query.validate import validate_query
 
@@ -63,22 +59,12 @@ def main() -> None:
     try:
         print(f"load average (1, 5, 15 min) before: {_load()}")
         t0, c0 = time.perf_counter(), _cpu()
-        archive = synthetic_archive(args.count, seed=args.seed)
+        result = ingest_synthetic(data_dir, args.count, seed=args.seed)
         t1, c1 = time.perf_counter(), _cpu()
-        now = datetime.now(UTC).replace(tzinfo=None)
-        con = duckdb.connect(":memory:")
-        counts = derive(con, archive, now=now)
-        t2, c2 = time.perf_counter(), _cpu()
-        with attached_store(con, store_path(data_dir), lock_timeout=60):
-            write_recordset(con, archive, now=now, counts=counts)
-        con.close()
-        t3, c3 = time.perf_counter(), _cpu()
-        print(f"records: {counts[0]}, media records: {counts[1]}")
-        print(f"generate        {t1 - t0:8.2f} s  (cpu {c1 - c0:7.2f} s)")
-        print(f"derive          {t2 - t1:8.2f} s  (cpu {c2 - c1:7.2f} s)")
-        print(f"write           {t3 - t2:8.2f} s  (cpu {c3 - c2:7.2f} s)")
+        print(f"records: {result.records}, media records: {result.media}")
         print(
-            f"ingest total    {t3 - t0:8.2f} s  (cpu {c3 - c0:7.2f} s; generate + derive + write)"
+            f"ingest total    {t1 - t0:8.2f} s  (cpu {c1 - c0:7.2f} s; generate, stage, derive "
+            "and write, a chunk of records generated at a time)"
         )
         print(f"load average (1, 5, 15 min) after ingest: {_load()}")
         source = DuckDBSource(store_path(data_dir))

@@ -14,6 +14,10 @@ import unicodedata
 # underscore is treated as a separator too, so "acer_rubrum" gives "acer" and "rubrum".
 _WORD = re.compile(r"[^\W_]+")
 
+#: The letters and digits a token is made of, as an RE2 character-class body (DuckDB's
+#: regular expressions): ``[{TOKEN_CHARS}]+`` is ``[^\W_]+`` after NFC and lower-casing.
+TOKEN_CHARS = r"\pL\pN"
+
 
 def tokens(text: str) -> list[str]:
     """The distinct lower-cased word tokens of ``text``, in order of first appearance.

@@ -32,7 +32,7 @@ from query.mapping import es_mapping, to_es_document
 from query.sql import EARTH_RADIUS_M, compile_request_where, compile_where
 from query.validate import validate_query
 from tests.support.osmem import OsmemSearch, osmem_search  # noqa: F401  (pytest fixture)
-from tests.unit.query.sample_store import GENERA, connect, sample_rows
+from tests.unit.query.sample_store import GENERA, connect, es_row, sample_rows
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +83,7 @@ def backends(osmem_search: OsmemSearch) -> Iterator[Backends]:  # noqa: F811  (t
         body = es_mapping(rtype)
         es.indices.create(index=INDEX[rtype], settings=body["settings"], mappings=body["mappings"])
         actions = [
-            {"_index": INDEX[rtype], "_id": row["uuid"], "_source": to_es_document(row)}
+            {"_index": INDEX[rtype], "_id": row["uuid"], "_source": to_es_document(es_row(row))}
             for row in rows
         ]
         indexed, errors = helpers.bulk(es, actions, refresh=True)

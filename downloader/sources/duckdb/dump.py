@@ -12,6 +12,7 @@ from typing import Any, Literal
 import duckdb
 
 from downloader.sources.duckdb import idle
+from query.text import TOKEN_CHARS
 
 #: Rows read from the store per batch while copying it.
 DUMP_BATCH_ROWS = 5_000
@@ -43,9 +44,12 @@ class StoreDump:
     def rows(
         self, table: Literal["records", "mediarecords"], recordset: str
     ) -> Iterator[dict[str, Any]]:
-        """The rows of one recordset in ``table``, by uuid."""
+        """The rows of one recordset in ``table``, by uuid; ``fulltext`` as the tokens of
+        the stored text (the search cluster indexes them as a keyword list)."""
+        tokens = f"regexp_extract_all(CAST(fulltext AS VARCHAR), '[{TOKEN_CHARS}]+')"
         reader = self._con.sql(
-            f"SELECT * FROM {table} WHERE recordset = $rs ORDER BY uuid",
+            f"SELECT * REPLACE ({tokens} AS fulltext) FROM {table} WHERE recordset = $rs "
+            "ORDER BY uuid",
             params={"rs": recordset},
         ).to_arrow_reader(DUMP_BATCH_ROWS)
         for batch in reader:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import unicodedata
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,7 +27,7 @@ def columns(rtype: RecordType) -> list[tuple[str, str]]:
     cols = [(f.name, DUCKDB_TYPES[f.kind]) for f in fields(rtype)]
     if rtype == "mediarecords":
         cols.append(("coreid", "VARCHAR"))
-    cols += [("data", "JSON"), ("fulltext", "VARCHAR[]")]
+    cols += [("data", "JSON"), ("fulltext", "VARCHAR")]
     return cols
 
 
@@ -216,9 +217,11 @@ def _media(rng: random.Random, uuid: str, coreid: str | None) -> dict[str, Any]:
     return row
 
 
-def _fulltext(data: dict[str, Any]) -> list[str]:
-    seen: dict[str, None] = {}
-    for value in data.values():
-        for token in tokens(str(value)):
-            seen.setdefault(token, None)
-    return list(seen)
+def _fulltext(data: dict[str, Any]) -> str:
+    """The verbatim values joined, NFC-normalised and lower-cased, as ingest stores them."""
+    return unicodedata.normalize("NFC", " ".join(str(v) for v in data.values())).lower()
+
+
+def es_row(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` as the search cluster gets it from the store: ``fulltext`` as its tokens."""
+    return {**row, "fulltext": tokens(row["fulltext"])}

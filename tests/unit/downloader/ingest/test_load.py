@@ -8,6 +8,7 @@ import uuid
 import zipfile
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from downloader.ingest.derive import UUID_NAMESPACE
@@ -16,6 +17,7 @@ from downloader.ingest.read import ArchiveRejected, open_archive
 from downloader.sources.duckdb import DuckDBSource
 from query.fields import field_names
 from query.text import tokens
+from query.validate import validate_query
 from tests.unit.downloader.ingest.helpers import rows
 
 FIXTURES = Path(__file__).resolve().parents[3] / "fixtures" / "dwca"
@@ -200,7 +202,54 @@ def test_fulltext_holds_query_text_tokens_of_every_verbatim_value(tmp_path: Path
         expected = set()
         for value in json.loads(data).values():
             expected.update(tokens(value))
-        assert set(fulltext) == expected
+        assert set(tokens(fulltext)) == expected
+
+
+def test_a_fulltext_search_finds_whole_tokens_only(tmp_path: Path) -> None:
+    ingest_archive(tmp_path, FIXTURES / "gbif-results.zip")
+    source = DuckDBSource(store_path(tmp_path))
+    ((genus,),) = rows(tmp_path, "SELECT genus FROM records WHERE genus IS NOT NULL LIMIT 1")
+    whole = validate_query({"data": {"type": "fulltext", "value": genus.upper()}}, "records")
+    part = validate_query({"data": {"type": "fulltext", "value": genus[:-1]}}, "records")
+    with_genus = rows(tmp_path, f"SELECT count(*) FROM records WHERE genus = '{genus}'")[0][0]
+    assert source.count("records", whole, None) >= with_genus > 0
+    # A token's beginning is not the token (unless some value holds it alone).
+    holds_part = [
+        data
+        for (data,) in rows(tmp_path, "SELECT data FROM records")
+        if genus[:-1].lower() in {t for v in json.loads(data).values() for t in tokens(v)}
+    ]
+    assert source.count("records", part, None) == len(holds_part)
+
+
+def test_a_store_holding_fulltext_token_lists_is_migrated_by_the_next_ingest(
+    tmp_path: Path,
+) -> None:
+    ingest_archive(tmp_path, FIXTURES / "gbif-results.zip")
+    before = rows(tmp_path, "SELECT uuid, fulltext FROM records ORDER BY uuid")
+    # The store as an older version wrote it: fulltext as token lists.
+    with duckdb.connect(str(store_path(tmp_path))) as con:
+        for table in ("records", "mediarecords"):
+            con.execute(
+                f"ALTER TABLE {table} ALTER COLUMN fulltext SET DATA TYPE VARCHAR[] "
+                f"USING regexp_extract_all(fulltext, '[\\pL\\pN]+')"
+            )
+    query = validate_query({"data": {"type": "fulltext", "value": "animalia"}}, "records")
+    expected = sum(1 for _, text in before if "animalia" in tokens(text or ""))
+    assert expected > 0
+    # Readers get the same answers from the old shape...
+    assert DuckDBSource(store_path(tmp_path)).count("records", query, None) == expected
+    ingest_archive(tmp_path, FIXTURES / "dwca-simple-test-archive.zip")
+    # ...and the next ingest turns the lists into text, keeping every token.
+    types = rows(
+        tmp_path,
+        "SELECT DISTINCT data_type FROM duckdb_columns() WHERE column_name = 'fulltext'",
+    )
+    assert types == [("VARCHAR",)]
+    after = dict(rows(tmp_path, "SELECT uuid, fulltext FROM records"))
+    for uuid_, text in before:
+        assert tokens(after[uuid_] or "") == tokens(text or "")
+    assert DuckDBSource(store_path(tmp_path)).count("records", query, None) == expected
 
 
 def test_every_catalogue_field_is_a_column(tmp_path: Path) -> None:

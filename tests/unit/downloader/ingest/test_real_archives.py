@@ -209,3 +209,62 @@ def test_an_idigbio_dump_loads_as_the_recordsets_it_holds(tmp_path: Path) -> Non
     # --recordset names one recordset: the dump is then loaded whole under it.
     whole, _ = ingest_paths(tmp_path / "one", [dump], recordset="mine")
     assert [(r.recordset, r.records) for r in whole] == [("mine", sum(records.values()))]
+
+
+def _without_record(dump: Path, record_id: str, target: Path) -> Path:
+    """``dump`` with one record, its verbatim row and its media left out."""
+    with zipfile.ZipFile(dump) as zf, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as out:
+        for name in zf.namelist():
+            content = zf.read(name)
+            if name.endswith(".csv"):
+                kept = [
+                    r
+                    for r in csv.reader(io.StringIO(content.decode("utf-8"), newline=""))
+                    if r[0] != record_id
+                ]
+                text = io.StringIO()
+                csv.writer(text, lineterminator="\n").writerows(kept)
+                content = text.getvalue().encode("utf-8")
+            out.writestr(name, content)
+    return target
+
+
+def test_a_record_gone_from_one_recordset_of_a_dump_is_deleted_there_only(
+    tmp_path: Path,
+) -> None:
+    from downloader.ingest.load import ingest_paths
+
+    dump, records, _ = _two_recordset_dump(tmp_path)
+    data = tmp_path / "data"
+    ingest_paths(data, [dump])
+    first, other = sorted(records)
+    (uuid_,) = rows(data, f"SELECT min(uuid) FROM records WHERE recordset = '{first}'")[0]
+    ((its_media,),) = rows(data, f"SELECT count(*) FROM mediarecords WHERE coreid = '{uuid_}'")
+    kept_before = rows(
+        data, f"SELECT uuid, datemodified FROM records WHERE uuid <> '{uuid_}' ORDER BY uuid"
+    )
+    smaller = _without_record(dump, uuid_, tmp_path / "smaller.zip")
+    again, failures = ingest_paths(data, [smaller])
+    assert failures == []
+    assert sorted((r.recordset, r.version, r.records, r.deleted) for r in again) == [
+        (first, 2, records[first] - 1, 1),
+        (other, 2, records[other], 0),
+    ]
+    assert rows(data, "SELECT uuid, recordset FROM deleted_records WHERE rtype = 'records'") == [
+        (uuid_, first)
+    ]
+    # Its media went with it, logged in its recordset too.
+    assert rows(
+        data,
+        "SELECT recordset, count(*) FROM deleted_records WHERE rtype = 'mediarecords' GROUP BY 1",
+    ) == ([(first, its_media)] if its_media else [])
+    assert rows(data, f"SELECT count(*) FROM records WHERE uuid = '{uuid_}'") == [(0,)]
+    # Every other record is unchanged, so it keeps the datemodified of its first version.
+    assert (
+        rows(data, f"SELECT uuid, datemodified FROM records WHERE uuid <> '{uuid_}' ORDER BY uuid")
+        == kept_before
+    )
+    assert rows(data, "SELECT recordset, version FROM recordsets ORDER BY 1") == [
+        (first, 2),
+        (other, 2),
+    ]
