@@ -96,18 +96,27 @@ class MediaLinks:
         """Memory held by the arrays."""
         return int(self.parent.nbytes + self.codes.nbytes)
 
+    def _rowids(self, keep: np.ndarray) -> np.ndarray:
+        # int32 where media row ids fit (half the memory of a large result's row ids).
+        found = np.flatnonzero(keep)
+        return found.astype(np.int32) if self.parent.size < 2**31 else found
+
+    def linked(self) -> np.ndarray:
+        """The sorted row ids of every media record that has a parent record."""
+        return self._rowids(self.parent >= 0)
+
     def media_of(self, record_rowids: np.ndarray) -> np.ndarray:
         """The sorted row ids of the media records whose parent is one of the sorted
         ``record_rowids``."""
         if record_rowids.size == 0 or self.parent.size == 0:
-            return np.zeros(0, dtype=np.int64)
+            return np.zeros(0, dtype=np.int32)
         top = max(int(record_rowids[-1]) + 1, self.parents_end)
         chosen = np.zeros(top, dtype=bool)
         chosen[record_rowids] = True
         linked = self.parent >= 0
         keep = np.zeros(self.parent.size, dtype=bool)
         keep[linked] = chosen[self.parent[linked]]
-        return np.flatnonzero(keep).astype(np.int64, copy=False)
+        return self._rowids(keep)
 
     def tally(self, media_rowids: np.ndarray) -> dict[str | None, int]:
         """How many of ``media_rowids`` each recordset holds (recordsets with none left out)."""

@@ -36,7 +36,6 @@ from typing import Any, TypeAlias, cast
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from downloader.errors import SourceUnavailable
 from downloader.models import ExtensionFile
@@ -518,15 +517,16 @@ class DuckDBSource:
         links = self._media_links(con, signature)
         if links is None:
             return None
-        rids, recordsets = self._matching_records(con, rq)
-        counts = pc.value_counts(recordsets)
+        where, params = compile_where("records", rq, alias="r")
         records: dict[str | None, int] = {
-            value: int(n)
-            for value, n in zip(
-                counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True
-            )
+            None if recordset is None else str(recordset): int(n)
+            for recordset, n in con.execute(
+                f"SELECT r.recordset, count(*) FROM records AS r WHERE {where} "
+                "GROUP BY r.recordset",
+                params,
+            ).fetchall()
         }
-        media = links.media_of(rids)
+        media = self._linked_media(con, links, rq)
         self._keep_media_rowids(signature, rq, media)
         return {"records": records, "mediarecords": links.tally(media)}
 
@@ -547,18 +547,22 @@ class DuckDBSource:
         return held[1]
 
     @staticmethod
-    def _matching_records(
-        con: duckdb.DuckDBPyConnection, rq: dict[str, Any]
-    ) -> tuple[np.ndarray, pa.ChunkedArray]:
-        """(sorted row ids, recordsets) of the records matching ``rq``."""
+    def _linked_media(
+        con: duckdb.DuckDBPyConnection, links: MediaLinks, rq: dict[str, Any]
+    ) -> np.ndarray:
+        """Sorted row ids of the media of the records matching ``rq``: every linked media
+        record for a query without conditions (no record row id is read), else those of the
+        matching records' row ids."""
         where, params = compile_where("records", rq, alias="r")
-        table = con.sql(
-            f"SELECT r.rowid AS rid, r.recordset AS rs FROM records AS r WHERE {where}",
-            params=params,
-        ).to_arrow_table()
+        if where == "TRUE":
+            return links.linked()
+        found = con.sql(
+            f"SELECT r.rowid AS record_rid FROM records AS r WHERE {where}", params=params
+        ).fetchnumpy()
         # A scan on several threads gives its rows in any order.
-        rids = np.sort(np.asarray(table.column("rid").to_numpy(), dtype=np.int64))
-        return rids, table.column("rs")
+        rids = np.array(found["record_rid"], dtype=np.int64)
+        rids.sort()
+        return links.media_of(rids)
 
     def _media_key(self, signature: tuple[Any, ...], rq: dict[str, Any]) -> tuple[Any, ...]:
         where, params = compile_where("records", rq, alias="r")
@@ -583,7 +587,7 @@ class DuckDBSource:
         links = self._media_links(con, signature)
         if links is None:
             return None
-        media = links.media_of(self._matching_records(con, rq)[0])
+        media = self._linked_media(con, links, rq)
         self._media_rows.put(key, media)
         return media
 

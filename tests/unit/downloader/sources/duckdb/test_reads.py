@@ -158,7 +158,7 @@ def test_media_files_of_one_archive_find_their_records_once(
     records matching rq are looked up once, and no query joins the media with them (the
     in-memory links give the media of those records)."""
     source = DuckDBSource(store)
-    records = _spy_sql(monkeypatch, "SELECT r.rowid AS rid")
+    records = _spy_sql(monkeypatch, "SELECT r.rowid AS record_rid")
     joins = _spy_sql(monkeypatch, "SELECT m.rowid AS rid")
     indexed, raw = _media_files(source)
     assert indexed == raw > 0
