@@ -36,6 +36,7 @@ from typing import Any, TypeAlias, cast
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from downloader.errors import SourceUnavailable
 from downloader.models import ExtensionFile
@@ -518,15 +519,35 @@ class DuckDBSource:
         if links is None:
             return None
         where, params = compile_where("records", rq, alias="r")
-        records: dict[str | None, int] = {
-            None if recordset is None else str(recordset): int(n)
-            for recordset, n in con.execute(
-                f"SELECT r.recordset, count(*) FROM records AS r WHERE {where} "
-                "GROUP BY r.recordset",
-                params,
+        if where == "TRUE":
+            # Every record: the tally by SQL, every linked media record, no row id read.
+            rows = con.execute(
+                "SELECT r.recordset, count(*) FROM records AS r GROUP BY r.recordset"
             ).fetchall()
-        }
-        media = self._linked_media(con, links, rq)
+            records = {None if rs is None else str(rs): int(n) for rs, n in rows}
+            media = links.linked()
+        else:
+            # One scan for both (a fulltext filter costs ~0.2 s a scan at 1M records): the
+            # matching row ids with their recordsets (~30 bytes a matching record while
+            # counted; a GROUP BY of row id lists would hold them in DuckDB's memory limit).
+            table = con.sql(
+                f"SELECT r.rowid AS record_rid, r.recordset AS rs FROM records AS r WHERE {where}",
+                params=params,
+            ).to_arrow_table()
+            counts = pc.value_counts(table.column("rs"))
+            records = {
+                None if rs is None else str(rs): int(n)
+                for rs, n in zip(
+                    counts.field("values").to_pylist(),
+                    counts.field("counts").to_pylist(),
+                    strict=True,
+                )
+            }
+            # A scan on several threads gives its rows in any order.
+            rids = np.array(table.column("record_rid").to_numpy(), dtype=np.int64)
+            del table
+            rids.sort()
+            media = links.media_of(rids)
         self._keep_media_rowids(signature, rq, media)
         return {"records": records, "mediarecords": links.tally(media)}
 
