@@ -177,3 +177,13 @@ def _close(con: duckdb.DuckDBPyConnection) -> None:
 
 #: The parked connections of this process.
 IDLE = IdleConnections()
+
+
+def _forget_after_fork() -> None:
+    """A forked child (a Celery prefork pool process) starts with no parked connections of
+    its own and no reaper: the parent's connections are not the child's to use or close."""
+    global IDLE
+    IDLE = IdleConnections()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

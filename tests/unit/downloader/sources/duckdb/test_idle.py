@@ -163,3 +163,26 @@ def test_warm_reads_the_links_once_per_state_of_the_store(
     source.count("mediarecords", rq({"genus": "acer"}), None)
     assert len(reads) == 2
     assert source_module._LINKS[store_path(tmp_path)][1] is not None
+
+
+def test_a_forked_child_starts_with_no_parked_connections(tmp_path: Path) -> None:
+    """A Celery prefork pool process is a fork: it must not use (or close) its parent's
+    DuckDB connections, and gets a reaper of its own when it parks one."""
+    import os
+
+    ingest_synthetic(tmp_path, 30, seed=1)
+    store = store_path(tmp_path)
+    DuckDBSource(store).count("records", None, None)
+    assert idle.IDLE._parked  # the parent parked its connection
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what it has, then leave without running any cleanup
+        empty = not idle.IDLE._parked and idle.IDLE._reaper is None
+        os.write(write, b"1" if empty else b"0")
+        os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert answer == b"1"
+    idle.IDLE.drain(store)
