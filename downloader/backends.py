@@ -7,12 +7,15 @@ dispatcher, which runs builds and so sits above them, is made in :mod:`downloade
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from downloader.config import Settings
 from downloader.interfaces import Dispatcher, JobStore, Mailer, RecordSource, Storage
+
+log = logging.getLogger(__name__)
 
 
 def make_source(settings: Settings) -> RecordSource:
@@ -102,6 +105,15 @@ class Context:
             src = factory()
             self._local.source = src
         return src
+
+    def warm_source(self) -> None:
+        """Read ahead what this process's first request or build would wait for (the
+        embedded store's media links; see ``RecordSource.warm``). A failure is logged, not
+        raised: the first request or build meets it and answers for it."""
+        try:
+            self.source().warm()
+        except Exception as exc:  # start-up goes on; see above
+            log.warning("could not read ahead from the record source: %s", exc)
 
 
 def make_context(settings: Settings, *, dispatcher: Dispatcher | None = None) -> Context:

@@ -160,13 +160,6 @@ def _run_cleanup(ctx: Context) -> None:
         log.exception("cleanup of expired archives failed")
 
 
-def _warm_source(ctx: Context) -> None:
-    try:
-        ctx.source().warm()
-    except Exception as exc:  # the first request meets the problem and answers for it
-        log.warning("could not read ahead from the record source: %s", exc)
-
-
 def _run_requeue(ctx: Context, dispatcher: Dispatcher) -> None:
     try:
         requeue_stale(ctx, dispatcher)
@@ -223,7 +216,7 @@ async def serve(settings: Settings) -> None:
         loop.run_in_executor(executor, _run_cleanup, ctx)
         cleanup.start()
     # The first count would otherwise wait for the record source's per-process state.
-    loop.run_in_executor(executor, _warm_source, ctx)
+    loop.run_in_executor(executor, ctx.warm_source)
     # Under Celery nobody watches the workers' processes: jobs whose heartbeat went stale
     # are queued again from here (see downloader.build.recovery). The local dispatcher
     # watches its own processes.

@@ -61,15 +61,6 @@ def _warm_up() -> None:
     import downloader.sources.duckdb  # noqa: F401
 
 
-def _warm_source(ctx: Context) -> None:
-    """Read the record source's per-process state (the embedded store's media links) before
-    the first job, which would otherwise wait for it."""
-    try:
-        ctx.source().warm()
-    except Exception as exc:  # a store that cannot be read now fails the build, not start-up
-        log.warning("could not read ahead from the record source: %s", exc)
-
-
 def _lower_priority(nice: int) -> None:
     """Let serve's HTTP API go first: with 200 clients polling while 20 downloads built on
     two cores, the status p99 was 850 ms at equal priority and 40 ms with the workers at
@@ -95,7 +86,8 @@ def serve_jobs(conn: Connection, settings: Settings, runner: Runner = run_job) -
     # (whose caches are keyed by the store file's state) and storage are reused.
     ctx = make_context(settings) if runner is run_job else None
     if ctx is not None:
-        _warm_source(ctx)
+        # Before the first job, which would otherwise wait for it.
+        ctx.warm_source()
     conn.send(("ready", os.getpid()))
     built = 0
     while True:
