@@ -131,65 +131,81 @@ def schema_sql(prefix: str = "") -> list[str]:
 # --- phase 1: derive --------------------------------------------------------------------------
 
 
+def _repeated_keys(con: duckdb.DuckDBPyConnection, table: str, keys: str) -> None:
+    """``table``: (``_row``, ``_n``) of the rows of ``keys`` (a query giving ``_grp``,
+    ``_row`` and the key ``_k0``) whose key an earlier row of their recordset has (``_n``
+    > 1: the n-th row with that key). Repeats are rare, so the rows are first narrowed to
+    those whose key hash repeats (a hash aggregate of 8 bytes a row, spilling past the
+    memory limit) and only those are numbered; numbering every row (a window over all of
+    them) spilled and took minutes at 5M records."""
+    con.execute(
+        f"""
+        CREATE TABLE {table} AS
+        WITH k AS ({keys}), repeated AS (
+            SELECT hash(_grp, _k0) AS _h FROM k GROUP BY 1 HAVING count(*) > 1
+        )
+        SELECT {ROW_COLUMN}, _n FROM (
+            SELECT {ROW_COLUMN},
+                   row_number() OVER (PARTITION BY _grp, _k0 ORDER BY {ROW_COLUMN}) AS _n
+            FROM k WHERE hash(_grp, _k0) IN (SELECT _h FROM repeated)
+        ) WHERE _n > 1
+        """
+    )
+
+
 def _stage_keys(con: duckdb.DuckDBPyConnection, has_media: bool, *, has_extensions: bool) -> None:
-    """core_k / media_k: record keys and uuids (and media parents) per recordset (``_grp``),
-    narrow tables that the final SELECTs join back to the verbatim views by ``_row``;
-    ``parents`` (recordset and core id to record uuid) only when media or extension rows
-    need it (a core alone is spared the grouping)."""
+    """Views ``core_k`` / ``media_k``: every staged row with its record key (``_key``) and
+    uuid (``_uuid``) per recordset (``_grp``), media with their parent record's uuid
+    (``_parent``); computed where they are read (the final INSERT reads them once), not
+    stored. A key that repeats in a recordset gets ``#n`` from its second row on (the small
+    tables ``core_rep``/``media_rep``). ``parents`` (recordset and core id to record uuid)
+    only when media or extension rows need it (a core alone is spared the grouping)."""
     core_cols = Columns(_view_columns(con, "core_v"), alias="c")
     occ = core_cols.term("dwc:occurrenceID")
+    k0 = f"coalesce(nullif(trim(c._kid), ''), {occ}, 'row:' || c.{ROW_COLUMN})"
+    _repeated_keys(con, "core_rep", f"SELECT c._grp, c.{ROW_COLUMN}, {k0} AS _k0 FROM core_v AS c")
     record_hash = uuid5_hash_sql("_grp || '\\' || _key")
     con.execute(
         f"""
-        CREATE TABLE core_k AS
-        WITH k AS (
-            SELECT c._grp, c.{ROW_COLUMN}, c._given_uuid,
-                   coalesce(nullif(trim(c._kid), ''), {occ}, 'row:' || c.{ROW_COLUMN}) AS _k0
-            FROM core_v AS c
-        ), n AS (
-            SELECT *, row_number() OVER (PARTITION BY _grp, _k0 ORDER BY {ROW_COLUMN}) AS _n
-            FROM k
-        ), keyed AS (
-            SELECT _grp, {ROW_COLUMN}, CASE WHEN _n = 1 THEN _given_uuid END AS _given,
-                   _k0 || CASE WHEN _n > 1 THEN '#' || _n ELSE '' END AS _key
-            FROM n
+        CREATE VIEW core_k AS
+        SELECT * EXCLUDE (_h, _given), coalesce(_given, {uuid_from_hash_sql("_h")}) AS _uuid
+        FROM (
+            SELECT *, {record_hash} AS _h FROM (
+                SELECT c.*, CASE WHEN r._n IS NULL THEN c._given_uuid END AS _given,
+                       {k0} || CASE WHEN r._n IS NOT NULL THEN '#' || r._n ELSE '' END AS _key
+                FROM core_v AS c LEFT JOIN core_rep AS r ON r.{ROW_COLUMN} = c.{ROW_COLUMN}
+            )
         )
-        SELECT _grp, {ROW_COLUMN}, _key, coalesce(_given, {uuid_from_hash_sql("_h")}) AS _uuid
-        FROM (SELECT *, {record_hash} AS _h FROM keyed)
         """
     )
     if not (has_media or has_extensions):
         return
     con.execute(
-        f"CREATE TABLE parents AS SELECT c._grp, c.{ID_COLUMN} AS _pid, min(k._uuid) AS _parent "
-        f"FROM core_v AS c JOIN core_k AS k ON k.{ROW_COLUMN} = c.{ROW_COLUMN} "
-        f"WHERE c.{ID_COLUMN} IS NOT NULL GROUP BY c._grp, c.{ID_COLUMN}"
+        f"CREATE TABLE parents AS SELECT _grp, {ID_COLUMN} AS _pid, min(_uuid) AS _parent "
+        f"FROM core_k WHERE {ID_COLUMN} IS NOT NULL GROUP BY _grp, {ID_COLUMN}"
     )
     if not has_media:
         return
     media_cols = Columns(_view_columns(con, "media_v"), alias="m")
     locator = media_cols.term("ac:accessURI", "dcterms:identifier", "dc:identifier")
     sep = "'\\'"
+    m_k0 = f"coalesce(m.{ID_COLUMN}, '') || {sep} || coalesce({locator}, 'row:' || m.{ROW_COLUMN})"
+    _repeated_keys(
+        con, "media_rep", f"SELECT m._grp, m.{ROW_COLUMN}, {m_k0} AS _k0 FROM media_v AS m"
+    )
     media_hash = uuid5_hash_sql("'media\\' || _grp || '\\' || _key")
     con.execute(
         f"""
-        CREATE TABLE media_k AS
-        WITH k AS (
-            SELECT m._grp, m.{ROW_COLUMN}, p._parent,
-                   coalesce(m.{ID_COLUMN}, '') || {sep} ||
-                   coalesce({locator}, 'row:' || m.{ROW_COLUMN}) AS _k0
-            FROM media_v AS m
-            LEFT JOIN parents AS p ON p._grp = m._grp AND p._pid = m.{ID_COLUMN}
-        ), n AS (
-            SELECT *, row_number() OVER (PARTITION BY _grp, _k0 ORDER BY {ROW_COLUMN}) AS _n
-            FROM k
-        ), keyed AS (
-            SELECT _grp, {ROW_COLUMN}, _parent,
-                   _k0 || CASE WHEN _n > 1 THEN '#' || _n ELSE '' END AS _key
-            FROM n
+        CREATE VIEW media_k AS
+        SELECT * EXCLUDE (_h), {uuid_from_hash_sql("_h")} AS _uuid FROM (
+            SELECT *, {media_hash} AS _h FROM (
+                SELECT m.*, p._parent,
+                       {m_k0} || CASE WHEN r._n IS NOT NULL THEN '#' || r._n ELSE '' END AS _key
+                FROM media_v AS m
+                LEFT JOIN media_rep AS r ON r.{ROW_COLUMN} = m.{ROW_COLUMN}
+                LEFT JOIN parents AS p ON p._grp = m._grp AND p._pid = m.{ID_COLUMN}
+            )
         )
-        SELECT {ROW_COLUMN}, _key, _parent, {uuid_from_hash_sql("_h")} AS _uuid
-        FROM (SELECT *, {media_hash} AS _h FROM keyed)
         """
     )
 
@@ -274,10 +290,9 @@ def derive(
     if has_media:
         cols = Columns(media_terms, alias="v")
         con.execute(
-            "CREATE VIEW media_kx AS SELECT v.*, k._key, k._parent, k._uuid, "
+            "CREATE VIEW media_kx AS SELECT v.*, "
             f"{fulltext_sql(cols, media_terms)} AS _fulltext, "
-            f"{dqs_sql(cols, 'mediarecords')} AS _dqs "
-            f"FROM media_v AS v JOIN media_k AS k ON k.{ROW_COLUMN} = v.{ROW_COLUMN}"
+            f"{dqs_sql(cols, 'mediarecords')} AS _dqs FROM media_k AS v"
         )
         _run(
             con,
@@ -293,9 +308,9 @@ def derive(
     datemap = _stage_datemap(con, core_terms)
     cols = Columns(core_terms, alias="v")
     con.execute(
-        "CREATE VIEW core_kx AS SELECT v.*, k._key, k._uuid, "
+        "CREATE VIEW core_kx AS SELECT v.*, "
         f"{fulltext_sql(cols, core_terms)} AS _fulltext, {dqs_sql(cols, 'records')} AS _dqs "
-        f"FROM core_v AS v JOIN core_k AS k ON k.{ROW_COLUMN} = v.{ROW_COLUMN}"
+        "FROM core_k AS v"
     )
     # A view: the records are derived once, by the INSERT into the store.
     select = record_select(core_terms, source="core_kx", media_agg=media_agg, datemap=datemap)
@@ -463,13 +478,17 @@ def write_recordsets(
         )
         versions = dict(con.execute("SELECT recordset, version FROM new_versions").fetchall())
         ours = "recordset IN (SELECT recordset FROM new_versions)"
-        # What the new versions no longer hold goes to the deletion log.
+        # What the new versions no longer hold goes to the deletion log. A first version
+        # has nothing before it: its uuids (computed where core_k is read) are not needed.
         con.execute(
-            "CREATE OR REPLACE TEMP TABLE gone AS "
-            "SELECT o.uuid, o.recordset, 'records' AS rtype FROM store.records AS o "
-            "ANTI JOIN core_k AS k ON k._grp = o.recordset AND k._uuid = o.uuid "
-            f"WHERE o.{ours}"
+            "CREATE OR REPLACE TEMP TABLE gone (uuid VARCHAR, recordset VARCHAR, rtype VARCHAR)"
         )
+        if _scalar(con, f"SELECT EXISTS (SELECT 1 FROM store.records WHERE {ours})"):
+            con.execute(
+                "INSERT INTO gone SELECT o.uuid, o.recordset, 'records' FROM store.records AS o "
+                "ANTI JOIN core_k AS k ON k._grp = o.recordset AND k._uuid = o.uuid "
+                f"WHERE o.{ours}"
+            )
         new_media = "media_d" if has_media else "(SELECT NULL AS uuid, NULL AS recordset)"
         con.execute(
             "INSERT INTO gone SELECT o.uuid, o.recordset, 'mediarecords' "
@@ -494,7 +513,14 @@ def write_recordsets(
                 f"DELETE FROM store.{table} AS t USING new_versions AS n "
                 "WHERE t.recordset = n.recordset AND t.version <> n.version"
             )
-        _run(con, "DELETE FROM store.deleted_records WHERE uuid IN (SELECT _uuid FROM core_k)")
+        # Records and media that come back leave the deletion log (read from the store's
+        # new versions, so a first ingest computes no uuid twice).
+        if _scalar(con, "SELECT EXISTS (SELECT 1 FROM store.deleted_records)"):
+            for table in ("records", "mediarecords"):
+                con.execute(
+                    f"DELETE FROM store.deleted_records WHERE rtype = '{table}' AND uuid IN "
+                    f"(SELECT uuid FROM store.{table} WHERE {ours})"
+                )
         for table in ("extension_rows", "extension_files", "recordsets"):
             con.execute(f"DELETE FROM store.{table} WHERE {ours}")
         con.execute(

@@ -141,6 +141,91 @@ def test_records_dropped_by_a_reingest_are_tracked(tmp_path: Path) -> None:
     assert [(d.uuid, d.recordset, d.rtype) for d in deleted] == [(expected, "rs-1", "records")]
 
 
+def _folder_archive(folder: Path, core: list[str], media: list[str]) -> Path:
+    """A folder archive: an Occurrence core (id, occurrenceID, scientificName) and a GBIF
+    multimedia extension (coreid, identifier), tab separated, without header lines."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dwc, dc = "http://rs.tdwg.org/dwc/terms/", "http://purl.org/dc/terms/"
+    (folder / "meta.xml").write_text(
+        '<archive xmlns="http://rs.tdwg.org/dwc/text/">'
+        f'<core rowType="{dwc}Occurrence" fieldsTerminatedBy="\\t" fieldsEnclosedBy="">'
+        '<files><location>occurrence.txt</location></files><id index="0"/>'
+        f'<field index="1" term="{dwc}occurrenceID"/><field index="2" term="{dwc}scientificName"/>'
+        '</core><extension rowType="http://rs.gbif.org/terms/1.0/Multimedia" '
+        'fieldsTerminatedBy="\\t" fieldsEnclosedBy="">'
+        '<files><location>multimedia.txt</location></files><coreid index="0"/>'
+        f'<field index="1" term="{dc}identifier"/></extension></archive>',
+        "utf-8",
+    )
+    (folder / "occurrence.txt").write_text("".join(f"{line}\n" for line in core), "utf-8")
+    (folder / "multimedia.txt").write_text("".join(f"{line}\n" for line in media), "utf-8")
+    return folder
+
+
+def test_a_repeated_record_or_media_key_gets_a_numbered_key_and_its_own_uuid(
+    tmp_path: Path,
+) -> None:
+    folder = _folder_archive(
+        tmp_path / "archive",
+        [
+            "a\to-1\tAcer rubrum",
+            "b\to-2\tQuercus alba",
+            "a\to-3\tAcer saccharum",
+            "a\to-4\tAcer nigrum",
+        ],
+        ["a\thttp://img/1.jpg", "b\thttp://img/2.jpg", "a\thttp://img/1.jpg"],
+    )
+    result = ingest_archive(tmp_path / "data", folder, recordset="rs")
+    assert (result.records, result.media) == (4, 3)
+
+    def uuid_of(key: str, *, media: bool = False) -> str:
+        return str(uuid.uuid5(UUID_NAMESPACE, ("media\\" if media else "") + f"rs\\{key}"))
+
+    got = rows(
+        tmp_path / "data", "SELECT data->>'dwc:scientificName', uuid, recordids FROM records"
+    )
+    assert sorted(got) == sorted(
+        [
+            ("Acer rubrum", uuid_of("a"), ["rs\\a"]),
+            ("Quercus alba", uuid_of("b"), ["rs\\b"]),
+            ("Acer saccharum", uuid_of("a#2"), ["rs\\a#2"]),
+            ("Acer nigrum", uuid_of("a#3"), ["rs\\a#3"]),
+        ]
+    )
+    # Media of id "a" belong to one record of that id (the least uuid, so always the
+    # same one); the repeated media row is numbered too.
+    a = min(uuid_of("a"), uuid_of("a#2"), uuid_of("a#3"))
+    media = rows(tmp_path / "data", "SELECT uuid, coreid FROM mediarecords")
+    assert sorted(media) == sorted(
+        [
+            (uuid_of("a\\http://img/1.jpg", media=True), a),
+            (uuid_of("b\\http://img/2.jpg", media=True), uuid_of("b")),
+            (uuid_of("a\\http://img/1.jpg#2", media=True), a),
+        ]
+    )
+    # The same archive again: the same uuids, nothing deleted.
+    again = ingest_archive(tmp_path / "data", folder, recordset="rs")
+    assert again.deleted == 0
+    assert sorted(rows(tmp_path / "data", "SELECT uuid FROM records")) == sorted(
+        (u,) for _, u, _ in got
+    )
+
+
+def test_records_and_media_that_come_back_leave_the_deletion_log(tmp_path: Path) -> None:
+    core = ["a\to-1\tAcer rubrum", "b\to-2\tQuercus alba"]
+    media = ["a\thttp://img/1.jpg", "b\thttp://img/2.jpg"]
+    folder = _folder_archive(tmp_path / "archive", core, media)
+    data = tmp_path / "data"
+    ingest_archive(data, folder, recordset="rs")
+    _folder_archive(folder, core[:1], media[:1])
+    assert ingest_archive(data, folder, recordset="rs").deleted == 1
+    log = "SELECT rtype, count(*) FROM deleted_records GROUP BY 1 ORDER BY 1"
+    assert rows(data, log) == [("mediarecords", 1), ("records", 1)]
+    _folder_archive(folder, core, media)
+    assert ingest_archive(data, folder, recordset="rs").deleted == 0
+    assert rows(data, log) == []
+
+
 def test_record_uuid_is_uuid5_of_recordset_and_core_id(tmp_path: Path) -> None:
     ingest_archive(tmp_path, GBIF)
     got = rows(
