@@ -323,7 +323,7 @@ def synthetic_tables(  # noqa: PLR0915  (one statement per synthetic column, in 
 
 
 #: Records generated at a time by :func:`synthetic_chunks` (memory stays flat beyond it).
-SYNTHETIC_CHUNK = 200_000
+SYNTHETIC_CHUNK = 50_000
 
 
 def synthetic_chunks(
