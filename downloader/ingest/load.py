@@ -634,7 +634,7 @@ def bump_data_version(con: duckdb.DuckDBPyConnection, *, prefix: str = "") -> in
 
 #: DuckDB's memory for one ingest: it spills to the staging folder beyond this, so peak
 #: memory stays flat whatever the archive's size.
-STAGING_MEMORY = "600MB"
+STAGING_MEMORY = "512MB"
 
 
 def _remove_stale_staging(root: Path) -> None:
