@@ -130,13 +130,32 @@ def _transcode(src: IO[bytes], dst: IO[bytes], spec: FileSpec) -> None:
             return
 
 
+#: Longest line staged (DuckDB's ``max_line_size``): cells of megabytes occur (remarks,
+#: JSON); Python's csv, which reads the first rows, allows 128 kB fields by default.
+MAX_LINE = 16 * 1024 * 1024
+
+
 def _first_rows(path: Path, encoding: str, spec: FileSpec, n: int) -> list[list[str]]:
-    """The first ``n`` rows of a staged copy (header lines included), read by Python's csv."""
+    """The first ``n`` rows of a staged copy (header lines included), read by Python's csv:
+    from the first megabyte, or more where a row runs past it (up to ``n`` of the longest
+    lines allowed); fewer only at the end of the file."""
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE))
+    size = 1 << 20
+    while True:
+        with path.open("r", encoding=encoding, errors="replace", newline="") as f:
+            head = f.read(size)
+            whole = not f.read(1)
+        rows = _parse_rows(head, spec, n + 1)
+        # The n-th row is whole when a row follows it or the file ends.
+        if whole or len(rows) > n or size >= MAX_LINE * (n + 1):
+            return rows[:n]
+        size *= 4
+
+
+def _parse_rows(text: str, spec: FileSpec, n: int) -> list[list[str]]:
     rows: list[list[str]] = []
-    with path.open("r", encoding=encoding, errors="replace", newline="") as f:
-        head = f.read(1 << 20)
     reader = csv.reader(
-        io.StringIO(head),
+        io.StringIO(text),
         delimiter=spec.delimiter,
         quotechar=spec.quote or None,
         quoting=csv.QUOTE_MINIMAL if spec.quote else csv.QUOTE_NONE,
@@ -175,7 +194,10 @@ def _reader_sql(path: Path, spec: FileSpec, encoding: str, ncols: int, rejects: 
         "store_rejects=true",
         f"rejects_table={quote_literal(rejects + '_errors')}",
         f"rejects_scan={quote_literal(rejects + '_scan')}",
-        "max_line_size=16777216",
+        f"max_line_size={MAX_LINE}",
+        # DuckDB sizes its read buffers at 16 lines of the longest allowed (256 MB each),
+        # which alone outgrew the staging memory on a 5M-row file; two lines suffice.
+        f"buffer_size={2 * MAX_LINE}",
     ]
     return f"read_csv({quote_literal(str(path))}, {', '.join(options)})"
 

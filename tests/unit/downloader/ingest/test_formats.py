@@ -83,6 +83,18 @@ def test_crlf_lines_and_line_breaks_inside_quoted_cells(tmp_path: Path) -> None:
     assert rows(tmp_path, "SELECT count(*) FROM records WHERE genus = 'acer'") == [(1,)]
 
 
+def test_a_cell_of_megabytes_loads_whole(tmp_path: Path) -> None:
+    """Lines up to 16 MB are read (real archives carry long remarks or JSON cells): the
+    CSV reader's buffers, sized for the staging memory, still hold such a line."""
+    locality = "river bank " * 600_000  # 6.6 MB
+    body = f"1,Acer rubrum,{locality}\n2,Quercus alba,x\n".encode()
+    assert ingest_archive(tmp_path, occurrence_archive(tmp_path, body)).records == 2
+    assert rows(tmp_path, "SELECT strlen(data->>'dwc:locality') FROM records ORDER BY 1") == [
+        (1,),
+        (len(locality),),
+    ]
+
+
 def test_declared_latin_1_and_windows_1252_are_decoded(tmp_path: Path) -> None:
     latin = occurrence_archive(
         tmp_path, "1,Acer rubrum,Bogotá\n".encode("latin-1"), encoding="ISO-8859-1"
