@@ -66,11 +66,15 @@ print(json.dumps({"seconds": time.perf_counter() - start, "rows": rows,
 """
 
 _OURS = """
-import json, resource, sys, time
+import contextlib, io, json, resource, sys, time
 from downloader.cli import main
 start = time.perf_counter()
-code = main(["ingest", "--no-export", "--data-dir", sys.argv[1], sys.argv[2]])
+err = io.StringIO()
+with contextlib.redirect_stderr(err):
+    code = main(["ingest", "--no-export", "--data-dir", sys.argv[1], sys.argv[2]])
+lines = [l.strip() for l in err.getvalue().splitlines() if l.strip().startswith("downloader")]
 print(json.dumps({"seconds": time.perf_counter() - start, "exit": code,
+                  "error": lines[0][:300] if code and lines else "",
                   "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """
 
@@ -143,6 +147,7 @@ def run_ingest_bench(work: Path, sizes: tuple[int, ...], *, seed: int) -> list[d
         log(
             f"ingest: downloader ingest {ours['seconds']:.2f} s, "
             f"peak RSS {ours['peak_rss_bytes'] / 1e6:,.0f} MB"
+            + (f", FAILED (exit {ours['exit']}): {ours['error']}" if ours.get("exit") else "")
         )
         rows.append(
             {

@@ -267,6 +267,22 @@ def _ingest_verdicts(results: dict[str, Any]) -> list[Verdict]:
     for row in rows:
         n = row["records"]
         ratio = row["time_vs_reference"]
+        code = row["ours"].get("exit", 0)
+        if code:
+            # An ingest that failed loaded nothing: neither its time nor its memory counts.
+            why = f"failed (exit {code}): {row['ours'].get('error', '')}".rstrip(": ")
+            out.append(
+                Verdict(
+                    f"ingest of a {n:,}-row DwC-A vs DuckDB read_csv of its core",
+                    f"<= {INGEST_MAX_TIME_VS_READ_CSV:g}x",
+                    why,
+                    False,
+                )
+            )
+            out.append(
+                Verdict(f"ingest peak RSS at {n:,} rows", f"< {INGEST_MAX_RSS_MB:g} MB", why, False)
+            )
+            continue
         out.append(
             Verdict(
                 f"ingest of a {n:,}-row DwC-A vs DuckDB read_csv of its core",
