@@ -5,10 +5,11 @@ the caller works on the previous page. The scroll is cleared however the read en
 
 from __future__ import annotations
 
+import functools
 import json
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -69,7 +70,7 @@ def _decode(
     """(hits, scroll id, ``convert`` of the page or None when it holds no hit) of one
     answer: by Arrow when it came as bytes and Arrow decodes it, else by ``json``. Called
     on the decoding thread, one answer at a time, in order."""
-    decoded = None
+    decoded, raw = None, answer if isinstance(answer, bytes) else None
     if isinstance(answer, bytes):
         decoded = arrow_sources(answer, members) if members is not None else None
         if decoded is None:
@@ -81,8 +82,37 @@ def _decode(
     else:
         scroll_id = answer.get("_scroll_id")
         hits = answer["hits"]["hits"]
-        n, page = len(hits), Page(rtype, sources=[h["_source"] for h in hits])
+        n, page = len(hits), Page(rtype, sources=[h["_source"] for h in hits], raw=raw)
     return (n, scroll_id, convert(page)) if n else (0, scroll_id, None)
+
+
+def _put(ahead: queue.Queue[Any], stop: threading.Event, item: Any) -> bool:
+    """Put ``item`` in ``ahead`` as soon as there is room; False when ``stop`` is set first
+    (the reader left)."""
+    while not stop.is_set():
+        try:
+            ahead.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _replay(
+    kept: Iterator[bytes], decode: Callable[[bytes], Any], put: Callable[[Any], bool]
+) -> None:
+    """Hand each kept answer to ``decode`` and put its future in the caller's queue, then
+    None (or the exception that stopped it); stop when ``put`` fails (the caller left)."""
+    try:
+        for answer in kept:
+            if not put(decode(answer)):
+                return
+        put(None)
+    except BaseException as exc:
+        put(exc)
+    finally:
+        if isinstance(kept, Generator):
+            kept.close()  # the kept pages' file, at once
 
 
 def scroll_pages(
@@ -95,14 +125,19 @@ def scroll_pages(
     *,
     what: str,
     clear_scroll: Callable[[str], None],
-) -> Iterator[T]:
+    answers: Iterator[bytes] | None = None,
+) -> Generator[T, None, None]:
     """``convert`` of each page of the ``rtype`` documents of ``index`` that the search
     ``body`` finds, in its order, through a scroll.
 
     Each answer is asked for as bytes and decoded by Arrow into the ``_source`` ``members``
     (see :func:`~downloader.sources.elasticsearch.hits.arrow_members`), or, with ``members``
     None or for a page Arrow does not decode, decoded by ``json``. A client error is raised
-    as ours for ``what``; ``clear_scroll`` is called with the scroll id however this ends."""
+    as ours for ``what``; ``clear_scroll`` is called with the scroll id however this ends.
+
+    With ``answers`` (the pages of such a scroll kept earlier, see
+    :class:`~downloader.sources.elasticsearch.spool.PageSpool`), nothing is asked of the
+    cluster: those answers are decoded and converted the same way, in order."""
     state: dict[str, str | None] = {"scroll": None}
 
     # Two threads besides the caller's: one sends the requests, one decodes and converts
@@ -115,14 +150,7 @@ def scroll_pages(
     stop = threading.Event()
     decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="es-decode")
 
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                ahead.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    put = functools.partial(_put, ahead, stop)
 
     def produce() -> None:
         try:
@@ -142,7 +170,11 @@ def scroll_pages(
         except BaseException as exc:
             put(exc)
 
-    producer = threading.Thread(target=produce, name="es-fetch", daemon=True)
+    def decode(answer: bytes) -> Future[tuple[int, str | None, T | None]]:
+        return decoder.submit(_decode, rtype, members, convert, answer)
+
+    work = produce if answers is None else functools.partial(_replay, answers, decode, put)
+    producer = threading.Thread(target=work, name="es-fetch", daemon=True)
     producer.start()
     try:
         while True:

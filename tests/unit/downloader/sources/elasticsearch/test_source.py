@@ -486,3 +486,97 @@ def test_a_merges_count_tally_and_read_list_the_other_side_once(
         r["uuid"] for r in rows(duck.batches("mediarecords", rqn, None, fields=["uuid"]))
     )
     assert listed == [("t-records", "uuid")]
+
+
+def test_a_builds_counts_of_one_query_are_one_count_request(
+    es_source: ElasticsearchSource, duck: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A recordset's export counts its records, decides the merge of its media on that count
+    # and tallies the records by it: the cluster counts the records once.
+    source = ElasticsearchSource(client=es_source.es, index_prefix="t-", id_chunk=100)
+    counted: list[str] = []
+    real = source.es.count
+
+    def spy(**kwargs: Any) -> Any:
+        counted.append(str(kwargs.get("index")))
+        return real(**kwargs)
+
+    monkeypatch.setattr(source.es, "count", spy)
+    rqn = q("records", {"recordset": "synthetic-seed-7"})
+    assert source.count("records", rqn, None) == duck.count("records", rqn, None)
+    assert source.count("mediarecords", rqn, None) == duck.count("mediarecords", rqn, None)
+    assert source.recordset_counts("records", rqn, None) == duck.recordset_counts(
+        "records", rqn, None
+    )
+    assert source.count("records", rqn, None) == duck.count("records", rqn, None)
+    assert counted.count("t-records") == 1
+
+
+def _media_searches(source: ElasticsearchSource, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The bodies of the searches that open a scroll over the media index, as sent."""
+    opened: list[str] = []
+    real = source.es.perform_request
+
+    def spy(method: str, path: str, **kwargs: Any) -> Any:
+        if path.startswith("/t-mediarecords/_search"):
+            opened.append(json.dumps(kwargs.get("body")))
+        return real(method, path, **kwargs)
+
+    monkeypatch.setattr(source.es, "perform_request", spy)
+    return opened
+
+
+def test_a_build_reads_its_merged_media_once_for_tally_and_rows(
+    es_source: ElasticsearchSource, duck: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A build says it will read the media of its records (read_ahead) before it counts them:
+    # the tally then reads the media's pages, and the read takes those pages, so the cluster
+    # sorts the media once. The rows are exactly those of a read without read-ahead.
+    rqn = q("records", {"kingdom": "plantae"})
+    fields, terms = ["uuid", "format"], ["dcterms:identifier"]
+    plain = ElasticsearchSource(client=es_source.es, index_prefix="t-", id_chunk=100)
+    expected = list(plain.batches("mediarecords", rqn, None, fields=fields, raw_terms=terms))
+
+    source = ElasticsearchSource(client=es_source.es, index_prefix="t-", id_chunk=100)
+    opened = _media_searches(source, monkeypatch)
+    source.read_ahead("mediarecords", rqn, None)
+    assert source.count("mediarecords", rqn, None) == duck.count("mediarecords", rqn, None) > 100
+    tally = source.recordset_counts("mediarecords", rqn, None)
+    assert tally == duck.recordset_counts("mediarecords", rqn, None)
+    got = list(source.batches("mediarecords", rqn, None, fields=fields, raw_terms=terms))
+    assert len(opened) == 1 and '"_source": true' in opened[0]
+    assert pa.Table.from_batches(got).equals(pa.Table.from_batches(expected))
+    # The pages were the read's: a second read asks the cluster again, with the same rows.
+    again = list(source.batches("mediarecords", rqn, None, fields=fields, raw_terms=terms))
+    assert len(opened) == 2
+    assert pa.Table.from_batches(again).equals(pa.Table.from_batches(expected))
+
+
+def test_read_ahead_pages_of_another_size_are_not_replayed(
+    es_source: ElasticsearchSource, duck: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kept pages hold MAX_PAGE hits each; a read asking for smaller pages reads the
+    # cluster (its batches follow its own page size) and drops what was kept.
+    rqn = q("records", {"kingdom": "plantae"})
+    source = ElasticsearchSource(client=es_source.es, index_prefix="t-", id_chunk=100)
+    opened = _media_searches(source, monkeypatch)
+    source.read_ahead("mediarecords", rqn, None)
+    source.recordset_counts("mediarecords", rqn, None)
+    got = list(source.batches("mediarecords", rqn, None, fields=["uuid"], batch_size=50))
+    assert len(opened) == 2
+    assert max(b.num_rows for b in got) <= 50
+    assert sorted(r["uuid"] for r in rows(iter(got))) == sorted(
+        r["uuid"] for r in rows(duck.batches("mediarecords", rqn, None, fields=["uuid"]))
+    )
+
+
+def test_a_count_alone_fetches_no_documents(
+    es_source: ElasticsearchSource, duck: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without read_ahead (an API count), the tally of a merge sorts the media without their
+    # _source: a count must not fetch whole documents.
+    rqn = q("records", {"kingdom": "plantae"})
+    source = ElasticsearchSource(client=es_source.es, index_prefix="t-", id_chunk=100)
+    opened = _media_searches(source, monkeypatch)
+    assert source.count("mediarecords", rqn, None) == duck.count("mediarecords", rqn, None)
+    assert opened and all('"_source": false' in body for body in opened)
