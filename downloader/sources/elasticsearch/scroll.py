@@ -38,6 +38,15 @@ def _request(
         if scroll_id is None:
             return call(what, es.search, index=index, body=body, scroll=KEEP_ALIVE)
         return call(what, es.scroll, scroll_id=scroll_id, scroll=KEEP_ALIVE)
+    return request_page(es, index, body, what, scroll_id)
+
+
+def request_page(
+    es: Elasticsearch, index: str, body: dict[str, Any], what: str, scroll_id: str | None
+) -> bytes:
+    """The next answer of the scroll ``scroll_id`` (the first, of the search ``body``, when
+    None) as the bytes that came (see
+    :data:`~downloader.sources.elasticsearch.client.JSON_BYTES`)."""
     if scroll_id is None:
         path, params, payload = (
             f"/{quote(index, safe='')}/_search",

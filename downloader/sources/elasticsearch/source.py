@@ -35,6 +35,7 @@ import functools
 import itertools
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -65,8 +66,9 @@ from downloader.sources.elasticsearch.hits import (
     arrow_members,
     cell,
     parse_date,
+    peek,
 )
-from downloader.sources.elasticsearch.scroll import scroll_pages
+from downloader.sources.elasticsearch.scroll import request_page, scroll_pages
 from downloader.sources.elasticsearch.spool import PageSpool, SharedRead
 from query.fields import Field, RecordType, get_field
 
@@ -282,6 +284,11 @@ def _one_recordset(clause: dict[str, Any]) -> str | None:
     return None
 
 
+#: The sort value of a hit sorted on ``uuid`` alone, where Elasticsearch and OpenSearch
+#: put it: the hit's last member (a value with an escaped character is not matched).
+_SORT_UUID = re.compile(rb'"sort":\["([^"\\]*)"\]\}')
+
+
 def _keyword(source: dict[str, Any], field: str) -> Any:
     """The sort value of a document's keyword ``field`` as its ``_source`` holds it: the
     least of several values, None for none."""
@@ -332,6 +339,11 @@ class ElasticsearchSource:
         self.counted_recordsets = COUNTED_RECORDSETS
         #: recordset_counts answers: (rtype, rq and mq as JSON) -> (data version, counts).
         self._tallies: dict[tuple[str, str], tuple[str, dict[str, int]]] = {}
+        #: Reads a build said will follow (see read_ahead), by record type and query, and
+        #: the pages kept for such reads.
+        self._reads_said: set[tuple[str, str]] = set()
+        self._read_spools: dict[tuple[str, str], PageSpool] = {}
+        self._lock = threading.Lock()
         #: count answers, the same way.
         self._counts: dict[tuple[str, str], tuple[str, int]] = {}
         #: _merge_plan answers, the same way (None: no merge for that query).
@@ -602,10 +614,21 @@ class ElasticsearchSource:
         the cluster again: one sorted scroll over this side instead of two (a recordset's
         export: its 33,000 media sorted once, not once for the tally and once for the
         file). Only up to :data:`KEPT_IDS` documents are kept so; a larger side, or a
-        tally already known, is read as usual."""
-        merge = self._merge_plan(rtype, rq, mq)
-        if merge is not None and merge.own <= KEPT_IDS and reads_bytes(self.es):
-            merge.read_ahead = True
+        tally already known, is read as usual.
+
+        Records read with no ``mq`` whose uuids a media merge lists (a recordset's export:
+        its media are those of its records) are listed from the pages of their own read,
+        kept for it the same way (see :meth:`_ids_of_read`)."""
+        if not reads_bytes(self.es):
+            return
+        if mq if rtype == "records" else rq:
+            merge = self._merge_plan(rtype, rq, mq)
+            if merge is not None and merge.own <= KEPT_IDS:
+                merge.read_ahead = True
+            return
+        clause = self._clause(rtype, rq if rtype == "records" else mq)
+        with self._lock:
+            self._reads_said.add((rtype, json.dumps(clause, sort_keys=True, default=str)))
 
     def _new_merge_plan(
         self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
@@ -633,12 +656,69 @@ class ElasticsearchSource:
             return None
 
         def ids() -> Iterator[str]:
+            if there == "uuid" and n_other <= KEPT_IDS:
+                read = self._ids_of_read(other_type, other_clause, n_other)  # type: ignore[arg-type]  # as above
+                if read is not None:
+                    yield from read
+                    return
             for chunk in self._sorted_values(
                 other_index, other_clause, there, f"listing {there} of {other_type}", MAX_PAGE
             ):
                 yield from chunk
 
         return MergePlan(own_clause, here, ids, n_other, own=n_own)
+
+    def _ids_of_read(self, rtype: RecordType, clause: dict[str, Any], n: int) -> list[str] | None:
+        """The uuids of the ``n`` documents matching ``clause``, sorted, taken from the pages
+        of their own read when a build said it reads them (see :meth:`read_ahead`): the
+        read's scroll (whole ``_source``, sorted on ``uuid``, :data:`MAX_PAGE` hits) is
+        fetched here, its answers kept for the read (:meth:`_pages` takes them), and the
+        uuids are the hits' sort values, found in the answers' text without decoding them.
+        One sort of the matching records on the cluster instead of two (a recordset's
+        export: the uuid listing of its media merge and the read of its records).
+
+        None when no read was said, or when the sort values are not plainly there (a
+        different layout of the answer, an escaped character, a document without uuid):
+        they must come out strictly ascending and exactly ``n``; the caller then lists the
+        uuids on the cluster and the read asks the cluster itself."""
+        key = (rtype, json.dumps(clause, sort_keys=True, default=str))
+        with self._lock:
+            if key not in self._reads_said:
+                return None
+            self._reads_said.discard(key)
+        body = {"query": clause, "size": MAX_PAGE, "sort": [{"uuid": "asc"}], "_source": True}
+        spool = PageSpool()
+        found: list[str] = []
+        scroll_id: str | None = None
+        try:
+            while True:
+                answer = request_page(
+                    self.es, self.index(rtype), body, f"reading {rtype}", scroll_id
+                )
+                scroll_id, _ = peek(answer)
+                page = [v.decode() for v in _SORT_UUID.findall(answer)]
+                if not page:
+                    break
+                spool.write(answer)
+                if (found and page[0] <= found[-1]) or any(
+                    a >= b for a, b in itertools.pairwise(page)
+                ):
+                    break
+                found.extend(page)
+                if scroll_id is None:
+                    break
+        finally:
+            if scroll_id:
+                self._clear_scroll(scroll_id)
+        if len(found) != n:
+            spool.discard()
+            return None
+        with self._lock:
+            old = self._read_spools.pop(key, None)
+            self._read_spools[key] = spool
+        if old is not None:
+            old.discard()
+        return found
 
     def _read_pairs(
         self, rtype: RecordType, merge: MergePlan, spool: PageSpool
@@ -1010,6 +1090,11 @@ class ElasticsearchSource:
             def convert(page: Page) -> T:
                 return inner(FilteredPage(page, merge))
 
+        elif size == MAX_PAGE:
+            key = (rtype, json.dumps(query, sort_keys=True, default=str))
+            with self._lock:
+                spool = self._read_spools.pop(key, None)
+            answers = spool.replay() if spool is not None else None
         body: dict[str, Any] = {
             "query": query,
             "size": size,

@@ -580,3 +580,81 @@ def test_a_count_alone_fetches_no_documents(
     opened = _media_searches(source, monkeypatch)
     assert source.count("mediarecords", rqn, None) == duck.count("mediarecords", rqn, None)
     assert opened and all('"_source": false' in body for body in opened)
+
+
+def _opened_searches(
+    source: ElasticsearchSource, index: str, monkeypatch: pytest.MonkeyPatch
+) -> list[str]:
+    """The bodies of the searches sent to ``index`` (each opens a scroll or counts)."""
+    opened: list[str] = []
+    real = source.es.perform_request
+
+    def spy(method: str, path: str, **kwargs: Any) -> Any:
+        if path.startswith(f"/{index}/_search"):
+            opened.append(json.dumps(kwargs.get("body")))
+        return real(method, path, **kwargs)
+
+    monkeypatch.setattr(source.es, "perform_request", spy)
+    return opened
+
+
+def _build_reads(source: ElasticsearchSource, rqn: dict[str, Any]) -> tuple[pa.Table, pa.Table]:
+    """What a build of ``rqn``'s records and media asks, in its order; both reads."""
+    source.read_ahead("records", rqn, None)
+    source.read_ahead("mediarecords", rqn, None)
+    source.count("records", rqn, None)
+    source.count("mediarecords", rqn, None)
+    source.recordset_counts("mediarecords", rqn, None)
+    fields = ["uuid", "genus", "datecollected"]
+    records = pa.Table.from_batches(
+        list(source.batches("records", rqn, None, fields=fields, raw_terms=["dwc:catalogNumber"]))
+    )
+    media = pa.Table.from_batches(
+        list(source.batches("mediarecords", rqn, None, fields=["uuid", "format"]))
+    )
+    return records, media
+
+
+def test_a_builds_records_are_sorted_once_for_their_media_merge_and_their_file(
+    es_source: ElasticsearchSource, duck: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The media merge of a records query lists the record uuids from the pages of the
+    # records' own read (kept for it): the cluster sorts the matching records once.
+    rqn = q("records", {"kingdom": "plantae"})
+    plain = ElasticsearchSource(client=es_source.es, index_prefix="t-", id_chunk=100)
+    fields = ["uuid", "genus", "datecollected"]
+    expected_records = pa.Table.from_batches(
+        list(plain.batches("records", rqn, None, fields=fields, raw_terms=["dwc:catalogNumber"]))
+    )
+    expected_media = pa.Table.from_batches(
+        list(plain.batches("mediarecords", rqn, None, fields=["uuid", "format"]))
+    )
+    source = ElasticsearchSource(client=es_source.es, index_prefix="t-", id_chunk=100)
+    opened = _opened_searches(source, "t-records", monkeypatch)
+    records, media = _build_reads(source, rqn)
+    assert records.equals(expected_records) and media.equals(expected_media)
+    assert len(opened) == 1 and '"_source": true' in opened[0]
+    assert source.recordset_counts("mediarecords", rqn, None) == duck.recordset_counts(
+        "mediarecords", rqn, None
+    )
+
+
+def test_uuids_not_plainly_in_the_pages_are_listed_on_the_cluster(
+    es_source: ElasticsearchSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # When the sort values cannot be found in the answers' text, nothing is kept: the uuids
+    # are listed by their own scroll and the read asks the cluster, with the same rows.
+    import re
+
+    from downloader.sources.elasticsearch import source as source_module
+
+    rqn = q("records", {"kingdom": "plantae"})
+    plain = ElasticsearchSource(client=es_source.es, index_prefix="t-", id_chunk=100)
+    expected = _build_reads(plain, rqn)
+    monkeypatch.setattr(source_module, "_SORT_UUID", re.compile(rb'"no-such-key":\["([^"]*)"\]'))
+    source = ElasticsearchSource(client=es_source.es, index_prefix="t-", id_chunk=100)
+    opened = _opened_searches(source, "t-records", monkeypatch)
+    records, media = _build_reads(source, rqn)
+    assert records.equals(expected[0]) and media.equals(expected[1])
+    assert len(opened) == 3  # the read tried, the uuid listing, the read again
+    assert source._read_spools == {}
