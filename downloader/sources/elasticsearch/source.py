@@ -341,7 +341,7 @@ class ElasticsearchSource:
         self._tallies: dict[tuple[str, str], tuple[str, dict[str, int]]] = {}
         #: Reads a build said will follow (see read_ahead), by record type and query, and
         #: the pages kept for such reads.
-        self._reads_said: set[tuple[str, str]] = set()
+        self._reads_said: dict[tuple[str, str], None] = {}
         self._read_spools: dict[tuple[str, str], PageSpool] = {}
         self._lock = threading.Lock()
         #: count answers, the same way.
@@ -627,8 +627,14 @@ class ElasticsearchSource:
                 merge.read_ahead = True
             return
         clause = self._clause(rtype, rq if rtype == "records" else mq)
+        key = (rtype, json.dumps(clause, sort_keys=True, default=str))
         with self._lock:
-            self._reads_said.add((rtype, json.dumps(clause, sort_keys=True, default=str)))
+            # A few at a time: a read said but never listed (no media merge needed it) or
+            # pages never read (the build failed) must not pile up in a long-lived worker.
+            self._reads_said.pop(key, None)
+            self._reads_said[key] = None
+            while len(self._reads_said) > KEPT_PLANS:
+                del self._reads_said[next(iter(self._reads_said))]
 
     def _new_merge_plan(
         self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
@@ -685,7 +691,7 @@ class ElasticsearchSource:
         with self._lock:
             if key not in self._reads_said:
                 return None
-            self._reads_said.discard(key)
+            del self._reads_said[key]
         body = {"query": clause, "size": MAX_PAGE, "sort": [{"uuid": "asc"}], "_source": True}
         spool = PageSpool()
         found: list[str] = []
@@ -713,11 +719,15 @@ class ElasticsearchSource:
         if len(found) != n:
             spool.discard()
             return None
+        dropped: list[PageSpool] = []
         with self._lock:
             old = self._read_spools.pop(key, None)
             self._read_spools[key] = spool
-        if old is not None:
-            old.discard()
+            while len(self._read_spools) > KEPT_PLANS:
+                dropped.append(self._read_spools.pop(next(iter(self._read_spools))))
+        for unread in [old, *dropped]:
+            if unread is not None:
+                unread.discard()
         return found
 
     def _read_pairs(
@@ -1094,6 +1104,7 @@ class ElasticsearchSource:
             key = (rtype, json.dumps(query, sort_keys=True, default=str))
             with self._lock:
                 spool = self._read_spools.pop(key, None)
+                self._reads_said.pop(key, None)  # read now: nothing to list from it later
             answers = spool.replay() if spool is not None else None
         body: dict[str, Any] = {
             "query": query,

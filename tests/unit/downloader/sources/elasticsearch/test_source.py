@@ -658,3 +658,21 @@ def test_uuids_not_plainly_in_the_pages_are_listed_on_the_cluster(
     assert records.equals(expected[0]) and media.equals(expected[1])
     assert len(opened) == 3  # the read tried, the uuid listing, the read again
     assert source._read_spools == {}
+
+
+def test_reads_said_and_pages_kept_stay_few_in_a_long_lived_worker(
+    es_source: ElasticsearchSource,
+) -> None:
+    # Reads said but never listed (no media merge needed them), and pages kept for reads
+    # that never came (a failed build), are kept a few at a time, the oldest dropped.
+    source = ElasticsearchSource(client=es_source.es, index_prefix="t-", id_chunk=100)
+    for genus in ["acer", "quercus", "pinus", "abies", "betula", "salix", "ulmus"]:
+        source.read_ahead("records", q("records", {"genus": genus}), None)
+    assert len(source._reads_said) <= 4
+    for kingdom in ["plantae", "animalia", "fungi", "plantae"]:
+        rqn = q("records", {"kingdom": kingdom})
+        source.read_ahead("records", rqn, None)
+        source.read_ahead("mediarecords", rqn, None)
+        source.recordset_counts("mediarecords", rqn, None)
+    assert len(source._read_spools) <= 4
+    assert all(spool.file is not None for spool in source._read_spools.values())
