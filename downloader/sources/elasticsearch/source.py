@@ -702,15 +702,17 @@ class ElasticsearchSource:
                     self.es, self.index(rtype), body, f"reading {rtype}", scroll_id
                 )
                 scroll_id, _ = peek(answer)
-                page = [v.decode() for v in _SORT_UUID.findall(answer)]
+                page = _SORT_UUID.findall(answer)
                 if not page:
                     break
                 spool.write(answer)
-                if (found and page[0] <= found[-1]) or any(
-                    a >= b for a, b in itertools.pairwise(page)
+                # Strictly ascending, within the page and after the last one (sorted() of
+                # sorted values is one pass in C).
+                if (found and page[0].decode() <= found[-1]) or (
+                    page != sorted(page) or len(set(page)) != len(page)
                 ):
                     break
-                found.extend(page)
+                found.extend(v.decode() for v in page)
                 if scroll_id is None:
                     break
         finally:
