@@ -38,7 +38,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -696,25 +696,30 @@ class ElasticsearchSource:
         spool = PageSpool()
         found: list[str] = []
         scroll_id: str | None = None
+        index, what = self.index(rtype), f"reading {rtype}"
         try:
-            while True:
-                answer = request_page(
-                    self.es, self.index(rtype), body, f"reading {rtype}", scroll_id
-                )
-                scroll_id, _ = peek(answer)
-                page = _SORT_UUID.findall(answer)
-                if not page:
-                    break
-                spool.write(answer)
-                # Strictly ascending, within the page and after the last one (sorted() of
-                # sorted values is one pass in C).
-                if (found and page[0].decode() <= found[-1]) or (
-                    page != sorted(page) or len(set(page)) != len(page)
-                ):
-                    break
-                found.extend(v.decode() for v in page)
-                if scroll_id is None:
-                    break
+            # The next page is asked for as soon as an answer shows its scroll id, so the
+            # cluster writes it while this one is searched and kept.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="es-read") as pool:
+                coming: Future[bytes] | None
+                coming = pool.submit(request_page, self.es, index, body, what, None)
+                while coming is not None:
+                    answer = coming.result()
+                    coming = None
+                    scroll_id = peek(answer)[0] or scroll_id
+                    page = _SORT_UUID.findall(answer)
+                    if not page:
+                        break
+                    if scroll_id is not None:
+                        coming = pool.submit(request_page, self.es, index, body, what, scroll_id)
+                    spool.write(answer)
+                    # Strictly ascending, within the page and after the last one (sorted()
+                    # of sorted values is one pass in C).
+                    if (found and page[0].decode() <= found[-1]) or (
+                        page != sorted(page) or len(set(page)) != len(page)
+                    ):
+                        break
+                    found.extend(v.decode() for v in page)
         finally:
             if scroll_id:
                 self._clear_scroll(scroll_id)
