@@ -60,6 +60,18 @@ def _media_ids(
         yield pa.RecordBatch.from_arrays(columns, names=names)
 
 
+def _types_read(core_type: str, form: dwca.Form) -> list[RecordType]:
+    """The record types whose rows an archive of ``core_type`` in ``form`` reads (as
+    :func:`plan_archive` picks its files below)."""
+    if dwca.is_packed(form):
+        return ["records"]
+    if core_type in ("uniquelocality", "uniquenames"):
+        return []
+    if core_type == "mediarecords":
+        return ["mediarecords"]
+    return ["records", "mediarecords"]
+
+
 @dataclass(frozen=True)
 class ArchivePlan:
     """What :func:`plan_archive` decided: the archive's spec, the counts per record type,
@@ -399,6 +411,13 @@ def plan_archive(
     rq, mq = request.get("rq"), request.get("mq")
     core_type = request.get("core_type", "records")
     form = request.get("form", "dwca-csv")
+    # A source that can fetch what a build reads while it counts (the search cluster: the
+    # media a merge tallies, see ElasticsearchSource.read_ahead) is told which record types
+    # this archive reads, before it counts them; a count alone says nothing.
+    read_ahead = getattr(src, "read_ahead", None)
+    if read_ahead is not None:
+        for rtype in _types_read(core_type, form):
+            read_ahead(rtype, rq, mq)
     counts = {
         "records": src.count("records", rq, mq),
         "mediarecords": src.count("mediarecords", rq, mq),

@@ -7,7 +7,7 @@ type are two such reads."""
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -74,6 +74,41 @@ class _Spool:
                 return
             file.seek(0)
             yield from pa.ipc.open_stream(file)
+
+
+class PageSpool:
+    """The answers of one scroll (JSON text, as they came) kept in an unnamed temporary file
+    until they are replayed once (see :meth:`ElasticsearchSource.read_ahead`): the pages a
+    merge's tally read, for the read of the same documents that follows."""
+
+    def __init__(self) -> None:
+        # Kept open across calls; closed by replay() or discard().
+        self.file: IO[bytes] | None = tempfile.TemporaryFile()  # noqa: SIM115
+        self.pages = 0
+
+    def write(self, answer: bytes) -> None:
+        """Keep one answer."""
+        if self.file is not None:
+            self.file.write(len(answer).to_bytes(8, "little"))
+            self.file.write(answer)
+            self.pages += 1
+
+    def discard(self) -> None:
+        """Drop the answers kept."""
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def replay(self) -> Generator[bytes, None, None]:
+        """The answers written, in order; the file is gone afterwards."""
+        file, self.file = self.file, None
+        if file is None:
+            return
+        with file:
+            file.seek(0)
+            for _ in range(self.pages):
+                size = int.from_bytes(file.read(8), "little")
+                yield file.read(size)
 
 
 class SharedRead:

@@ -635,3 +635,43 @@ def test_a_disk_full_at_publish_is_the_same_failure(
     assert job is not None and job.state == "FAILURE" and job.attempts == 1
     assert "out of disk space" in (job.error or "")
     assert list((tmp_path / "archives").iterdir()) == []
+
+
+class _ReadAheadSource(FakeSource):
+    """A FakeSource that records what a build said it would read, and when."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.calls: list[str] = []
+
+    def read_ahead(self, rtype: str, rq: Any, mq: Any) -> None:
+        self.calls.append(f"read_ahead {rtype}")
+
+    def count(self, rtype: Any, rq: Any, mq: Any) -> int:
+        self.calls.append(f"count {rtype}")
+        return super().count(rtype, rq, mq)
+
+
+@pytest.mark.parametrize(
+    ("params", "read"),
+    [
+        ({}, ["records", "mediarecords"]),
+        ({"core_type": "mediarecords"}, ["mediarecords"]),
+        ({"rq": "{}", "core_type": "uniquenames"}, []),
+    ],
+)
+def test_a_build_says_which_record_types_it_reads_before_it_counts(
+    tmp_path: Path, params: dict[str, Any], read: list[str]
+) -> None:
+    # A source that can fetch a build's rows while it counts them (the search cluster) is
+    # told which record types the archive reads, before the first count.
+    source = _ReadAheadSource(30)
+    ctx = make_ctx(tmp_path, source)
+    job_id = request(ctx, **params)
+    source.calls.clear()  # the request's own count
+    job = build_archive(job_id, ctx)
+    assert job is not None and job.state == "SUCCESS", job and job.error
+    first_count = next(i for i, c in enumerate(source.calls) if c.startswith("count"))
+    said = [c.split()[1] for c in source.calls if c.startswith("read_ahead")]
+    assert said == read
+    assert all(not c.startswith("read_ahead") for c in source.calls[first_count:])

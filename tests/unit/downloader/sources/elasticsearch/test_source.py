@@ -486,3 +486,193 @@ def test_a_merges_count_tally_and_read_list_the_other_side_once(
         r["uuid"] for r in rows(duck.batches("mediarecords", rqn, None, fields=["uuid"]))
     )
     assert listed == [("t-records", "uuid")]
+
+
+def test_a_builds_counts_of_one_query_are_one_count_request(
+    es_source: ElasticsearchSource, duck: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A recordset's export counts its records, decides the merge of its media on that count
+    # and tallies the records by it: the cluster counts the records once.
+    source = ElasticsearchSource(client=es_source.es, index_prefix="t-", id_chunk=100)
+    counted: list[str] = []
+    real = source.es.count
+
+    def spy(**kwargs: Any) -> Any:
+        counted.append(str(kwargs.get("index")))
+        return real(**kwargs)
+
+    monkeypatch.setattr(source.es, "count", spy)
+    rqn = q("records", {"recordset": "synthetic-seed-7"})
+    assert source.count("records", rqn, None) == duck.count("records", rqn, None)
+    assert source.count("mediarecords", rqn, None) == duck.count("mediarecords", rqn, None)
+    assert source.recordset_counts("records", rqn, None) == duck.recordset_counts(
+        "records", rqn, None
+    )
+    assert source.count("records", rqn, None) == duck.count("records", rqn, None)
+    assert counted.count("t-records") == 1
+
+
+def _media_searches(source: ElasticsearchSource, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The bodies of the searches that open a scroll over the media index, as sent."""
+    opened: list[str] = []
+    real = source.es.perform_request
+
+    def spy(method: str, path: str, **kwargs: Any) -> Any:
+        if path.startswith("/t-mediarecords/_search"):
+            opened.append(json.dumps(kwargs.get("body")))
+        return real(method, path, **kwargs)
+
+    monkeypatch.setattr(source.es, "perform_request", spy)
+    return opened
+
+
+def test_a_build_reads_its_merged_media_once_for_tally_and_rows(
+    es_source: ElasticsearchSource, duck: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A build says it will read the media of its records (read_ahead) before it counts them:
+    # the tally then reads the media's pages, and the read takes those pages, so the cluster
+    # sorts the media once. The rows are exactly those of a read without read-ahead.
+    rqn = q("records", {"kingdom": "plantae"})
+    fields, terms = ["uuid", "format"], ["dcterms:identifier"]
+    plain = ElasticsearchSource(client=es_source.es, index_prefix="t-", id_chunk=100)
+    expected = list(plain.batches("mediarecords", rqn, None, fields=fields, raw_terms=terms))
+
+    source = ElasticsearchSource(client=es_source.es, index_prefix="t-", id_chunk=100)
+    opened = _media_searches(source, monkeypatch)
+    source.read_ahead("mediarecords", rqn, None)
+    assert source.count("mediarecords", rqn, None) == duck.count("mediarecords", rqn, None) > 100
+    tally = source.recordset_counts("mediarecords", rqn, None)
+    assert tally == duck.recordset_counts("mediarecords", rqn, None)
+    got = list(source.batches("mediarecords", rqn, None, fields=fields, raw_terms=terms))
+    assert len(opened) == 1 and '"_source": true' in opened[0]
+    assert pa.Table.from_batches(got).equals(pa.Table.from_batches(expected))
+    # The pages were the read's: a second read asks the cluster again, with the same rows.
+    again = list(source.batches("mediarecords", rqn, None, fields=fields, raw_terms=terms))
+    assert len(opened) == 2
+    assert pa.Table.from_batches(again).equals(pa.Table.from_batches(expected))
+
+
+def test_read_ahead_pages_of_another_size_are_not_replayed(
+    es_source: ElasticsearchSource, duck: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kept pages hold MAX_PAGE hits each; a read asking for smaller pages reads the
+    # cluster (its batches follow its own page size) and drops what was kept.
+    rqn = q("records", {"kingdom": "plantae"})
+    source = ElasticsearchSource(client=es_source.es, index_prefix="t-", id_chunk=100)
+    opened = _media_searches(source, monkeypatch)
+    source.read_ahead("mediarecords", rqn, None)
+    source.recordset_counts("mediarecords", rqn, None)
+    got = list(source.batches("mediarecords", rqn, None, fields=["uuid"], batch_size=50))
+    assert len(opened) == 2
+    assert max(b.num_rows for b in got) <= 50
+    assert sorted(r["uuid"] for r in rows(iter(got))) == sorted(
+        r["uuid"] for r in rows(duck.batches("mediarecords", rqn, None, fields=["uuid"]))
+    )
+
+
+def test_a_count_alone_fetches_no_documents(
+    es_source: ElasticsearchSource, duck: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without read_ahead (an API count), the tally of a merge sorts the media without their
+    # _source: a count must not fetch whole documents.
+    rqn = q("records", {"kingdom": "plantae"})
+    source = ElasticsearchSource(client=es_source.es, index_prefix="t-", id_chunk=100)
+    opened = _media_searches(source, monkeypatch)
+    assert source.count("mediarecords", rqn, None) == duck.count("mediarecords", rqn, None)
+    assert opened and all('"_source": false' in body for body in opened)
+
+
+def _opened_searches(
+    source: ElasticsearchSource, index: str, monkeypatch: pytest.MonkeyPatch
+) -> list[str]:
+    """The bodies of the searches sent to ``index`` (each opens a scroll or counts)."""
+    opened: list[str] = []
+    real = source.es.perform_request
+
+    def spy(method: str, path: str, **kwargs: Any) -> Any:
+        if path.startswith(f"/{index}/_search"):
+            opened.append(json.dumps(kwargs.get("body")))
+        return real(method, path, **kwargs)
+
+    monkeypatch.setattr(source.es, "perform_request", spy)
+    return opened
+
+
+def _build_reads(source: ElasticsearchSource, rqn: dict[str, Any]) -> tuple[pa.Table, pa.Table]:
+    """What a build of ``rqn``'s records and media asks, in its order; both reads."""
+    source.read_ahead("records", rqn, None)
+    source.read_ahead("mediarecords", rqn, None)
+    source.count("records", rqn, None)
+    source.count("mediarecords", rqn, None)
+    source.recordset_counts("mediarecords", rqn, None)
+    fields = ["uuid", "genus", "datecollected"]
+    records = pa.Table.from_batches(
+        list(source.batches("records", rqn, None, fields=fields, raw_terms=["dwc:catalogNumber"]))
+    )
+    media = pa.Table.from_batches(
+        list(source.batches("mediarecords", rqn, None, fields=["uuid", "format"]))
+    )
+    return records, media
+
+
+def test_a_builds_records_are_sorted_once_for_their_media_merge_and_their_file(
+    es_source: ElasticsearchSource, duck: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The media merge of a records query lists the record uuids from the pages of the
+    # records' own read (kept for it): the cluster sorts the matching records once.
+    rqn = q("records", {"kingdom": "plantae"})
+    plain = ElasticsearchSource(client=es_source.es, index_prefix="t-", id_chunk=100)
+    fields = ["uuid", "genus", "datecollected"]
+    expected_records = pa.Table.from_batches(
+        list(plain.batches("records", rqn, None, fields=fields, raw_terms=["dwc:catalogNumber"]))
+    )
+    expected_media = pa.Table.from_batches(
+        list(plain.batches("mediarecords", rqn, None, fields=["uuid", "format"]))
+    )
+    source = ElasticsearchSource(client=es_source.es, index_prefix="t-", id_chunk=100)
+    opened = _opened_searches(source, "t-records", monkeypatch)
+    records, media = _build_reads(source, rqn)
+    assert records.equals(expected_records) and media.equals(expected_media)
+    assert len(opened) == 1 and '"_source": true' in opened[0]
+    assert source.recordset_counts("mediarecords", rqn, None) == duck.recordset_counts(
+        "mediarecords", rqn, None
+    )
+
+
+def test_uuids_not_plainly_in_the_pages_are_listed_on_the_cluster(
+    es_source: ElasticsearchSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # When the sort values cannot be found in the answers' text, nothing is kept: the uuids
+    # are listed by their own scroll and the read asks the cluster, with the same rows.
+    import re
+
+    from downloader.sources.elasticsearch import source as source_module
+
+    rqn = q("records", {"kingdom": "plantae"})
+    plain = ElasticsearchSource(client=es_source.es, index_prefix="t-", id_chunk=100)
+    expected = _build_reads(plain, rqn)
+    monkeypatch.setattr(source_module, "_SORT_UUID", re.compile(rb'"no-such-key":\["([^"]*)"\]'))
+    source = ElasticsearchSource(client=es_source.es, index_prefix="t-", id_chunk=100)
+    opened = _opened_searches(source, "t-records", monkeypatch)
+    records, media = _build_reads(source, rqn)
+    assert records.equals(expected[0]) and media.equals(expected[1])
+    assert len(opened) == 3  # the read tried, the uuid listing, the read again
+    assert source._read_spools == {}
+
+
+def test_reads_said_and_pages_kept_stay_few_in_a_long_lived_worker(
+    es_source: ElasticsearchSource,
+) -> None:
+    # Reads said but never listed (no media merge needed them), and pages kept for reads
+    # that never came (a failed build), are kept a few at a time, the oldest dropped.
+    source = ElasticsearchSource(client=es_source.es, index_prefix="t-", id_chunk=100)
+    for genus in ["acer", "quercus", "pinus", "abies", "betula", "salix", "ulmus"]:
+        source.read_ahead("records", q("records", {"genus": genus}), None)
+    assert len(source._reads_said) <= 4
+    for kingdom in ["plantae", "animalia", "fungi", "plantae"]:
+        rqn = q("records", {"kingdom": kingdom})
+        source.read_ahead("records", rqn, None)
+        source.read_ahead("mediarecords", rqn, None)
+        source.recordset_counts("mediarecords", rqn, None)
+    assert len(source._read_spools) <= 4
+    assert all(spool.file is not None for spool in source._read_spools.values())
