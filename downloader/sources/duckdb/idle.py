@@ -83,8 +83,17 @@ class IdleConnections:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        # Held while connections taken out of the pool are closed (outside ``_lock``, as a
+        # close can take a while): drain waits on it, so a writer never attaches while the
+        # reaper is still closing a connection it took (DuckDB refuses a file that is open).
+        self._closing = threading.Lock()
         self._parked: dict[tuple[Path, str], list[_Parked]] = {}
         self._reaper: threading.Thread | None = None
+
+    def _close_all(self, entries: list[_Parked]) -> None:
+        with self._closing:
+            for entry in entries:
+                _close(entry.con)
 
     @staticmethod
     def _key(path: Path, config: dict[str, Any]) -> tuple[Path, str]:
@@ -106,11 +115,10 @@ class IdleConnections:
                     found = entry
                     break
                 stale.append(entry)
-        for entry in stale:
-            _close(entry.con)
+        self._close_all(stale)
         if found is None or writer_waiting(path):
             if found is not None:
-                _close(found.con)
+                self._close_all([found])
             return None
         return found.con, found.opened
 
@@ -146,8 +154,8 @@ class IdleConnections:
                 for key in [k for k in self._parked if k[0] == path]
                 for entry in self._parked.pop(key)
             ]
-        for entry in entries:
-            _close(entry.con)
+        # Also waits for closes already under way (the reaper's, a take's stale ones).
+        self._close_all(entries)
         return len(entries)
 
     def reap(self) -> None:
@@ -161,8 +169,7 @@ class IdleConnections:
                 keep = [e for e in entries if not waiting[key[0]] and now - e.parked < IDLE_SECONDS]
                 closing.extend(e for e in entries if e not in keep)
                 entries[:] = keep
-        for entry in closing:
-            _close(entry.con)
+        self._close_all(closing)
 
     def _reap_forever(self) -> None:
         while True:

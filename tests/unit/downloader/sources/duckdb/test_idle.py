@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,34 @@ def test_nothing_is_parked_while_a_writer_waits(
         assert len(opened) == 3
         assert pool.drain(store) == 0
     assert not idle.writer_waiting(store)
+
+
+def test_an_ingest_never_attaches_while_the_reaper_is_still_closing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pool: idle.IdleConnections
+) -> None:
+    """An ingest drains the pool before it attaches: that waits for a close the reaper has
+    begun: DuckDB refuses to attach a file this process still has open."""
+    ingest_synthetic(tmp_path, 30, seed=1)
+    store = store_path(tmp_path)
+    DuckDBSource(store).count("records", rq({"genus": "acer"}), None)  # parks its connection
+    real_close = idle._close
+    started = threading.Event()
+
+    def slow_close(con: Any) -> None:
+        started.set()
+        time.sleep(0.5)
+        real_close(con)
+
+    monkeypatch.setattr(idle, "_close", slow_close)
+    monkeypatch.setattr(idle, "IDLE_SECONDS", 0.0)
+    reaper = threading.Thread(target=pool.reap)
+    reaper.start()
+    assert started.wait(5)
+    pool.drain(store)  # finds nothing parked, but must wait for the reaper's close
+    monkeypatch.setattr(idle, "_close", real_close)
+    result = ingest_synthetic(tmp_path, 10, seed=2)  # attaches the store at once
+    reaper.join()
+    assert result.records == 10
 
 
 def test_a_changed_store_is_never_read_through_an_old_connection(
