@@ -18,22 +18,51 @@ is unique, so only a damaged store has one) also leaves the SQL in charge.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
+
+log = logging.getLogger(__name__)
 
 #: Media records up to which the links are kept in memory (96 MB while they are read,
 #: 96 MB kept at most).
 MAX_MEDIA = 16_000_000
 
-#: Media row ids joined with the records per query while the links are read.
+#: Media row ids joined with the records per query while the links are read: a MAX_SCANS-th
+#: of them, at least READ_CHUNK and at most MAX_CHUNK. Each query scans every record (DuckDB
+#: hashes the chunk's media and streams the records past it), so the fixed chunk of before
+#: made the read grow with the square of the store: 26 scans and 4-9 s at 5M records (it
+#: would take minutes at the 16M media of MAX_MEDIA); four scans take 1.5 s there, with the
+#: same peak memory. A chunk of a million media was joined within a 48 MB memory limit.
 READ_CHUNK = 131_072
+MAX_CHUNK = 1_048_576
+MAX_SCANS = 4
+
+#: Rows of a chunk's answer converted at a time.
+READ_BATCH = 131_072
 
 #: Parent row id of a media record without a record in the store, and of a row id no media
 #: record has (a gap left by a re-ingest).
 NO_PARENT = -1
+
+
+def _take(
+    rows: pa.RecordBatch, parent: np.ndarray, codes: np.ndarray, names: dict[str | None, int]
+) -> None:
+    """Put a batch of the join's rows (``mid``, ``rid``, ``recordset``) in ``parent`` and
+    ``codes``, coding new recordsets in ``names``."""
+    mid = rows.column("mid").to_numpy()
+    parent[mid] = rows.column("rid").to_numpy()
+    encoded = pc.dictionary_encode(rows.column("recordset"))
+    local = [names.setdefault(v, len(names)) for v in encoded.dictionary.to_pylist()]
+    # Media without a recordset get the code of None.
+    none_code = names.setdefault(None, len(names))
+    indices = encoded.indices.fill_null(len(local)).to_numpy(zero_copy_only=False)
+    codes[mid] = np.asarray([*local, none_code], dtype=np.int32)[indices]
 
 
 @dataclass(frozen=True)
@@ -49,11 +78,13 @@ class MediaLinks:
     @classmethod
     def read(cls, con: duckdb.DuckDBPyConnection) -> MediaLinks | None:
         """The links of the store ``con`` reads, or None where SQL must stay in charge
-        (too many media, or a ``coreid`` matching two records).
+        (too many media, a ``coreid`` matching two records, or a join that did not fit in
+        the connection's memory limit).
 
-        The join runs over :data:`READ_CHUNK` media row ids at a time, so DuckDB hashes a
-        chunk of media and streams the records past it: at 1M records the whole join at
-        once raised the process's peak RSS by ~180 MB, in chunks by ~100 MB, in 0.4 s."""
+        The join runs over a chunk of media row ids at a time (see :data:`MAX_SCANS`), so
+        DuckDB hashes a chunk of media and streams the records past it: at 1M records the
+        whole join at once raised the process's peak RSS by ~180 MB, in chunks by ~90 MB,
+        in 0.25 s; at 5M records by ~180 MB in 1.5 s."""
         top = con.execute("SELECT count(*), max(rowid) FROM mediarecords").fetchall()
         count, last = top[0] if top else (0, None)
         if not count or last is None:
@@ -67,23 +98,24 @@ class MediaLinks:
         codes = np.zeros(size, dtype=np.int32)
         names: dict[str | None, int] = {}
         seen = 0
-        for lo in range(0, size, READ_CHUNK):
-            rows = con.sql(
-                "SELECT m.mid, coalesce(r.rowid, -1) AS rid, m.recordset FROM "
-                "(SELECT rowid AS mid, coreid, recordset FROM mediarecords "
-                "WHERE rowid >= ? AND rowid < ?) AS m "
-                "LEFT JOIN records AS r ON r.uuid = m.coreid",
-                params=[lo, lo + READ_CHUNK],
-            ).to_arrow_table()
-            seen += rows.num_rows
-            mid = rows.column("mid").to_numpy()
-            parent[mid] = rows.column("rid").to_numpy()
-            encoded = pc.dictionary_encode(rows.column("recordset")).combine_chunks()
-            local = [names.setdefault(v, len(names)) for v in encoded.dictionary.to_pylist()]
-            # Media without a recordset get the code of None.
-            none_code = names.setdefault(None, len(names))
-            indices = encoded.indices.fill_null(len(local)).to_numpy(zero_copy_only=False)
-            codes[mid] = np.asarray([*local, none_code], dtype=np.int32)[indices]
+        chunk = min(max(READ_CHUNK, -(-size // MAX_SCANS)), MAX_CHUNK)
+        try:
+            for lo in range(0, size, chunk):
+                # Streamed: the rows of a chunk of a million media are ~40 MB as one table.
+                reader = con.sql(
+                    "SELECT m.mid, coalesce(r.rowid, -1) AS rid, m.recordset FROM "
+                    "(SELECT rowid AS mid, coreid, recordset FROM mediarecords "
+                    "WHERE rowid >= ? AND rowid < ?) AS m "
+                    "LEFT JOIN records AS r ON r.uuid = m.coreid",
+                    params=[lo, lo + chunk],
+                ).to_arrow_reader(READ_BATCH)
+                for rows in reader:
+                    seen += rows.num_rows
+                    _take(rows, parent, codes, names)
+        except duckdb.OutOfMemoryException:
+            # The join of a chunk did not fit the connection's memory limit: SQL in charge.
+            log.warning("the media links did not fit in memory; media are joined by SQL")
+            return None
         if seen != count:
             return None  # a coreid matching two records: the join repeated its media record
         recordsets = tuple(sorted(names, key=names.__getitem__))

@@ -3,6 +3,8 @@ the same media, and the same tallies, as the join they replace."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import duckdb
 import numpy as np
 import pytest
@@ -44,16 +46,24 @@ def _rowids(con: duckdb.DuckDBPyConnection, record_uuids: list[str]) -> np.ndarr
     return np.array([r[0] for r in rows], dtype=np.int64)
 
 
+@pytest.mark.parametrize("batch", [1, links_module.READ_BATCH])
 @pytest.mark.parametrize("chunk", [2, 3, links_module.READ_CHUNK])
 @pytest.mark.parametrize(
     "chosen",
     [[], ["r0"], ["r1"], ["r2"], ["r1", "r3"], ["r0", "r1", "r2", "r3", "r4"]],
 )
 def test_the_media_of_records_are_those_the_join_finds(
-    con: duckdb.DuckDBPyConnection, chosen: list[str], chunk: int, monkeypatch: pytest.MonkeyPatch
+    con: duckdb.DuckDBPyConnection,
+    chosen: list[str],
+    chunk: int,
+    batch: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Read whole or in chunks of media row ids, the links give what the join gives."""
+    """Read whole or in chunks of media row ids, their answers converted whole or a row at
+    a time, the links give what the join gives."""
     monkeypatch.setattr(links_module, "READ_CHUNK", chunk)
+    monkeypatch.setattr(links_module, "MAX_SCANS", 1_000)  # the chunk as set
+    monkeypatch.setattr(links_module, "READ_BATCH", batch)
     links = MediaLinks.read(con)
     assert links is not None
     got = links.media_of(_rowids(con, chosen))
@@ -99,3 +109,45 @@ def test_a_store_without_media_has_empty_links(con: duckdb.DuckDBPyConnection) -
     assert links is not None
     assert links.media_of(_rowids(con, ["r1"])).tolist() == []
     assert links.tally(np.zeros(0, dtype=np.int64)) == {}
+
+
+class _Counting:
+    """A connection that counts the joins it runs (and can fail them as out of memory)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, *, fail: bool = False) -> None:
+        self.con, self.fail, self.joins = con, fail, 0
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return self.con.execute(*args, **kwargs)
+
+    def sql(self, query: str, **kwargs: Any) -> Any:
+        if "JOIN" in query:
+            self.joins += 1
+            if self.fail:
+                raise duckdb.OutOfMemoryException("could not allocate")
+        return self.con.sql(query, **kwargs)
+
+
+def test_the_records_are_scanned_a_few_times_however_many_media(
+    con: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each chunk's join scans every record: with a fixed chunk the read grew with the square
+    of the store (26 scans at 5M records). The chunk grows with the media instead, up to
+    MAX_CHUNK."""
+    con.execute(
+        "INSERT INTO mediarecords SELECT 'x' || i, 'r' || (i % 5), 'a' FROM range(200) AS t(i)"
+    )
+    monkeypatch.setattr(links_module, "READ_CHUNK", 2)
+    counting = _Counting(con)
+    links = MediaLinks.read(counting)  # type: ignore[arg-type]  # a stand-in connection
+    assert links is not None
+    assert counting.joins == links_module.MAX_SCANS
+    assert int((links.parent >= 0).sum()) == 200 + 5  # the fixture's linked media too
+    monkeypatch.setattr(links_module, "MAX_CHUNK", 10)  # the cap on a chunk's memory wins
+    counting = _Counting(con)
+    assert MediaLinks.read(counting) is not None  # type: ignore[arg-type]  # as above
+    assert counting.joins == 21  # 207 media row ids, 10 at a time
+
+
+def test_a_join_out_of_memory_leaves_the_sql_in_charge(con: duckdb.DuckDBPyConnection) -> None:
+    assert MediaLinks.read(_Counting(con, fail=True)) is None  # type: ignore[arg-type]  # as above
