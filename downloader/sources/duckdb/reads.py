@@ -163,7 +163,12 @@ class _SlicePlan:
                 pos = hi
                 continue
             stop = hi if first + _SLICE_ROWS >= rids.size else int(part[-1]) + 1
-            return pos, stop, (part if self._cross else None)
+            # A semi join with the slice's matches, as the streamed read does: also for a
+            # filter on the table itself when its block has few matches (a filtered scan
+            # reads every column of every row in the slice, see _FEW_MATCHES: 100 ms for
+            # the verbatim file of 300 catalogue numbers at 1M records, against 5 ms).
+            few = rids.size <= _FEW_MATCHES
+            return pos, stop, (part if self._cross or few else None)
         return None
 
     def segments(
