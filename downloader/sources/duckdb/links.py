@@ -109,9 +109,12 @@ class MediaLinks:
                     "LEFT JOIN records AS r ON r.uuid = m.coreid",
                     params=[lo, lo + chunk],
                 ).to_arrow_reader(READ_BATCH)
-                for rows in reader:
-                    seen += rows.num_rows
-                    _take(rows, parent, codes, names)
+                try:
+                    for rows in reader:
+                        seen += rows.num_rows
+                        _take(rows, parent, codes, names)
+                finally:
+                    reader.close()  # the connection takes no other query while it is open
         except duckdb.OutOfMemoryException:
             # The join of a chunk did not fit the connection's memory limit: SQL in charge.
             log.warning("the media links did not fit in memory; media are joined by SQL")
