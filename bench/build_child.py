@@ -40,6 +40,11 @@ def main(argv: list[str]) -> int:
     params: dict[str, Any] = json.loads(argv[0])
     profile = argv[1] if len(argv) > 1 else ""
 
+    # As a build worker starts (downloader.dispatch.worker.serve_jobs).
+    from downloader.runtime import keep_pandas_out
+
+    keep_pandas_out()
+
     from downloader.backends import make_context
     from downloader.build import build_archive
     from downloader.config import load_settings

@@ -16,11 +16,18 @@ import os
 import signal
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
-from downloader.backends import Context, make_context
-from downloader.build import RetryLater, RunningElsewhere, build_archive
 from downloader.config import Settings
 from downloader.logs import configure_logging
+from downloader.runtime import keep_pandas_out
+
+if TYPE_CHECKING:
+    from downloader.backends import Context
+
+# The build's libraries are imported inside the functions: a worker process imports this
+# module first (to unpickle its target), and pyarrow must not meet pandas before
+# serve_jobs has kept pandas out (see downloader.runtime).
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +38,9 @@ Runner = Callable[[str, Settings], int]
 def run_job(job_id: str, settings: Settings, ctx: Context | None = None) -> int:
     """Build one job (with ``ctx``, else a new context); 0 when it reached a final state or
     will be retried."""
+    from downloader.backends import make_context
+    from downloader.build import RetryLater, RunningElsewhere, build_archive
+
     ctx = ctx or make_context(settings)
     try:
         build_archive(job_id, ctx)
@@ -79,9 +89,12 @@ def serve_jobs(conn: Connection, settings: Settings, runner: Runner = run_job) -
     # Ctrl-C in serve's terminal reaches the whole process group: serve decides when a
     # build stops (after shutdown_grace_seconds), by terminating this process.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    keep_pandas_out()
     configure_logging(settings, role="worker")
     _lower_priority(settings.worker_nice)
     _warm_up()
+    from downloader.backends import make_context
+
     # One context for every build of this worker: its job store connection, record source
     # (whose caches are keyed by the store file's state) and storage are reused.
     ctx = make_context(settings) if runner is run_job else None
