@@ -31,7 +31,6 @@ setup(
         "celery[redis]>=5.4",
         "redis>=5",
         "elasticsearch>=8.12",
-        "pandas>=2.1",
         "pyarrow>=15",
         # read_csv with strict_mode and rejects tables: ingest streams archives through it.
         "duckdb>=1.2",
@@ -53,6 +52,9 @@ setup(
     extras_require={
         "test": [
             "pytest>=8",
+            # Tests read Parquet archives back with it; the service never imports it (see
+            # downloader/runtime.py).
+            "pandas>=2.1",
             "pytest-timeout>=2.3",
             # Every archive the tests write is re-read with it.
             "python-dwca-reader>=0.16",

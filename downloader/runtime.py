@@ -2,15 +2,15 @@
 worker) before they import the build's libraries.
 
 :func:`keep_pandas_out`: pyarrow imports pandas, when it is installed, the first time it
-checks whether a value is a pandas object, which any ``pa.scalar`` or ``pa.array`` of Python
-values does, and again at other checks while it has not found it. Nothing in the service
-converts to or from pandas (DuckDB hands over Arrow, archives are written from Arrow), yet
-pandas is installed beside it (a test dependency, and many deployments have it), so every
-worker carried it: 35 MB of resident memory and some 340 modules (0.2 s at start) per
-process, a tenth of a 1M-record build's memory budget. These processes refuse the import
-instead, as if pandas were not installed; the libraries that can use it (pyarrow, DuckDB's
-and the Elasticsearch client's optional conversions) do without it, as they do wherever it
-is missing.
+checks whether a value is a pandas object, which any ``pa.scalar`` or ``pa.array`` of
+Python values does, and again at other checks while it has not found it. Nothing in the
+service converts to or from pandas (DuckDB hands over Arrow, archives are written from
+Arrow), yet pandas is often installed beside it (the tests' extra, and many Python
+environments have it), and then every worker carried it: 35 MB of resident memory and some
+340 modules (0.2 s at start) per process, a tenth of a 1M-record build's memory budget.
+These processes refuse the import instead, as if pandas were not installed; the libraries
+that can use it (pyarrow, DuckDB's and the Elasticsearch client's optional conversions) do
+without it, as they do wherever it is missing.
 """
 
 from __future__ import annotations
