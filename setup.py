@@ -31,6 +31,8 @@ setup(
         "celery[redis]>=5.4",
         "redis>=5",
         "elasticsearch>=8.12",
+        # Row ids, media links and the column kernels; pyarrow does not pull it in.
+        "numpy>=1.24",
         "pyarrow>=15",
         # read_csv with strict_mode and rejects tables: ingest streams archives through it.
         "duckdb>=1.2",
