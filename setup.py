@@ -1,6 +1,10 @@
 """Packaging for the Darwin Core Archive download service."""
 
+import shutil
+from pathlib import Path
+
 from setuptools import Extension, find_packages, setup
+from setuptools.command.build_py import build_py
 
 # The hot loops of archive writing in C (archive/_rows.c): the row join of archive/cells.py
 # and the verbatim-term split of downloader/sources/duckdb/verbatim.py. It is optional: where
@@ -9,6 +13,21 @@ from setuptools import Extension, find_packages, setup
 ROWS = Extension(
     "archive._rows", sources=["archive/_rows.c"], optional=True, extra_compile_args=["-O3"]
 )
+
+
+class BuildPy(build_py):
+    """The packages, plus the settings' defaults (``config.yaml``, at the top of the
+    checkout, which ``make`` installs in place) copied into ``downloader/``, so that an
+    install that is not a checkout (``pip install .``, a wheel) has them too (see
+    ``downloader.config.DEFAULTS_FILE``)."""
+
+    def run(self) -> None:
+        """Build the packages, then copy the defaults in."""
+        super().run()
+        target = Path(self.build_lib) / "downloader" / "config.yaml"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(__file__).resolve().parent / "config.yaml", target)
+
 
 setup(
     name="dwca-downloader",
@@ -102,5 +121,6 @@ setup(
         "bench": ["matplotlib>=3.8", "psutil>=5.9", "pyinstrument>=4.6", "py-spy>=0.3.14"],
     },
     ext_modules=[ROWS],
+    cmdclass={"build_py": BuildPy},
     entry_points={"console_scripts": ["downloader=downloader.cli:main"]},
 )

@@ -18,8 +18,17 @@ import yaml
 
 from downloader.errors import ConfigError
 
-#: The packaged defaults: config.yaml at the top of the project.
-DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "config.yaml"
+
+def defaults_file(package_dir: Path) -> Path:
+    """The settings' defaults for the package in ``package_dir``: the copy an install that
+    is not a checkout carries in the package (setup.py puts it there), else config.yaml at
+    the top of the checkout (``make`` installs the checkout in place)."""
+    packaged = package_dir / "config.yaml"
+    return packaged if packaged.is_file() else package_dir.parent / "config.yaml"
+
+
+#: The packaged defaults (see :func:`defaults_file`).
+DEFAULTS_FILE = defaults_file(Path(__file__).resolve().parent)
 ENV_PREFIX = "DOWNLOADER_"
 
 _CHOICES: dict[str, tuple[str, ...]] = {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from downloader.config import DEFAULTS_FILE, Settings, load_settings
+from downloader.config import DEFAULTS_FILE, Settings, defaults_file, load_settings
 from downloader.errors import ConfigError
 
 README = DEFAULTS_FILE.parent / "README.md"
@@ -17,6 +17,18 @@ README = DEFAULTS_FILE.parent / "README.md"
 def test_defaults_load() -> None:
     settings = load_settings({})
     assert settings.dispatcher == "local" and settings.reuse_window_hours == 23
+
+
+def test_the_defaults_are_the_checkouts_or_the_installed_packages(tmp_path: Path) -> None:
+    """A checkout (installed in place by make) has config.yaml at its top; an install that
+    is not a checkout (pip install ., a wheel) carries a copy in the package (setup.py),
+    which it must find: site-packages has no config.yaml of ours at its top."""
+    package = tmp_path / "site-packages" / "downloader"
+    package.mkdir(parents=True)
+    assert defaults_file(package) == tmp_path / "site-packages" / "config.yaml"
+    (package / "config.yaml").write_text("port: 8080\n")
+    assert defaults_file(package) == package / "config.yaml"
+    assert DEFAULTS_FILE.is_file()
 
 
 def test_environment_overrides_one_setting() -> None:
