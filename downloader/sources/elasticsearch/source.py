@@ -41,7 +41,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -78,6 +78,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+V = TypeVar("V")
 
 #: Records per chunk of ids in an rq+mq filter (well below index.max_terms_count, 65,536).
 ID_CHUNK = 10_000
@@ -289,6 +290,40 @@ def _one_recordset(clause: dict[str, Any]) -> str | None:
 _SORT_UUID = re.compile(rb'"sort":\["([^"\\]*)"\]\}')
 
 
+class _Kept(Generic[V]):
+    """Answers kept for the data version they were found in, the newest ``size`` of them;
+    ``dropped`` is called with each answer pushed out or replaced. Nothing is kept while
+    the version is ``"0"`` (no meta document: nothing tells when the data changes)."""
+
+    def __init__(self, size: int, dropped: Callable[[V], None] | None = None) -> None:
+        self._size = size
+        self._dropped = dropped
+        self._items: dict[tuple[str, str], tuple[str, V]] = {}
+
+    def get(self, key: tuple[str, str], version: str, find: Callable[[], V]) -> V:
+        """The answer kept for ``key`` in ``version``, else ``find()``'s, kept."""
+        kept = self._items.get(key)
+        if kept is not None and kept[0] == version:
+            return kept[1]
+        value = find()
+        if version != "0":
+            self._forget(key)
+            self._items[key] = (version, value)
+            while len(self._items) > self._size:
+                self._forget(next(iter(self._items)))
+        return value
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        kept = self._items.pop(key, None)
+        if kept is not None and self._dropped is not None:
+            self._dropped(kept[1])
+
+
+def _discard_plan(plan: MergePlan | None) -> None:
+    if plan is not None:
+        plan.discard()
+
+
 def _keyword(source: dict[str, Any], field: str) -> Any:
     """The sort value of a document's keyword ``field`` as its ``_source`` holds it: the
     least of several values, None for none."""
@@ -337,17 +372,18 @@ class ElasticsearchSource:
         self.es = client if client is not None else make_client(urls, timeout=timeout, auth=auth)
         #: Up to this many recordsets, recordset tallies are counts per recordset.
         self.counted_recordsets = COUNTED_RECORDSETS
-        #: recordset_counts answers: (rtype, rq and mq as JSON) -> (data version, counts).
-        self._tallies: dict[tuple[str, str], tuple[str, dict[str, int]]] = {}
+        #: recordset_counts answers by (rtype, rq and mq as JSON).
+        self._tallies: _Kept[dict[str, int]] = _Kept(KEPT_TALLIES)
         #: Reads a build said will follow (see read_ahead), by record type and query, and
         #: the pages kept for such reads.
         self._reads_said: dict[tuple[str, str], None] = {}
         self._read_spools: dict[tuple[str, str], PageSpool] = {}
         self._lock = threading.Lock()
         #: count answers, the same way.
-        self._counts: dict[tuple[str, str], tuple[str, int]] = {}
-        #: _merge_plan answers, the same way (None: no merge for that query).
-        self._merges: dict[tuple[str, str], tuple[str, MergePlan | None]] = {}
+        self._counts: _Kept[int] = _Kept(KEPT_TALLIES)
+        #: _merge_plan answers, the same way (None: no merge for that query); a plan
+        #: dropped drops the pages it kept.
+        self._merges: _Kept[MergePlan | None] = _Kept(KEPT_PLANS, _discard_plan)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ElasticsearchSource:
@@ -511,20 +547,17 @@ class ElasticsearchSource:
         if self._merge_plan(rtype, rq, mq) is not None:
             return sum(self.recordset_counts(rtype, rq, mq).values())
         key = (rtype, json.dumps([rq, mq], sort_keys=True, default=str))
-        version = self.data_version()
-        kept = self._counts.get(key)
-        if kept is not None and kept[0] == version:
-            return kept[1]
-        total = 0
-        for plan in self._plans(rtype, rq, mq):
-            answer = call(f"counting {rtype}", self.es.count, index=self.index(rtype), query=plan)
-            total += int(answer["count"])
-        if version != "0":  # no meta document: nothing tells when the data changes
-            self._counts.pop(key, None)
-            self._counts[key] = (version, total)
-            while len(self._counts) > KEPT_TALLIES:
-                del self._counts[next(iter(self._counts))]
-        return total
+
+        def counted() -> int:
+            total = 0
+            for plan in self._plans(rtype, rq, mq):
+                answer = call(
+                    f"counting {rtype}", self.es.count, index=self.index(rtype), query=plan
+                )
+                total += int(answer["count"])
+            return total
+
+        return self._counts.get(key, self.data_version(), counted)
 
     def _merged_tally(
         self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
@@ -585,22 +618,9 @@ class ElasticsearchSource:
         if not other:
             return None
         key = (rtype, json.dumps([rq, mq], sort_keys=True, default=str))
-        version = self.data_version()
-        kept = self._merges.get(key)
-        if kept is not None and kept[0] == version:
-            return kept[1]
-        plan = self._new_merge_plan(rtype, rq, mq)
-        if version != "0":  # no meta document: nothing tells when the data changes
-            self._forget_plan(key)
-            self._merges[key] = (version, plan)
-            while len(self._merges) > KEPT_PLANS:
-                self._forget_plan(next(iter(self._merges)))
-        return plan
-
-    def _forget_plan(self, key: tuple[str, str]) -> None:
-        kept = self._merges.pop(key, None)
-        if kept is not None and kept[1] is not None:
-            kept[1].discard()
+        return self._merges.get(
+            key, self.data_version(), lambda: self._new_merge_plan(rtype, rq, mq)
+        )
 
     def read_ahead(
         self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
@@ -758,16 +778,7 @@ class ElasticsearchSource:
                 return list(zip(links.to_pylist(), sets.to_pylist(), strict=True))
             return [(_keyword(s, here), _keyword(s, "recordset")) for s in page.sources or []]
 
-        pages = scroll_pages(
-            self.es,
-            rtype,
-            self.index(rtype),
-            body,
-            members,
-            pairs,
-            what=f"reading {rtype}",
-            clear_scroll=self._clear_scroll,
-        )
+        pages = self._scroll(rtype, body, members, pairs)
         with closing(pages):
             for found in pages:
                 for link, recordset in found:
@@ -799,18 +810,10 @@ class ElasticsearchSource:
         citations), and an aggregation visits every matching document, so the answer is
         kept for the current data version (a few answers per source)."""
         key = (rtype, json.dumps([rq, mq], sort_keys=True, default=str))
-        version = self.data_version()
-        kept = self._tallies.get(key)
-        if kept is not None and kept[0] == version:
-            return dict(kept[1])
-        counts = self._recordset_counts(rtype, rq, mq)
-        if version == "0":  # no meta document: nothing tells when the data changes
-            return counts
-        self._tallies.pop(key, None)
-        self._tallies[key] = (version, counts)
-        while len(self._tallies) > KEPT_TALLIES:
-            del self._tallies[next(iter(self._tallies))]
-        return dict(counts)
+        found = self._tallies.get(
+            key, self.data_version(), lambda: self._recordset_counts(rtype, rq, mq)
+        )
+        return dict(found)  # the kept answer stays as it was, whatever the caller does
 
     def _recordset_counts(
         self, rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
@@ -1120,7 +1123,20 @@ class ElasticsearchSource:
             "_source": _source_filter(rtype, reads),
         }
         members = arrow_members(rtype, reads) if reads_bytes(self.es) else None
-        yield from scroll_pages(
+        yield from self._scroll(rtype, body, members, convert, answers=answers)
+
+    def _scroll(
+        self,
+        rtype: RecordType,
+        body: dict[str, Any],
+        members: list[pa.Field] | None,
+        convert: Callable[[Page], T],
+        *,
+        answers: Iterator[bytes] | None = None,
+    ) -> Generator[T, None, None]:
+        """:func:`~downloader.sources.elasticsearch.scroll.scroll_pages` over ``rtype``'s
+        index, its errors named as a read of ``rtype``, its scroll cleared by this source."""
+        return scroll_pages(
             self.es,
             rtype,
             self.index(rtype),
