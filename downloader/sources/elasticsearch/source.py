@@ -285,6 +285,32 @@ def _one_recordset(clause: dict[str, Any]) -> str | None:
     return None
 
 
+#: The fields a media record shares with its parent record (see :func:`media_of_recordsets`).
+_SHARED_WITH_PARENT = frozenset({"recordset", "version"})
+
+
+def media_of_recordsets(
+    rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """``(rq, mq)`` with the media of records that ``rq`` picks by recordset and version
+    alone asked of the media index by themselves: ``rq`` moves into ``mq``, with
+    ``hasSpecimen`` (the media record has a parent). Any other query is returned as given.
+
+    The indices are filled from the embedded store only (``export_store``,
+    ``reindex_store``), where a media record's parent is a record of the same recordset and
+    version: the ingest links media only within their own recordset, and writes both of a
+    version together. So "the media of the records of recordset X" is "X's media with a
+    parent", one query on the media index, instead of a merge of X's record uuids with its
+    media (two sorted scrolls and a spool: a recordset's export, its media, and every
+    download by recordset with media). When ``mq`` already asks about one of those fields
+    the query stays as it was."""
+    if rtype != "mediarecords" or not rq or not set(rq) <= _SHARED_WITH_PARENT:
+        return rq, mq
+    if mq and not set(mq).isdisjoint({*_SHARED_WITH_PARENT, "hasSpecimen"}):
+        return rq, mq
+    return None, {**(mq or {}), **rq, "hasSpecimen": True}
+
+
 #: The sort value of a hit sorted on ``uuid`` alone, where Elasticsearch and OpenSearch
 #: put it: the hit's last member (a value with an escaped character is not matched).
 _SORT_UUID = re.compile(rb'"sort":\["([^"\\]*)"\]\}')
@@ -544,6 +570,7 @@ class ElasticsearchSource:
         in it, ``"None"`` for one without a recordset), so it is taken from
         :meth:`recordset_counts`, which keeps it: a build asks for both, and each is a pass
         over both sides."""
+        rq, mq = media_of_recordsets(rtype, rq, mq)
         if self._merge_plan(rtype, rq, mq) is not None:
             return sum(self.recordset_counts(rtype, rq, mq).values())
         key = (rtype, json.dumps([rq, mq], sort_keys=True, default=str))
@@ -639,6 +666,7 @@ class ElasticsearchSource:
         Records read with no ``mq`` whose uuids a media merge lists (a recordset's export:
         its media are those of its records) are listed from the pages of their own read,
         kept for it the same way (see :meth:`_ids_of_read`)."""
+        rq, mq = media_of_recordsets(rtype, rq, mq)
         if not reads_bytes(self.es):
             return
         if mq if rtype == "records" else rq:
@@ -809,6 +837,7 @@ class ElasticsearchSource:
         A build asks twice for each record type (for :meth:`raw_terms` and for the
         citations), and an aggregation visits every matching document, so the answer is
         kept for the current data version (a few answers per source)."""
+        rq, mq = media_of_recordsets(rtype, rq, mq)
         key = (rtype, json.dumps([rq, mq], sort_keys=True, default=str))
         found = self._tallies.get(
             key, self.data_version(), lambda: self._recordset_counts(rtype, rq, mq)
@@ -886,6 +915,7 @@ class ElasticsearchSource:
     ) -> list[str]:
         """Verbatim terms used by the recordsets that contribute matching documents (read
         from their recordset documents, so no document is fetched)."""
+        rq, mq = media_of_recordsets(rtype, rq, mq)
         recordsets = list(self.recordset_counts(rtype, rq, mq))
         if not recordsets:
             return []
@@ -1028,6 +1058,7 @@ class ElasticsearchSource:
         """Matching documents as Arrow batches, sorted by uuid within each plan (see
         :meth:`_plans`), or by link field then uuid when the read is a merge (see
         :meth:`_read_plans`)."""
+        rq, mq = media_of_recordsets(rtype, rq, mq)
         fields, raw_terms = list(fields), list(raw_terms)
 
         def convert(page: Page) -> pa.RecordBatch:
@@ -1071,6 +1102,7 @@ class ElasticsearchSource:
         halves the documents the cluster sends and the JSON decoded here, and both files
         come from the same snapshot.
         """
+        rq, mq = media_of_recordsets(rtype, rq, mq)
         shared = SharedRead(self, rtype, rq, mq, reads, batch_size)
         return [functools.partial(shared.read, i) for i in range(len(reads))]
 

@@ -676,3 +676,63 @@ def test_reads_said_and_pages_kept_stay_few_in_a_long_lived_worker(
         source.recordset_counts("mediarecords", rqn, None)
     assert len(source._read_spools) <= 4
     assert all(spool.file is not None for spool in source._read_spools.values())
+
+
+@pytest.mark.parametrize(
+    ("rq", "mq"),
+    [
+        ({"recordset": "synthetic-seed-7"}, None),
+        ({"recordset": "synthetic-seed-7", "version": 1}, {"format": "image/jpeg"}),
+        ({"recordset": ["synthetic-seed-7", "gbif-results"]}, None),
+        ({"recordset": "synthetic-seed-7", "version": 2}, None),
+    ],
+)
+def test_the_media_of_whole_recordsets_are_asked_of_the_media_index_alone(
+    es_source: ElasticsearchSource,
+    duck: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    rq: dict[str, Any],
+    mq: dict[str, Any] | None,
+) -> None:
+    # A recordset's export and a download by recordset read its media with a parent: no
+    # record uuid is listed or merged, and the count, tally and rows are the store's.
+    rqn, mqn = q("records", rq), q("mediarecords", mq) if mq else None
+    source = ElasticsearchSource(client=es_source.es, index_prefix="t-", id_chunk=100)
+    on_records = _opened_searches(source, "t-records", monkeypatch)
+    source.read_ahead("records", rqn, mqn)
+    source.read_ahead("mediarecords", rqn, mqn)
+    expected = duck.count("mediarecords", rqn, mqn)
+    assert source.count("mediarecords", rqn, mqn) == expected
+    assert source.recordset_counts("mediarecords", rqn, mqn) == duck.recordset_counts(
+        "mediarecords", rqn, mqn
+    )
+    names = ["uuid", "recordset"]
+    ours = rows(source.batches("mediarecords", rqn, mqn, fields=names, batch_size=97))
+    theirs = rows(duck.batches("mediarecords", rqn, mqn, fields=names))
+    assert sorted(r["uuid"] for r in ours) == sorted(r["uuid"] for r in theirs)
+    assert len(ours) == expected and (expected > 100 or rq.get("version") == 2)
+    assert on_records == []
+    assert not [k for k in source._merges._items if k[0] == "mediarecords"]  # no media merge
+
+
+def test_only_queries_of_whole_recordsets_move_to_the_media_index() -> None:
+    from downloader.sources.elasticsearch.source import media_of_recordsets
+
+    rs = {"recordset": "a"}
+    assert media_of_recordsets("mediarecords", rs, None) == (
+        None,
+        {"recordset": "a", "hasSpecimen": True},
+    )
+    assert media_of_recordsets("mediarecords", {**rs, "version": 2}, {"format": "x"}) == (
+        None,
+        {"format": "x", "recordset": "a", "version": 2, "hasSpecimen": True},
+    )
+    kept = [
+        ("records", rs, {"format": "x"}),  # records of media: the merge as before
+        ("mediarecords", {**rs, "genus": "acer"}, None),  # a record field
+        ("mediarecords", rs, {"recordset": "b"}),  # mq asks about the same field
+        ("mediarecords", rs, {"hasSpecimen": False}),
+        ("mediarecords", None, {"format": "x"}),
+    ]
+    for rtype, rq, mq in kept:
+        assert media_of_recordsets(rtype, rq, mq) == (rq, mq)  # type: ignore[arg-type]
