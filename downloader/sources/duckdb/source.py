@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 
 from downloader.errors import SourceUnavailable
 from downloader.models import ExtensionFile
+from downloader.sources import media_of_recordsets
 from downloader.sources.duckdb import idle, verbatim
 from downloader.sources.duckdb.links import MediaLinks
 from downloader.sources.duckdb.reads import (
@@ -464,11 +465,11 @@ class DuckDBSource:
         out: dict[RecordType, dict[str | None, int]] = {"records": {}, "mediarecords": {}}
         try:
             with self._connection() as con:
-                linked = (
-                    self._linked_tallies(con, rq, signature)
-                    if rq is not None and mq is None
-                    else None
-                )
+                linked = None
+                # The media of whole recordsets are a filter on the media, not the links.
+                whole = media_of_recordsets("mediarecords", rq, mq)[0] is None
+                if rq is not None and mq is None and not whole:
+                    linked = self._linked_tallies(con, rq, signature)
                 if linked is not None:
                     out = linked
                 else:
@@ -487,7 +488,8 @@ class DuckDBSource:
     ) -> list[tuple[Any, ...]]:
         """(type, recordset, count) rows of both tallies, in one query."""
         r_where, r_params = compile_request_where("records", rq, mq)
-        if rq is not None and mq is None:
+        m_rq, m_mq = media_of_recordsets("mediarecords", rq, mq)
+        if rq is not None and mq is None and m_rq is not None:
             # Media of the records matching rq: those records are found once, for both
             # tallies (a filter on the other table is otherwise a second scan of it).
             sql = (
@@ -499,7 +501,7 @@ class DuckDBSource:
             )
             params = r_params
         else:
-            m_where, m_params = compile_request_where("mediarecords", rq, mq)
+            m_where, m_params = compile_request_where("mediarecords", m_rq, m_mq)
             sql = (
                 f"SELECT 'records', r.recordset, count(*) FROM records AS r WHERE {r_where} "
                 "GROUP BY r.recordset UNION ALL "
@@ -714,6 +716,7 @@ class DuckDBSource:
         resumes after the last row id handed out; :class:`SourceUnavailable` if the store
         file changed in between (row ids are only stable while the file is).
         """
+        rq, mq = media_of_recordsets(rtype, rq, mq)
         with (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-read") as pool,
             ThreadPoolExecutor(

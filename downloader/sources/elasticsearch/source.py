@@ -50,6 +50,7 @@ from elasticsearch import ApiError, Elasticsearch
 
 from downloader.errors import BuildFailed
 from downloader.models import ExtensionFile
+from downloader.sources import media_of_recordsets
 from downloader.sources.elasticsearch.client import (
     KEEP_ALIVE,
     MAX_PAGE,
@@ -283,32 +284,6 @@ def _one_recordset(clause: dict[str, Any]) -> str | None:
         if isinstance(value, str):
             return value
     return None
-
-
-#: The fields a media record shares with its parent record (see :func:`media_of_recordsets`).
-_SHARED_WITH_PARENT = frozenset({"recordset", "version"})
-
-
-def media_of_recordsets(
-    rtype: RecordType, rq: dict[str, Any] | None, mq: dict[str, Any] | None
-) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """``(rq, mq)`` with the media of records that ``rq`` picks by recordset and version
-    alone asked of the media index by themselves: ``rq`` moves into ``mq``, with
-    ``hasSpecimen`` (the media record has a parent). Any other query is returned as given.
-
-    The indices are filled from the embedded store only (``export_store``,
-    ``reindex_store``), where a media record's parent is a record of the same recordset and
-    version: the ingest links media only within their own recordset, and writes both of a
-    version together. So "the media of the records of recordset X" is "X's media with a
-    parent", one query on the media index, instead of a merge of X's record uuids with its
-    media (two sorted scrolls and a spool: a recordset's export, its media, and every
-    download by recordset with media). When ``mq`` already asks about one of those fields
-    the query stays as it was."""
-    if rtype != "mediarecords" or not rq or not set(rq) <= _SHARED_WITH_PARENT:
-        return rq, mq
-    if mq and not set(mq).isdisjoint({*_SHARED_WITH_PARENT, "hasSpecimen"}):
-        return rq, mq
-    return None, {**(mq or {}), **rq, "hasSpecimen": True}
 
 
 #: The sort value of a hit sorted on ``uuid`` alone, where Elasticsearch and OpenSearch

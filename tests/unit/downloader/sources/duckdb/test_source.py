@@ -12,6 +12,7 @@ from downloader.errors import SourceUnavailable
 from downloader.ingest.load import ingest_synthetic, store_path
 from downloader.sources.duckdb import DuckDBSource, reads, verbatim
 from downloader.sources.duckdb import source as duckdb_source
+from tests.support.store import open_store
 from tests.unit.downloader.sources.duckdb.store_support import mq, rq, sql
 
 DEMO_RS = "urn:uuid:3f1f4b2e-7c55-4d7e-9a3e-0d2f6b1c9e42"
@@ -266,3 +267,52 @@ def test_counts_of_a_request_are_read_once_until_the_store_changes(
     ingest_synthetic(tmp_path, 10, seed=2)
     assert source.count("records", None, None) == 50
     assert len(queries) == 3
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {},
+        {"recordset": DEMO_RS},
+        {"recordset": [DEMO_RS, GBIF_RS]},
+        {"recordset": DEMO_RS, "version": 1},
+        {"recordset": DEMO_RS, "version": 2},
+        {"recordset": GBIF_RS},
+    ],
+)
+def test_the_media_of_whole_recordsets_are_a_filter_on_the_media(
+    store: Path, monkeypatch: pytest.MonkeyPatch, query: dict[str, Any]
+) -> None:
+    # The media of the records of whole recordsets (a recordset's export, a download by
+    # recordset, the download of everything) need no links and no record row ids: the
+    # count, the tally and the rows, in store order, are those of the join of the two.
+    from query.sql import compile_request_where
+
+    def unused(*args: Any) -> None:
+        raise AssertionError("the media of whole recordsets need no links")
+
+    monkeypatch.setattr(DuckDBSource, "_media_links", unused)
+    records_query = rq(query)
+    where, params = compile_request_where("mediarecords", records_query, None)
+    assert "EXISTS" in where  # the join the filter stands for
+    con = open_store(str(store))
+    try:
+        joined = con.execute(
+            f"SELECT m.uuid, m.recordset FROM mediarecords AS m WHERE {where} ORDER BY m.rowid",
+            params,
+        ).fetchall()
+    finally:
+        con.close()
+    source = DuckDBSource(store)
+    assert source.count("mediarecords", records_query, None) == len(joined)
+    tally: dict[str, int] = {}
+    for _, recordset in joined:
+        tally[recordset] = tally.get(recordset, 0) + 1
+    assert source.recordset_counts("mediarecords", records_query, None) == tally
+    got = [
+        uuid
+        for batch in source.batches("mediarecords", records_query, None, fields=["uuid"])
+        for uuid in batch.column("uuid").to_pylist()
+    ]
+    assert got == [u for u, _ in joined]
+    assert bool(joined) == (query.get("version", 1) == 1 and query.get("recordset") != GBIF_RS)

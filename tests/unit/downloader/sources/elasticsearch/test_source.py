@@ -716,7 +716,7 @@ def test_the_media_of_whole_recordsets_are_asked_of_the_media_index_alone(
 
 
 def test_only_queries_of_whole_recordsets_move_to_the_media_index() -> None:
-    from downloader.sources.elasticsearch.source import media_of_recordsets
+    from downloader.sources import media_of_recordsets
 
     rs = {"recordset": "a"}
     assert media_of_recordsets("mediarecords", rs, None) == (
@@ -727,6 +727,8 @@ def test_only_queries_of_whole_recordsets_move_to_the_media_index() -> None:
         None,
         {"format": "x", "recordset": "a", "version": 2, "hasSpecimen": True},
     )
+    # Every record's media: those with a parent, as the store's join of the two has it.
+    assert media_of_recordsets("mediarecords", {}, None) == (None, {"hasSpecimen": True})
     kept = [
         ("records", rs, {"format": "x"}),  # records of media: the merge as before
         ("mediarecords", {**rs, "genus": "acer"}, None),  # a record field
