@@ -683,8 +683,9 @@ def test_reads_said_and_pages_kept_stay_few_in_a_long_lived_worker(
     [
         ({"recordset": "synthetic-seed-7"}, None),
         ({"recordset": "synthetic-seed-7", "version": 1}, {"format": "image/jpeg"}),
-        ({"recordset": ["synthetic-seed-7", "gbif-results"]}, None),
+        ({"recordset": ["synthetic-seed-7", "0ac6620a-ba21-405c-af5c-d62cf59464b8"]}, None),
         ({"recordset": "synthetic-seed-7", "version": 2}, None),
+        ({}, None),  # every record's media: those with a parent, as the store has them
     ],
 )
 def test_the_media_of_whole_recordsets_are_asked_of_the_media_index_alone(
@@ -696,7 +697,8 @@ def test_the_media_of_whole_recordsets_are_asked_of_the_media_index_alone(
 ) -> None:
     # A recordset's export and a download by recordset read its media with a parent: no
     # record uuid is listed or merged, and the count, tally and rows are the store's.
-    rqn, mqn = q("records", rq), q("mediarecords", mq) if mq else None
+    rqn = q("records", rq) if rq else {}
+    mqn = q("mediarecords", mq) if mq else None
     source = ElasticsearchSource(client=es_source.es, index_prefix="t-", id_chunk=100)
     on_records = _opened_searches(source, "t-records", monkeypatch)
     source.read_ahead("records", rqn, mqn)
