@@ -185,3 +185,32 @@ def test_parse_loose_date_refuses_text_without_a_year() -> None:
     assert parse_loose_date("12") is None
     assert parse_loose_date("March 3") is None
     assert parse_loose_date("3 March 1987") == datetime(1987, 3, 3)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["Ame\u0301lie", "cafe\u0301", "São Paulo"],  # decomposed accents within values
+        ["\u0301leading mark", "trailing e\u0301", "\u0323\u0307 two marks out of order"],
+        ["\u1100", "\u1161", "\u1100\u1161"],  # Hangul jamo at the ends and composed inside
+        ["plain", None, "", "Å ﬁ ＡＢＣ"],  # a null, an empty value, compatibility forms
+    ],
+)
+def test_fulltext_is_the_nfc_of_the_joined_values(values: list[str | None]) -> None:
+    # Each value is normalised on its own and then joined (cheaper): the same text as the
+    # NFC of the joined line, lower-cased, which the query side's tokens are made from.
+    import unicodedata
+
+    import duckdb
+
+    from downloader.ingest.derive import Columns, fulltext_sql
+
+    terms = [f"t{i}" for i in range(len(values))]
+    con = duckdb.connect()
+    con.execute("CREATE TABLE v (" + ", ".join(f"{t} VARCHAR" for t in terms) + ")")
+    con.execute(f"INSERT INTO v VALUES ({', '.join('?' for _ in terms)})", values)
+    (got,) = con.execute(
+        f"SELECT {fulltext_sql(Columns(terms, alias='v'), terms)} FROM v"
+    ).fetchone()
+    joined = " ".join(v for v in values if v is not None)
+    assert got == unicodedata.normalize("NFC", joined).lower()
