@@ -465,15 +465,18 @@ class DuckDBSource:
         out: dict[RecordType, dict[str | None, int]] = {"records": {}, "mediarecords": {}}
         try:
             with self._connection() as con:
-                linked = None
-                # The media of whole recordsets are a filter on the media, not the links.
-                whole = media_of_recordsets("mediarecords", rq, mq)[0] is None
-                if rq is not None and mq is None and not whole:
-                    linked = self._linked_tallies(con, rq, signature)
+                # The media of the records matching rq go through the links, unless they
+                # are whole recordsets' (a filter on the media, see media_of_recordsets).
+                m_rq, m_mq = media_of_recordsets("mediarecords", rq, mq)
+                linked = (
+                    self._linked_tallies(con, m_rq, signature)
+                    if m_rq is not None and m_mq is None
+                    else None
+                )
                 if linked is not None:
                     out = linked
                 else:
-                    for kind, recordset, n in self._sql_tallies(con, rq, mq):
+                    for kind, recordset, n in self._sql_tallies(con, rq, mq, m_rq, m_mq):
                         out[kind][None if recordset is None else str(recordset)] = int(n)
         except _Missing:
             pass
@@ -484,12 +487,18 @@ class DuckDBSource:
         }
 
     def _sql_tallies(
-        self, con: duckdb.DuckDBPyConnection, rq: dict[str, Any] | None, mq: dict[str, Any] | None
+        self,
+        con: duckdb.DuckDBPyConnection,
+        rq: dict[str, Any] | None,
+        mq: dict[str, Any] | None,
+        m_rq: dict[str, Any] | None,
+        m_mq: dict[str, Any] | None,
     ) -> list[tuple[Any, ...]]:
-        """(type, recordset, count) rows of both tallies, in one query."""
+        """(type, recordset, count) rows of both tallies, in one query: the records of
+        ``rq``/``mq``, the media of ``m_rq``/``m_mq`` (the same request, or its media of
+        whole recordsets asked of the media alone, see ``media_of_recordsets``)."""
         r_where, r_params = compile_request_where("records", rq, mq)
-        m_rq, m_mq = media_of_recordsets("mediarecords", rq, mq)
-        if rq is not None and mq is None and m_rq is not None:
+        if m_rq is not None and m_mq is None:
             # Media of the records matching rq: those records are found once, for both
             # tallies (a filter on the other table is otherwise a second scan of it).
             sql = (

@@ -890,7 +890,6 @@ class ElasticsearchSource:
     ) -> list[str]:
         """Verbatim terms used by the recordsets that contribute matching documents (read
         from their recordset documents, so no document is fetched)."""
-        rq, mq = media_of_recordsets(rtype, rq, mq)
         recordsets = list(self.recordset_counts(rtype, rq, mq))
         if not recordsets:
             return []

@@ -715,28 +715,3 @@ def test_the_media_of_whole_recordsets_are_asked_of_the_media_index_alone(
     assert len(ours) == expected and (expected > 100 or rq.get("version") == 2)
     assert on_records == []
     assert not [k for k in source._merges._items if k[0] == "mediarecords"]  # no media merge
-
-
-def test_only_queries_of_whole_recordsets_move_to_the_media_index() -> None:
-    from downloader.sources import media_of_recordsets
-
-    rs = {"recordset": "a"}
-    assert media_of_recordsets("mediarecords", rs, None) == (
-        None,
-        {"recordset": "a", "hasSpecimen": True},
-    )
-    assert media_of_recordsets("mediarecords", {**rs, "version": 2}, {"format": "x"}) == (
-        None,
-        {"format": "x", "recordset": "a", "version": 2, "hasSpecimen": True},
-    )
-    # Every record's media: those with a parent, as the store's join of the two has it.
-    assert media_of_recordsets("mediarecords", {}, None) == (None, {"hasSpecimen": True})
-    kept = [
-        ("records", rs, {"format": "x"}),  # records of media: the merge as before
-        ("mediarecords", {**rs, "genus": "acer"}, None),  # a record field
-        ("mediarecords", rs, {"recordset": "b"}),  # mq asks about the same field
-        ("mediarecords", rs, {"hasSpecimen": False}),
-        ("mediarecords", None, {"format": "x"}),
-    ]
-    for rtype, rq, mq in kept:
-        assert media_of_recordsets(rtype, rq, mq) == (rq, mq)  # type: ignore[arg-type]
